@@ -1,0 +1,130 @@
+"""Client options, checked once when the Client is built.
+
+A wrong key or option fails here with ``ConfigurationError``, never later on a worker
+thread. The private key is kept out of every repr.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._blueprint import Blueprint, default_blueprint
+from ._delivery import Delivery
+from ._errors import ConfigurationError
+
+__all__ = ["Config", "mask"]
+
+_PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
+_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
+_REGION = re.compile(r"^[A-Z]{2}$")
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def mask(private_api_key: str) -> str:
+    """Return a private key with everything after its ``pk_`` prefix hidden."""
+    return "pk_***" if private_api_key.startswith("pk_") else "***"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_public_key(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not _PUBLIC_KEY.match(value):
+        raise ConfigurationError(
+            f"public_api_key: {value!r} is not a Klaviyo public key (Site ID): it is 6 letters "
+            "or digits, shown in Account > Settings > API Keys"
+        )
+
+
+def _check_private_key(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value.startswith("pk_") or len(value) < 8:
+        hint = ""
+        if isinstance(value, str) and _PUBLIC_KEY.match(value):
+            hint = " It looks like the public key (Site ID): pass the private key second."
+        raise ConfigurationError(
+            "private_api_key: not a Klaviyo private API key; private keys start with 'pk_' "
+            f"(Account > Settings > API Keys > Create Private API Key).{hint}"
+        )
+
+
+def _check_base_url(_: object, __: attrs.Attribute[str], value: str) -> None:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or not parts.hostname or parts.scheme not in ("https", "http"):
+        raise ConfigurationError(f"base_url: {value!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"base_url: {value!r} uses plain http; the private key must travel over https "
+            "(plain http is allowed only for loopback test servers such as 127.0.0.1)"
+        )
+
+
+def _check_revision(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not _REVISION.match(value):
+        raise ConfigurationError(
+            f"revision: {value!r} is not a Klaviyo API revision such as '2024-10-15'"
+        )
+
+
+def _check_region(_: object, __: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not _REGION.match(value)):
+        raise ConfigurationError(
+            f"default_phone_region: {value!r} is not a two-letter ISO 3166 region such as 'GB'"
+        )
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(f"{attribute.name}: must be a number above 0, got {value!r}")
+
+
+def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{attribute.name}: must be a whole number >= 0, got {value!r}")
+
+
+def _callable_or_none(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{attribute.name}: must be a function or None, got {value!r}")
+
+
+def _blueprint(value: Blueprint | None) -> Blueprint:
+    if value is None:
+        return default_blueprint()
+    if not isinstance(value, Blueprint):
+        raise ConfigurationError(
+            f"blueprint: expected a klaviyo_signal.Blueprint, got {type(value).__name__}"
+        )
+    return value
+
+
+@attrs.frozen
+class Config:
+    """Every Client option, validated."""
+
+    public_api_key: str = attrs.field(validator=_check_public_key)
+    private_api_key: str = attrs.field(validator=_check_private_key, repr=mask)
+    base_url: str = attrs.field(default="https://a.klaviyo.com", validator=_check_base_url)
+    revision: str = attrs.field(default="2024-10-15", validator=_check_revision)
+    sync_mode: bool = False
+    blueprint: Blueprint = attrs.field(default=None, converter=_blueprint)
+    require_consent: bool = False
+    default_phone_region: str | None = attrs.field(default=None, validator=_check_region)
+    max_retries: int = attrs.field(default=5, validator=_count)
+    timeout: float = attrs.field(default=10.0, validator=_positive)
+    on_delivery: Callable[[Delivery], object] | None = attrs.field(
+        default=None, validator=_callable_or_none
+    )
+    max_queue_size: int = attrs.field(default=10_000, validator=_count)
+    shutdown_timeout: float = attrs.field(default=5.0, validator=_positive)

@@ -1,0 +1,185 @@
+"""Every exception klaviyo-signal raises.
+
+The tree::
+
+    KlaviyoSignalError
+    ├── ConfigurationError      (also ValueError)  the Client was built wrong
+    ├── ValidationError         (also ValueError)  a call's input breaks a rule
+    ├── APIError                                   Klaviyo answered with an error status
+    │   ├── BadRequestError         400
+    │   ├── AuthenticationError     401
+    │   ├── PermissionDeniedError   403
+    │   ├── RevisionGoneError       410
+    │   ├── RateLimitError          429
+    │   └── ServerError             5xx
+    └── TransportError                             no usable answer from Klaviyo
+        ├── NetworkError
+        └── RequestTimeoutError
+
+Messages say what to do next, and never contain the private API key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ErrorRecord",
+    "KlaviyoSignalError",
+    "NetworkError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "RevisionGoneError",
+    "ServerError",
+    "TransportError",
+    "ValidationError",
+    "api_error_for",
+]
+
+
+class KlaviyoSignalError(Exception):
+    """Root of every error this library raises."""
+
+
+class ConfigurationError(KlaviyoSignalError, ValueError):
+    """The Client's keys or options are wrong; raised when the Client is built."""
+
+
+class ValidationError(KlaviyoSignalError, ValueError):
+    """A call's input breaks one of Klaviyo's rules; raised by the call itself."""
+
+
+@attrs.frozen
+class ErrorRecord:
+    """One entry of Klaviyo's JSON:API ``errors`` array."""
+
+    code: str | None
+    title: str | None
+    detail: str | None
+    pointer: str | None
+
+
+class APIError(KlaviyoSignalError):
+    """Klaviyo answered with an error status.
+
+    Attributes:
+        status: The HTTP status code.
+        errors: Klaviyo's error records, in the order it sent them.
+        request_id: Klaviyo's request id (quote it to Klaviyo support), if sent.
+        headers: The response headers.
+    """
+
+    hint = "See https://developers.klaviyo.com/en/docs/rate_limits_and_error_handling."
+
+    def __init__(
+        self,
+        status: int,
+        errors: tuple[ErrorRecord, ...] = (),
+        *,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.errors = errors
+        self.request_id = request_id
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.retry_after = retry_after
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = [f"Klaviyo answered HTTP {self.status}."]
+        for err in self.errors:
+            text = err.detail or err.title or err.code or "no detail"
+            if err.pointer:
+                text += f" (at {err.pointer})"
+            parts.append(text)
+        parts.append(self.hint)
+        if self.request_id:
+            parts.append(f"Request id: {self.request_id}.")
+        return " ".join(parts)
+
+
+class BadRequestError(APIError):
+    """400: Klaviyo rejected the body (a missing profile identifier or a bad field)."""
+
+    hint = (
+        "Klaviyo rejected the request body; the detail and pointer above name the field. "
+        "Every event needs one of email, phone_number, external_id or anonymous_id."
+    )
+
+
+class AuthenticationError(APIError):
+    """401: the private API key is wrong, revoked or missing."""
+
+    hint = (
+        "Verify the private key in Klaviyo under Account > Settings > API Keys, and that it "
+        "has the events:write and profiles:write scopes."
+    )
+
+
+class PermissionDeniedError(APIError):
+    """403: the key is valid but lacks a scope this call needs."""
+
+    hint = (
+        "The private key lacks a scope: give it events:write and profiles:write "
+        "(Account > Settings > API Keys > Edit scopes)."
+    )
+
+
+class RevisionGoneError(APIError):
+    """410: the API revision this client sends is retired."""
+
+    hint = (
+        "This API revision is retired: pass a current one with Client(..., revision='YYYY-MM-DD')."
+    )
+
+
+class RateLimitError(APIError):
+    """429: too many requests; ``retry_after`` says how many seconds to wait, if Klaviyo said."""
+
+    hint = (
+        "Klaviyo's rate limit was hit and retries ran out. Send in background mode (batched), "
+        "raise max_retries, or slow down."
+    )
+
+
+class ServerError(APIError):
+    """5xx: Klaviyo failed; retries ran out."""
+
+    hint = "Klaviyo had a server error and retries ran out; try again later."
+
+
+class TransportError(KlaviyoSignalError):
+    """No usable HTTP answer came back from Klaviyo."""
+
+
+class NetworkError(TransportError):
+    """The connection failed (DNS, refused, reset, TLS)."""
+
+
+class RequestTimeoutError(TransportError):
+    """Klaviyo did not answer within the configured timeout."""
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    410: RevisionGoneError,
+    429: RateLimitError,
+}
+
+
+def api_error_for(status: int) -> type[APIError]:
+    """Return the APIError subclass for an HTTP error status."""
+    if status >= 500:
+        return ServerError
+    return _BY_STATUS.get(status, APIError)

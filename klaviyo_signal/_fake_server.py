@@ -1,0 +1,548 @@
+"""FakeKlaviyo's HTTP side: routing, auth, faults, rate-limit windows, the endpoints.
+
+One request runs through ``FakeServer.handle`` in the order Klaviyo's gateway would apply:
+latency, injected faults, routing, authentication, ``revision``, rate limits, then the body.
+Each request is answered while holding the state's lock, so it is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+
+import attrs
+
+from klaviyo_signal import _fake_schema as schema
+from klaviyo_signal._fake_schema import JSON
+from klaviyo_signal._fake_state import FakeRequest, FakeState
+
+__all__ = ["FakeServer", "RateLimits"]
+
+RateLimits = Mapping[str, tuple[int, int]]
+"""``{"POST /api/events": (burst_per_window, steady_per_window)}``."""
+
+_BURST_SECONDS = 1.0
+_STEADY_SECONDS = 60.0
+_AUTH = re.compile(r"^Klaviyo-API-Key (\S+)$")
+_FAULT_TEXT = {
+    400: ("invalid", "Invalid input.", "The payload provided in the request is invalid."),
+    403: (
+        "permission_denied",
+        "You do not have permission to perform this action.",
+        "Your API key is missing required scopes.",
+    ),
+    404: ("not_found", "Not found.", "Not found."),
+    410: ("gone", "Gone.", "The revision you requested is no longer supported."),
+}
+_SERVER_ERROR = ("error", "A server error occurred.", "A server error occurred.")
+
+
+@attrs.frozen
+class Response:
+    """What the handler writes back; ``body=None`` means an empty body."""
+
+    status: int
+    body: JSON = None
+    headers: Mapping[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class _Fault:
+    status: int
+    retry_after: float | None
+    body: JSON
+
+
+def published_rate_limits() -> dict[str, tuple[int, int]]:
+    """Klaviyo's per-endpoint (burst per second, steady per minute) limits."""
+    text = resources.files("klaviyo_signal") / "_schemas" / "rate_limits.json"
+    operations = json.loads(text.read_text("utf-8"))["operations"]
+    return {
+        name: (
+            int(op["ratelimit"]["burst"].split("/")[0]),
+            int(op["ratelimit"]["steady"].split("/")[0]),
+        )
+        for name, op in operations.items()
+    }
+
+
+class RateWindows:
+    """Fixed burst and steady windows per endpoint, aligned to the server's start."""
+
+    def __init__(self, limits: RateLimits, time_scale: float) -> None:
+        self._limits = dict(limits)
+        self._lengths = (_BURST_SECONDS * time_scale, _STEADY_SECONDS * time_scale)
+        self._counts: dict[tuple[str, int], tuple[int, int]] = {}
+        self._started = time.monotonic()
+
+    def restart(self) -> None:
+        """Start the clock again with empty windows (the server just started)."""
+        self._counts.clear()
+        self._started = time.monotonic()
+
+    def take(self, endpoint: str) -> tuple[float | None, dict[str, str]]:
+        """Count one request.
+
+        Returns:
+            Seconds until a window frees up if the request is over a limit (it is then not
+            counted), else None; and the ``RateLimit-*`` headers for a non-429 answer.
+        """
+        if endpoint not in self._limits:
+            return None, {}
+        elapsed = time.monotonic() - self._started
+        windows = []
+        for kind, (length, limit) in enumerate(
+            zip(self._lengths, self._limits[endpoint], strict=True)
+        ):
+            index = math.floor(elapsed / length)
+            seen, count = self._counts.get((endpoint, kind), (index, 0))
+            windows.append((kind, index, 0 if seen != index else count, limit, length))
+        waits = [
+            (i + 1) * length - elapsed for _, i, count, limit, length in windows if count >= limit
+        ]
+        if waits:
+            return max(waits), {}
+        for kind, index, count, _, _ in windows:
+            self._counts[(endpoint, kind)] = (index, count + 1)
+        _, index, count, limit, length = windows[1]
+        return None, {
+            "RateLimit-Limit": str(limit),
+            "RateLimit-Remaining": str(max(limit - count - 1, 0)),
+            "RateLimit-Reset": str(math.ceil((index + 1) * length - elapsed)),
+        }
+
+
+class FakeServer:
+    """The HTTP server thread plus the request pipeline; FakeKlaviyo is its façade."""
+
+    def __init__(
+        self,
+        state: FakeState,
+        *,
+        latency: float,
+        rate_limits: bool | RateLimits,
+        time_scale: float,
+    ) -> None:
+        self._state = state
+        self._latency = latency
+        limits = published_rate_limits()
+        if isinstance(rate_limits, Mapping):
+            limits.update(rate_limits)
+        self._enforce = bool(rate_limits)
+        self._windows = RateWindows(limits, time_scale)
+        self._faults: deque[_Fault] = deque()
+        self._drops = 0
+        self._lock = threading.Lock()
+        self.throttled = 0
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``; only valid while started."""
+        if self._httpd is None:
+            raise RuntimeError(
+                "FakeKlaviyo is not running: call start() or use it as a context manager."
+            )
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        """Bind a free port on 127.0.0.1 and serve from a daemon thread."""
+        if self._httpd is not None:
+            return
+        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd.app = self
+        with self._lock:
+            self._windows.restart()
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name="FakeKlaviyo",
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving, close the listening socket and open connections, join the thread."""
+        httpd, thread = self._httpd, self._thread
+        if httpd is None or thread is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        httpd.close_connections()
+        thread.join()
+        self._httpd = self._thread = None
+
+    def fail_next(self, status: int, times: int, retry_after: float | None, body: JSON) -> None:
+        """Queue ``times`` injected failures."""
+        with self._lock:
+            self._faults.extend(_Fault(status, retry_after, body) for _ in range(times))
+
+    def drop_next_connection(self) -> None:
+        """Close the next request's connection without answering."""
+        with self._lock:
+            self._drops += 1
+
+    def reset(self) -> None:
+        """Forget queued faults and drops."""
+        with self._lock:
+            self._faults.clear()
+            self._drops = 0
+            self.throttled = 0
+
+    def handle(
+        self, method: str, raw_path: str, headers: Mapping[str, str], raw: bytes
+    ) -> Response | None:
+        """Answer one request; None means: drop the connection."""
+        if self._latency:
+            time.sleep(self._latency)
+        key = _key_of(headers.get("authorization", ""))
+        body = _scrub(_parse(raw), key)
+        recorded = _scrub((raw_path, _mask(headers), None if body is _MALFORMED else body), key)
+        with self._state.transaction() as index:
+            response = self._respond(method, raw_path, headers, body, index)
+            status = None if response is None else response.status
+            self._state.add_request(
+                FakeRequest(method, recorded[0], recorded[1], recorded[2], status)
+            )
+        return response
+
+    def _respond(
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: JSON, index: int
+    ) -> Response | None:
+        with self._lock:
+            if self._drops:
+                self._drops -= 1
+                return None
+            fault = self._faults.popleft() if self._faults else None
+        path = raw_path.split("?", 1)[0].rstrip("/")
+        endpoint = f"POST {path}"
+        if fault is not None:
+            return self._fault_response(fault, endpoint)
+        route = _ROUTES.get(path)
+        if route is None:
+            detail = f"The path {path or '/'} could not be found."
+            return _error(404, detail, code="not_found", title="Not found.")
+        if method != "POST":
+            detail = f'Method "{method}" not allowed.'
+            return _error(405, detail, code="method_not_allowed", title="Method not allowed.")
+        if _key_of(headers.get("authorization", "")) is None:
+            return Response(401, schema.real_error_body(401))
+        if not headers.get("revision"):
+            detail = "The 'revision' header is required, for example 'revision: 2024-10-15'."
+            return _error(400, detail, parameter="revision")
+        with self._lock:
+            wait, rate_headers = self._windows.take(endpoint)
+            if wait is not None and self._enforce:
+                self.throttled += 1
+                return _throttled(wait)
+        if body is _MALFORMED:
+            response = _error(
+                400,
+                "JSON parse error - the request body is not valid JSON.",
+                code="parse_error",
+                title="Malformed request.",
+            )
+        else:
+            now = dt.datetime.now(dt.timezone.utc)
+            response = route(self._state, body, index, now)
+        return attrs.evolve(response, headers={**rate_headers, **response.headers})
+
+    def _fault_response(self, fault: _Fault, endpoint: str) -> Response:
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        if fault.status != 429:
+            with self._lock:
+                headers.update(self._windows.take(endpoint)[1])
+        if fault.body is not None:
+            return Response(fault.status, fault.body, headers)
+        if fault.status == 429:
+            wait = math.ceil(fault.retry_after or 0)
+            detail = f"Request was throttled. Expected available in {wait} seconds."
+            return Response(429, schema.real_error_body(429, detail), headers)
+        if fault.status == 401:
+            return Response(401, schema.real_error_body(401), headers)
+        code, title, detail = _FAULT_TEXT.get(fault.status, _SERVER_ERROR)
+        return attrs.evolve(_error(fault.status, detail, code=code, title=title), headers=headers)
+
+
+def _throttled(wait: float) -> Response:
+    seconds = math.ceil(wait)
+    detail = f"Request was throttled. Expected available in {seconds} seconds."
+    headers = {
+        "Retry-After": str(seconds),
+        "X-Fake-Retry-After": f"{math.ceil(wait * 1000) / 1000:.3f}",
+    }
+    return Response(429, schema.real_error_body(429, detail), headers)
+
+
+def _error(status: int, detail: str, **fields: Any) -> Response:
+    record = schema.error_record(status, detail, **fields)
+    return Response(status, {"errors": [record]})
+
+
+def _bad(errors: list[dict[str, JSON]]) -> Response:
+    return Response(400, {"errors": errors})
+
+
+_MALFORMED: Any = object()
+
+
+def _parse(raw: bytes) -> JSON:
+    try:
+        return json.loads(raw) if raw else _MALFORMED
+    except ValueError:
+        return _MALFORMED
+
+
+def _key_of(authorization: str) -> str | None:
+    match = _AUTH.match(authorization)
+    return match.group(1) if match else None
+
+
+def _mask(headers: Mapping[str, str]) -> dict[str, str]:
+    masked = {name.lower(): value for name, value in headers.items()}
+    if "authorization" in masked:
+        scheme, _, key = masked["authorization"].partition(" ")
+        masked["authorization"] = f"{scheme} {'pk_***' if key.startswith('pk_') else '***'}"
+    return masked
+
+
+def _scrub(value: Any, key: str | None) -> Any:
+    # The key could also be echoed in a body or a path by a confused caller; never keep it.
+    if key is None or len(key) < 4:
+        return value
+    if isinstance(value, str):
+        return value.replace(key, "pk_***")
+    if isinstance(value, dict):
+        return {_scrub(k, key): _scrub(v, key) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub(v, key) for v in value)
+    return value
+
+
+# --- the endpoints ---------------------------------------------------------------------------
+
+_Route = Callable[[FakeState, JSON, int, dt.datetime], Response]
+
+
+def _profile_errors(
+    state: FakeState,
+    profile: Mapping[str, JSON],
+    missing_at: list[str | int],
+    id_at: list[str | int],
+) -> list[JSON]:
+    """Check that a profile object names someone: an identifier, or the id of a known profile."""
+    if not schema.has_identifier(profile):
+        return [schema.identifier_error(missing_at)]
+    wanted = profile.get("id")
+    if wanted and not state.knows_profile_id(wanted):
+        detail = f"A profile with id '{wanted}' does not exist."
+        return [schema.error_record(400, detail, source_pointer=schema.pointer(id_at))]
+    return []
+
+
+def _event_fields(attributes: Mapping[str, JSON]) -> dict[str, JSON]:
+    return {k: v for k, v in attributes.items() if k != "profile"}
+
+
+def _create_event(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
+    errors = schema.schema_errors("event_create", body)
+    if errors:
+        return _bad(errors)
+    attributes = body["data"]["attributes"]
+    profile = attributes["profile"]["data"]
+    at: list[str | int] = ["data", "attributes", "profile"]
+    errors = _profile_errors(state, profile, at, [*at, "data", "id"])
+    errors += schema.event_limit_errors(attributes, ["data", "attributes"], now)
+    if errors:
+        return _bad(errors)
+    profile_id, _ = state.upsert(profile)
+    state.record_event(profile_id, _event_fields(attributes), index, now)
+    return Response(202)
+
+
+def _bulk_create_events(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
+    errors = schema.schema_errors("event_bulk_create_job", body)
+    if errors:
+        return _bad(errors)
+    items = body["data"]["attributes"]["events-bulk-create"]["data"]
+    for i, item in enumerate(items):
+        at: list[str | int] = ["data", "attributes", "events-bulk-create", "data", i, "attributes"]
+        profile = item["attributes"]["profile"]["data"]
+        errors += _profile_errors(state, profile, [*at, "profile"], [*at, "profile", "data", "id"])
+        for j, event in enumerate(item["attributes"]["events"]["data"]):
+            where = [*at, "events", "data", j, "attributes"]
+            errors += schema.event_limit_errors(event["attributes"], where, now)
+    if errors:
+        return _bad(errors)
+    for item in items:
+        profile_id, _ = state.upsert(item["attributes"]["profile"]["data"])
+        for event in item["attributes"]["events"]["data"]:
+            state.record_event(profile_id, _event_fields(event["attributes"]), index, now)
+    job = {
+        "type": "event-bulk-create-job",
+        "id": uuid.uuid4().hex,
+        "attributes": {
+            "status": "queued",
+            "created_at": now.isoformat(),
+            "total_count": len(items),
+        },
+    }
+    return Response(202, {"data": job})
+
+
+def _import_profile(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
+    errors = schema.schema_errors("profile_import", body) or _profile_errors(
+        state, body["data"], ["data", "attributes"], ["data", "id"]
+    )
+    if errors:
+        return _bad(errors)
+    profile_id, created = state.upsert(body["data"])
+    profile = state.profile(profile_id)
+    attributes = {
+        "email": profile.email,
+        "phone_number": profile.phone_number,
+        "external_id": profile.external_id,
+        "anonymous_id": profile.anonymous_ids[-1] if profile.anonymous_ids else None,
+        **profile.attributes,
+        "properties": profile.properties,
+    }
+    data = {
+        "type": "profile",
+        "id": profile_id,
+        "attributes": attributes,
+        "links": {"self": f"https://a.klaviyo.com/api/profiles/{profile_id}/"},
+    }
+    return Response(201 if created else 200, {"data": data})
+
+
+def _subscription_route(operation: str, consent: str, *, member: bool) -> _Route:
+    def route(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
+        errors = schema.schema_errors(operation, body)
+        if errors:
+            return _bad(errors)
+        attributes = body["data"]["attributes"]
+        profiles = attributes["profiles"]["data"]
+        errors = schema.subscription_attribute_errors(profiles)
+        for i, profile in enumerate(profiles):
+            at: list[str | int] = ["data", "attributes", "profiles", "data", i]
+            if profile.get("id"):
+                errors += _profile_errors(state, profile, at, [*at, "id"])
+        if errors:
+            return _bad(errors)
+        list_id = (
+            ((body["data"].get("relationships") or {}).get("list") or {}).get("data") or {}
+        ).get("id")
+        extra = (
+            {"custom_source": attributes["custom_source"]}
+            if attributes.get("custom_source")
+            else {}
+        )
+        for profile in profiles:
+            profile_id, _ = state.upsert(profile)
+            fields = profile["attributes"]
+            channels = fields.get("subscriptions") or _default_channels(fields, consent)
+            state.set_consent(profile_id, channels, extra)
+            if list_id:
+                state.set_list(profile_id, list_id, member=member)
+        return Response(202)
+
+    return route
+
+
+def _default_channels(fields: Mapping[str, JSON], consent: str) -> dict[str, JSON]:
+    # Klaviyo: without `subscriptions`, every message type of each channel the profile's
+    # identifiers allow is (un)subscribed.
+    channels: dict[str, JSON] = {}
+    if fields.get("email"):
+        channels["email"] = {"marketing": {"consent": consent}}
+    if fields.get("phone_number"):
+        channels["sms"] = {"marketing": {"consent": consent}, "transactional": {"consent": consent}}
+    return channels
+
+
+_ROUTES: dict[str, _Route] = {
+    "/api/events": _create_event,
+    "/api/event-bulk-create-jobs": _bulk_create_events,
+    "/api/profile-import": _import_profile,
+    "/api/profile-subscription-bulk-create-jobs": _subscription_route(
+        "subscription_bulk_create_job", "SUBSCRIBED", member=True
+    ),
+    "/api/profile-subscription-bulk-delete-jobs": _subscription_route(
+        "subscription_bulk_delete_job", "UNSUBSCRIBED", member=False
+    ),
+}
+
+
+# --- the socket side -------------------------------------------------------------------------
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    app: FakeServer
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        # Kept-alive connections would otherwise outlive stop() in their handler threads.
+        with self._open_lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):  # the peer may have closed it already
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._open.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        response = self.server.app.handle(self.command, self.path, headers, raw)
+        if response is None:
+            self.close_connection = True
+            return
+        payload = b"" if response.body is None else json.dumps(response.body).encode("utf-8")
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/vnd.api+json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Request-Id", uuid.uuid4().hex)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: request lines would clutter the user's test output."""

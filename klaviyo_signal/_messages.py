@@ -1,0 +1,247 @@
+"""A Segment-spec call (identify, track or page), cleaned into a ``Message``.
+
+Everything the caller passed is checked here, on the caller's thread, so the rest of the
+pipeline (consent gate, blueprint, delivery) works on values known to be sendable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+import attrs
+
+from ._consent import resolve_consent
+from ._errors import ValidationError
+from ._identity import Identity, identity_from, normalize_id
+from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
+
+__all__ = ["Kind", "Message", "build_message"]
+
+Kind = Literal["identify", "track", "page"]
+
+_KINDS = ("identify", "track", "page")
+# Klaviyo's metric name limit: names must be fewer than 128 characters.
+_MAX_NAME = 128
+_MAX_MESSAGE_ID = 255
+# Klaviyo's event time window: after the year 2000, at most a year ahead.
+_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_MAX_AHEAD = timedelta(days=365)
+
+
+@attrs.frozen
+class Message:
+    """What the caller said, cleaned: the input every blueprint rule and mapper receives."""
+
+    kind: Kind
+    event: str | None
+    """track: the event name; page and identify: None."""
+    name: str | None
+    """page: the page name (may be None); track and identify: None."""
+    properties: Mapping[str, JSON]
+    traits: Mapping[str, JSON]
+    """The call's traits merged over ``context["traits"]``."""
+    context: Mapping[str, JSON]
+    user_id: str | None
+    anonymous_id: str | None
+    timestamp: datetime
+    """When it happened: aware, in UTC."""
+    message_id: str
+    consent: Mapping[str, bool]
+    identity: Identity
+
+
+def build_message(
+    kind: Kind,
+    *,
+    event: object = None,
+    name: object = None,
+    properties: Mapping[str, object] | None = None,
+    traits: Mapping[str, object] | None = None,
+    context: Mapping[str, object] | None = None,
+    user_id: object = None,
+    anonymous_id: object = None,
+    consent: Mapping[str, object] | None = None,
+    timestamp: object = None,
+    message_id: object = None,
+    default_phone_region: str | None = None,
+    now: datetime | None = None,
+) -> Message:
+    """Check and clean one call into a Message.
+
+    Args:
+        kind: Which Segment call this is.
+        event: track: the event (metric) name, a non-blank str of fewer than 128 characters.
+        name: page: the page name, or None.
+        properties: track and page: up to 300 properties (see ``clean_value`` for types).
+        traits: Profile traits; merged key by key over ``context["traits"]``.
+        context: Segment's context object.
+        user_id: Your id for the person (str or int); becomes Klaviyo's ``external_id``.
+        anonymous_id: A device or cookie id (str or int).
+        consent: Category -> bool, merged over ``context.consent.categoryPreferences``.
+        timestamp: When it happened: a datetime (naive means UTC) or an ISO 8601 str;
+            default now. Kept to Klaviyo's window of 2000-01-01 to a year from now.
+        message_id: A str or UUID that makes retries idempotent; default a new uuid4.
+        default_phone_region: Region for phone numbers not in E.164 form (``'GB'``).
+        now: The current time, for tests; default the clock.
+
+    Raises:
+        ValidationError: Any input breaks a rule; the message names the field and the rule.
+    """
+    if kind not in _KINDS:
+        raise ValidationError(f"kind: {kind!r} is not one of 'identify', 'track' or 'page'")
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    clean_event = _event(kind, event)
+    clean_name = _page_name(kind, name)
+    if kind == "identify" and properties:
+        raise ValidationError(
+            "properties: identify calls take traits, not properties; pass them as traits="
+        )
+    clean_props = clean_properties(properties, "properties", max_keys=MAX_EVENT_PROPERTIES)
+    clean_context = clean_properties(context, "context")
+    clean_traits = _traits(traits, clean_context)
+    uid = None if user_id is None else normalize_id(user_id, "user_id")
+    aid = None if anonymous_id is None else normalize_id(anonymous_id, "anonymous_id")
+    return Message(
+        kind=kind,
+        event=clean_event,
+        name=clean_name,
+        properties=clean_props,
+        traits=clean_traits,
+        context=clean_context,
+        user_id=uid,
+        anonymous_id=aid,
+        timestamp=_timestamp(timestamp, now),
+        message_id=_message_id(message_id),
+        consent=resolve_consent(consent, clean_context),
+        identity=identity_from(
+            traits=clean_traits,
+            user_id=uid,
+            anonymous_id=aid,
+            default_region=default_phone_region,
+        ),
+    )
+
+
+def _event(kind: str, event: object) -> str | None:
+    if kind != "track":
+        if event is not None:
+            raise ValidationError(f"event: only track calls take an event name ({kind} was called)")
+        return None
+    if not isinstance(event, str):
+        raise ValidationError(
+            f"event: must be a str naming the event, got a value of type {type(event).__name__}"
+        )
+    if not event.strip():
+        raise ValidationError("event: must not be empty")
+    if len(event) >= _MAX_NAME:
+        raise ValidationError(
+            f"event: {event[:40]!r}... is {len(event)} characters; it must be fewer than "
+            f"{_MAX_NAME} characters (Klaviyo's metric name limit)"
+        )
+    return str.__str__(event)
+
+
+def _page_name(kind: str, name: object) -> str | None:
+    if name is None:
+        return None
+    if kind != "page":
+        raise ValidationError(f"name: only page calls take a name ({kind} was called)")
+    if not isinstance(name, str):
+        raise ValidationError(
+            f"name: must be a str or None, got a value of type {type(name).__name__}"
+        )
+    if not name.strip():
+        raise ValidationError("name: must not be empty; pass None for a page without a name")
+    if len(name) >= _MAX_NAME:
+        raise ValidationError(
+            f"name: {name[:40]!r}... is {len(name)} characters; it must be fewer than "
+            f"{_MAX_NAME} characters (Klaviyo's metric name limit)"
+        )
+    return str.__str__(name)
+
+
+def _traits(traits: Mapping[str, object] | None, context: Mapping[str, JSON]) -> Mapping[str, JSON]:
+    explicit = clean_properties(traits, "traits")
+    from_context = context.get("traits")
+    if from_context is None:
+        return explicit
+    if not isinstance(from_context, dict):
+        raise ValidationError(
+            f"context.traits: must be an object, got a value of type {type(from_context).__name__}"
+        )
+    if not explicit:
+        return from_context
+    return {**from_context, **explicit}
+
+
+def _timestamp(value: object, now: datetime) -> datetime:
+    if value is None:
+        return now.astimezone(timezone.utc)
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        when = _parse_iso(value)
+    else:
+        raise ValidationError(
+            "timestamp: must be a datetime or an ISO 8601 str, "
+            f"got a value of type {type(value).__name__}"
+        )
+    if when.tzinfo is None or when.utcoffset() is None:
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        when = when.astimezone(timezone.utc)
+    except OverflowError:
+        # Only datetimes at the very ends of the calendar overflow when moved to UTC.
+        early = when.year < _EARLIEST.year
+    else:
+        early = when < _EARLIEST
+        if not early and when <= now + _MAX_AHEAD:
+            return when
+    if early:
+        raise ValidationError(
+            f"timestamp: {when.isoformat()} is before 2000-01-01; "
+            "Klaviyo rejects events before the year 2000"
+        )
+    raise ValidationError(
+        f"timestamp: {when.isoformat()} is more than 365 days after now "
+        f"({now.astimezone(timezone.utc).isoformat()}); "
+        "Klaviyo rejects events over a year in the future"
+    )
+
+
+def _parse_iso(value: str) -> datetime:
+    text = value.strip()
+    # Python 3.10's fromisoformat does not read the "Z" suffix; it means UTC.
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(
+            f"timestamp: {value!r} is not an ISO 8601 date-time "
+            "(e.g. '2024-10-15T09:30:00Z' or '2024-10-15T10:30:00+01:00')"
+        ) from None
+
+
+def _message_id(value: object) -> str:
+    if value is None:
+        return str(uuid.uuid4())
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"message_id: must be a str or UUID, got a value of type {type(value).__name__}"
+        )
+    if not value.strip():
+        raise ValidationError("message_id: must not be empty")
+    if len(value) > _MAX_MESSAGE_ID:
+        raise ValidationError(
+            f"message_id: {len(value)} characters is over the limit of {_MAX_MESSAGE_ID}"
+        )
+    return str.__str__(value)

@@ -1,0 +1,63 @@
+"""Klaviyo's objects as plain values: what the blueprint produces and the wire writes.
+
+The models know nothing of JSON:API; ``_wire.py`` owns the ``data``/``attributes`` nesting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+
+import attrs
+
+from ._identity import Identity
+from ._json import JSON
+
+__all__ = ["Event", "Location", "Profile"]
+
+
+@attrs.frozen
+class Location:
+    """A profile's postal location, in Klaviyo's attribute names."""
+
+    address1: str | None = None
+    address2: str | None = None
+    city: str | None = None
+    region: str | None = None
+    zip: str | None = None
+    country: str | None = None
+    latitude: float | str | None = None
+    longitude: float | str | None = None
+
+
+@attrs.frozen
+class Profile:
+    """A Klaviyo profile: its identifiers, the standard attributes and custom ``properties``."""
+
+    identity: Identity
+    first_name: str | None = None
+    last_name: str | None = None
+    organization: str | None = None
+    title: str | None = None
+    image: str | None = None
+    locale: str | None = None
+    location: Location | None = None
+    properties: Mapping[str, JSON] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Event:
+    """One Klaviyo event: a metric recorded on a profile.
+
+    ``unique_id`` makes a retried POST safe: Klaviyo records one event per profile, metric
+    and unique_id.
+    """
+
+    metric: str
+    profile: Profile
+    properties: Mapping[str, JSON]
+    time: datetime
+    unique_id: str
+    value: int | float | Decimal | None = None
+    value_currency: str | None = None

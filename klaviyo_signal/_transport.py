@@ -1,0 +1,183 @@
+"""HTTP: one requests Session with urllib3 retries, and the one place errors are translated.
+
+Retrying POST is safe because every event carries ``unique_id`` and profile-import is an
+upsert. ``raise_on_status=False`` hands the last answer back so we raise our own typed
+errors; no ``requests``/``urllib3`` exception reaches users.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import attrs
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
+
+from ._errors import (
+    ErrorRecord,
+    NetworkError,
+    RequestTimeoutError,
+    TransportError,
+    api_error_for,
+)
+from ._json import JSON
+from ._version import VERSION
+
+__all__ = ["Answer", "Transport", "make_retry"]
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CONNECT_TIMEOUT = 3.05
+
+
+def make_retry(max_retries: int) -> Retry:
+    """Return the retry policy: 429 and 5xx, POST included, Retry-After honoured, jittered."""
+    return Retry(
+        total=max_retries,
+        connect=max_retries,
+        read=max_retries,
+        status=max_retries,
+        other=0,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"POST", "GET"}),
+        respect_retry_after_header=True,
+        backoff_factor=0.5,
+        backoff_max=30.0,
+        backoff_jitter=0.5,
+        raise_on_status=False,
+        raise_on_redirect=False,
+    )
+
+
+@attrs.frozen
+class Answer:
+    """A successful answer from Klaviyo."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: JSON
+    retries: int
+    sent_bytes: int
+
+
+def _records(payload: object) -> tuple[ErrorRecord, ...]:
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not isinstance(errors, list):
+        return ()
+    records = []
+    for err in errors:
+        if not isinstance(err, dict):
+            continue
+        source = err.get("source")
+        pointer = (
+            source.get("pointer") or source.get("parameter") if isinstance(source, dict) else None
+        )
+        records.append(
+            ErrorRecord(
+                code=err.get("code"),
+                title=err.get("title"),
+                detail=err.get("detail"),
+                pointer=pointer,
+            )
+        )
+    return tuple(records)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    seconds = Retry.parse_retry_after(Retry(), value)
+    return float(seconds)
+
+
+def _parse(response: requests.Response) -> JSON:
+    if not response.content:
+        return None
+    try:
+        parsed: JSON = json.loads(response.content)
+    except ValueError:
+        return None
+    return parsed
+
+
+class Transport:
+    """Sends request bodies to Klaviyo and returns an ``Answer`` or raises a typed error."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        private_api_key: str,
+        revision: str,
+        timeout: float,
+        max_retries: int,
+        pool_size: int = 4,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
+        self._session = requests.Session()
+        adapter = HTTPAdapter(
+            max_retries=make_retry(max_retries), pool_connections=1, pool_maxsize=pool_size
+        )
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers.update(
+            {
+                "Authorization": f"Klaviyo-API-Key {private_api_key}",
+                "revision": revision,
+                "Accept": "application/vnd.api+json",
+                "Content-Type": "application/vnd.api+json",
+                "User-Agent": f"klaviyo-signal/{VERSION}",
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"<Transport {self._base_url}>"
+
+    def post(self, path: str, body: bytes) -> Answer:
+        """POST a JSON body; raise ``APIError``/``TransportError`` when it does not succeed."""
+        try:
+            response = self._session.post(self._base_url + path, data=body, timeout=self._timeout)
+        except requests.exceptions.Timeout as exc:
+            raise RequestTimeoutError(
+                f"Klaviyo did not answer {path} within {self._timeout[1]} s (after retries); "
+                "raise timeout= or check the network."
+            ) from exc
+        except requests.exceptions.RetryError as exc:
+            raise NetworkError(f"retries to Klaviyo {path} ran out: {_safe(exc)}") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise NetworkError(
+                f"could not reach Klaviyo at {self._base_url} ({path}): {_safe(exc)}"
+            ) from exc
+        except requests.exceptions.RequestException as exc:
+            raise TransportError(f"request to Klaviyo {path} failed: {_safe(exc)}") from exc
+        history = getattr(getattr(response.raw, "retries", None), "history", ())
+        payload = _parse(response)
+        if response.status_code >= 400:
+            raise api_error_for(response.status_code)(
+                response.status_code,
+                _records(payload),
+                request_id=response.headers.get("X-Request-Id")
+                or response.headers.get("x-klaviyo-request-id"),
+                headers=dict(response.headers),
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        return Answer(
+            status=response.status_code,
+            headers=dict(response.headers),
+            body=payload,
+            retries=len(history),
+            sent_bytes=len(body),
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+
+def _safe(exc: BaseException) -> str:
+    """Describe a requests error by its class; its text can hold URLs, never keys, but be brief."""
+    reason = exc.args[0] if exc.args else exc
+    inner = getattr(reason, "reason", None)
+    return type(inner or reason).__name__ if inner or reason else type(exc).__name__
