@@ -1,0 +1,79 @@
+"""Shared fixtures: Klaviyo's official schemas, and a raw capture server for wire bytes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
+from typing import Any
+
+import pytest
+from openapi_schema_validator import OAS30Validator
+
+PUBLIC_KEY = "AbC123"
+PRIVATE_KEY = "pk_test_0123456789abcdef0123456789abcdef"
+
+_SCHEMAS = {
+    "/api/events": "event_create.schema.json",
+    "/api/profile-import": "profile_import.schema.json",
+    "/api/event-bulk-create-jobs": "event_bulk_create_job.schema.json",
+    "/api/profile-subscription-bulk-create-jobs": "subscription_bulk_create_job.schema.json",
+    "/api/profile-subscription-bulk-delete-jobs": "subscription_bulk_delete_job.schema.json",
+}
+
+
+def schema_errors(path: str, body: Any) -> list[str]:
+    """Return every way ``body`` breaks Klaviyo's official request schema for ``path``."""
+    text = files("klaviyo_signal").joinpath("_schemas", _SCHEMAS[path]).read_text("utf-8")
+    validator = OAS30Validator(json.loads(text)["schema"])
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)
+    ]
+
+
+def assert_valid(path: str, body: Any) -> None:
+    """Fail with every schema problem when a request body is not valid for Klaviyo."""
+    problems = schema_errors(path, body)
+    assert not problems, problems
+
+
+class Capture:
+    """A tiny HTTP server on 127.0.0.1 that keeps the raw bytes of every request."""
+
+    def __init__(self, status: int = 202, body: bytes = b"") -> None:
+        self.status = status
+        self.body = body
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        capture = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                capture.requests.append((self.path, dict(self.headers), self.rfile.read(length)))
+                self.send_response(capture.status)
+                self.send_header("Content-Length", str(len(capture.body)))
+                self.end_headers()
+                self.wfile.write(capture.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def capture() -> Iterator[Capture]:
+    """A raw capture server answering 202 to everything."""
+    server = Capture()
+    yield server
+    server.close()
