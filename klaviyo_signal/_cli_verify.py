@@ -37,8 +37,8 @@ def run_verify(email: str, out: TextIO, err: TextIO) -> int:
     except ConfigurationError as exc:
         err.write(
             f"klaviyo-signal verify: {exc}\n"
-            "Set KLAVIYO_PUBLIC_API_KEY (the 6-character Site ID) and KLAVIYO_PRIVATE_API_KEY "
-            "(pk_...),\nboth from Account > Settings > API Keys in Klaviyo.\n"
+            "Set KLAVIYO_PUBLIC_API_KEY (the 6-character Site ID) and\n"
+            "KLAVIYO_PRIVATE_API_KEY (pk_...), both from Account > Settings > API Keys.\n"
         )
         return 2
     metric = blueprint.rules[TEST_EVENT].metric

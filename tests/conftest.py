@@ -26,7 +26,7 @@ _SCHEMAS = {
 
 def schema_errors(path: str, body: Any) -> list[str]:
     """Return every way ``body`` breaks Klaviyo's official request schema for ``path``."""
-    text = files("klaviyo_signal").joinpath("_schemas", _SCHEMAS[path]).read_text("utf-8")
+    text = files("klaviyo_signal").joinpath("_schemas").joinpath(_SCHEMAS[path]).read_text("utf-8")
     validator = OAS30Validator(json.loads(text)["schema"])
     return [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)

@@ -229,7 +229,7 @@ def test_from_install(fake: FakeKlaviyo) -> None:
     }
     client = Client.from_install(payload, base_url=fake.url, sync_mode=True)
     assert client.track("Product Viewed", {"product_id": "p"}, user_id="u").http_status == 202
-    with pytest.raises(ConfigurationError, match="config.private_api_key is missing"):
+    with pytest.raises(ConfigurationError, match=r"config\.private_api_key is missing"):
         Client.from_install({"config": {"public_api_key": PUBLIC_KEY}})
     with pytest.raises(ConfigurationError, match="delivery_mode 'client_side'"):
         Client.from_install({**payload, "delivery_mode": "client_side"})

@@ -171,7 +171,7 @@ def test_enable_with_metric_and_disable(fake: FakeKlaviyo) -> None:
 
 
 def test_identify_maps_segment_traits(fake: FakeKlaviyo) -> None:
-    """identify maps Segment-spec traits to Klaviyo attributes and location; the rest to properties."""
+    """identify maps Segment traits to Klaviyo attributes and location; the rest to properties."""
     client_for(fake.url).identify(
         "u-1",
         {
