@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--anonymous-id", metavar="ID", help="--event: a device or cookie id")
     send.add_argument("--email", metavar="ADDRESS", help="--event: the person's email address")
     send.add_argument(
-        "--properties", metavar="JSON", help='--event: a JSON object, e.g. \'{"revenue": 9.5}\''
+        "--properties", metavar="JSON", help="--event: a JSON object, e.g. '{\"revenue\": 9.5}'"
     )
     send.add_argument(
         "--enable",
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--sync", action="store_true", help="send each call before reading the next (slower)"
     )
+    send.set_defaults(parser=send)  # usage errors found later name `send`
     send.add_argument(
         "--progress",
         action="store_true",
@@ -116,11 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors
+        return _run(parser.parse_args(argv))
+    except SystemExit as exc:  # --help, --version and usage errors, as argparse reports them
         return exc.code if isinstance(exc.code, int) else 2
-    # Each command's module is imported on use, so `--help` stays fast and `demo` alone
-    # pulls in the fake.
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Each command's module is imported on use, so `--help` stays fast and only `demo`
+    # loads the fake.
     if args.command == "demo":
         from ._cli_demo import run_demo  # noqa: PLC0415
 
@@ -131,4 +135,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_verify(args.email, sys.stdout, sys.stderr)
     from ._cli_send import run_send  # noqa: PLC0415
 
-    return run_send(args, parser, sys.stdout, sys.stderr)
+    return run_send(args, args.parser, sys.stdout, sys.stderr)

@@ -117,6 +117,7 @@ def _step(
 ) -> int:
     """Send one call and print its row; return 1 if it failed."""
     seen = len(fake.requests)
+    reason: str | None
     try:
         delivery = call(client)
     except KlaviyoSignalError as exc:
@@ -180,8 +181,8 @@ def _profile_rows(profile: FakeProfile) -> list[tuple[str, str]]:
 def _feed_row(event: FakeEvent) -> str:
     when = "-"
     if event.time:
-        when = datetime.fromisoformat(event.time.replace("Z", "+00:00")).astimezone()
-        when = when.strftime("%H:%M:%S")
+        sent = datetime.fromisoformat(event.time.replace("Z", "+00:00"))
+        when = sent.astimezone().strftime("%H:%M:%S")
     value = ""
     if event.value is not None:
         value = f"{event.value:.2f} {event.value_currency or ''}".strip()

@@ -62,21 +62,24 @@ class Progress:
     Args:
         stream: Where to draw (stderr).
         total: How many lines to expect, if known.
-        always: Draw from the start; otherwise only once the run has lasted a second.
+        delay: Seconds the run must last before the bar appears (so short runs stay quiet);
+            None never draws it.
     """
 
-    def __init__(self, stream: TextIO, total: int | None, *, always: bool) -> None:
+    def __init__(self, stream: TextIO, total: int | None, *, delay: float | None) -> None:
         self._stream = stream
         self._total = total
         self._start = time.monotonic()
-        self._wait = 0.0 if always else 1.0
+        self._delay = delay
         self._last = 0.0
         self._shown = False
 
     def update(self, outcomes: Outcomes, *, force: bool = False) -> None:
         """Redraw the bar when enough time has passed (or ``force``)."""
         now = time.monotonic()
-        if now - self._start < self._wait or (not force and now - self._last < 0.1):
+        if self._delay is None or now - self._start < self._delay:
+            return
+        if not force and now - self._last < 0.1:
             return
         self._last = now
         self._shown = True

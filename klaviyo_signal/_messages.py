@@ -117,7 +117,7 @@ def build_message(
         user_id=uid,
         anonymous_id=aid,
         timestamp=_timestamp(timestamp, now),
-        message_id=_message_id(message_id),
+        message_id=message_id_of(message_id),
         consent=resolve_consent(consent, clean_context),
         identity=identity_from(
             traits=clean_traits,
@@ -186,7 +186,7 @@ def _timestamp(value: object, now: datetime) -> datetime:
     if isinstance(value, datetime):
         when = value
     elif isinstance(value, str):
-        when = _parse_iso(value)
+        when = parse_iso(value)
     else:
         raise ValidationError(
             "timestamp: must be a datetime or an ISO 8601 str, "
@@ -215,7 +215,8 @@ def _timestamp(value: object, now: datetime) -> datetime:
     )
 
 
-def _parse_iso(value: str) -> datetime:
+def parse_iso(value: str, path: str = "timestamp") -> datetime:
+    """Read an ISO 8601 date-time (``Z`` accepted); raise ValidationError naming ``path``."""
     text = value.strip()
     # Python 3.10's fromisoformat does not read the "Z" suffix; it means UTC.
     if text[-1:] in ("Z", "z"):
@@ -224,12 +225,13 @@ def _parse_iso(value: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError:
         raise ValidationError(
-            f"timestamp: {value!r} is not an ISO 8601 date-time "
+            f"{path}: {value!r} is not an ISO 8601 date-time "
             "(e.g. '2024-10-15T09:30:00Z' or '2024-10-15T10:30:00+01:00')"
         ) from None
 
 
-def _message_id(value: object) -> str:
+def message_id_of(value: object) -> str:
+    """Return the call's id: the one given (checked), or a fresh uuid4."""
     if value is None:
         return str(uuid.uuid4())
     if isinstance(value, uuid.UUID):
