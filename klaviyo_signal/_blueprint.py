@@ -2,54 +2,37 @@
 
 ``default_blueprint()`` is the documented mapping: ``page`` -> ``page_view``,
 ``Product Viewed`` -> ``product_viewed``, ``Order Completed`` -> ``purchase``; every other
-event is dropped until ``enable``\\ d. Blueprints are immutable values, so one can be shared
-between threads and clients; ``enable``/``disable`` return a new one.
+event is dropped until ``enable``\\ d. ``default_blueprint("klaviyo_ecommerce")`` uses the
+metric names Klaviyo's prebuilt flows expect. Both are blueprint files under
+``blueprints/``, loaded like a user's own. Blueprints are immutable values, so one can be
+shared between threads and clients; ``enable``/``disable`` return a new one.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import attrs
 
-from ._errors import ValidationError
+from ._blueprint_file import dump, parse, read
+from ._events import build_events
 from ._json import JSON
 from ._messages import Message
 from ._models import Event, Profile
 from ._profile import profile_from
+from ._rules import CatchAll, IdentifyRule, Mapper, ProfileMap, Rule, metric_name
+from ._variants import variant_data
 
-__all__ = ["Blueprint", "Decision", "Rule", "default_blueprint", "metric_name"]
-
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_NOT_FOUND = object()
-
-
-def metric_name(event: str) -> str:
-    """Return the snake_case metric name for an event name (``Signed Up`` -> ``signed_up``)."""
-    return re.sub(r"[^0-9a-z]+", "_", event.lower()).strip("_") or event
-
-
-@attrs.frozen
-class Rule:
-    """How one source event (or ``page``) becomes a Klaviyo event.
-
-    Attributes:
-        metric: The Klaviyo metric name.
-        enabled: False drops the event with a reason saying so.
-        forward_all: Send every property of the call as it is.
-        fields: Target property -> dotted source paths; the first one present wins.
-        value: Dotted path of the number that feeds Klaviyo's ``value`` (revenue attribution).
-        value_currency: Dotted path of the ISO 4217 code that feeds ``value_currency``.
-    """
-
-    metric: str
-    enabled: bool = True
-    forward_all: bool = False
-    fields: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
-    value: str | None = None
-    value_currency: str | None = None
+__all__ = [
+    "Blueprint",
+    "Decision",
+    "Rule",
+    "blueprint_for_variant",
+    "default_blueprint",
+    "metric_name",
+]
 
 
 @attrs.frozen
@@ -59,39 +42,14 @@ class Decision:
     objects: tuple[Event | Profile, ...]
     drop_reason: str | None = None
     rule: str | None = None
+    """Which rule decided: an event name, ``"page"``, ``"identify"`` or ``"catch_all"``."""
 
 
-def _lookup(message: Message, path: str) -> object:
-    """Read a dotted path (``properties.url``, ``context.page.url``, ``name``) from a message."""
-    head, _, rest = path.partition(".")
-    current: object = getattr(message, head, _NOT_FOUND)
-    for part in rest.split(".") if rest else ():
-        if not isinstance(current, Mapping):
-            return _NOT_FOUND
-        current = current.get(part, _NOT_FOUND)
-    return current
-
-
-def _number(message: Message, path: str) -> int | float | Decimal | None:
-    found = _lookup(message, path)
-    if found is _NOT_FOUND or found is None:
-        return None
-    if isinstance(found, bool) or not isinstance(found, (int, float, Decimal)):
-        raise ValidationError(
-            f"{path}: must be a number to feed Klaviyo's value (revenue), got {found!r}"
-        )
-    return found
-
-
-def _currency(message: Message, path: str) -> str | None:
-    found = _lookup(message, path)
-    if found is _NOT_FOUND or found is None:
-        return None
-    if not isinstance(found, str) or not _CURRENCY.match(found):
-        raise ValidationError(
-            f"{path}: must be an ISO 4217 currency code in capitals such as 'USD', got {found!r}"
-        )
-    return found
+def _no_rule(event: str) -> str:
+    return (
+        f"event {event!r} has no rule in the blueprint (custom events are dropped "
+        f"by default); forward it with blueprint=default_blueprint().enable({event!r})"
+    )
 
 
 @attrs.frozen
@@ -101,98 +59,125 @@ class Blueprint:
     Attributes:
         rules: Source event name -> rule, for ``track`` calls.
         page: The rule for ``page`` calls.
+        identify: Whether ``identify`` calls update the profile.
+        catch_all: What happens to ``track`` events with no rule.
+        profile: How traits become the profile's attributes, location and properties.
+        mapper: Computes the properties of every event whose rule has no mapper of its own;
+            returning None drops the call.
     """
 
-    rules: Mapping[str, Rule] = attrs.field(factory=dict)
-    page: Rule = attrs.field(factory=lambda: Rule(metric="page_view", forward_all=True))
+    rules: Mapping[str, Rule] = attrs.field(factory=dict, converter=dict)
+    page: Rule = attrs.field(factory=lambda: Rule(metric="page_view"))
+    identify: IdentifyRule = attrs.field(factory=IdentifyRule)
+    catch_all: CatchAll = attrs.field(factory=CatchAll)
+    profile: ProfileMap = attrs.field(factory=ProfileMap)
+    mapper: Mapper | None = None
 
-    def enable(self, name: str, *, metric: str | None = None) -> Blueprint:
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "blueprint") -> Blueprint:
+        """Build a blueprint from file data (the format ``to_dict`` writes).
+
+        Args:
+            data: The parsed JSON or TOML.
+            source: Names the data in error messages (a file name).
+
+        Raises:
+            BlueprintError: Listing every problem, each with its path, unknown keys included.
+        """
+        return cls(**parse(data, source))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Blueprint:
+        """Load a ``.json`` or ``.toml`` blueprint file (TOML needs Python 3.11 or tomli).
+
+        Raises:
+            BlueprintError: The file cannot be read, or listing every problem in it.
+        """
+        return cls.from_dict(read(path), source=str(path))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, JSON]:
+        """Return the blueprint as file data; ``from_dict`` reads it back to an equal one.
+
+        Raises:
+            ValidationError: A mapper is a lambda or nested function, which no file can name.
+        """
+        return dump(self)
+
+    def enable(
+        self, name: str, *, metric: str | None = None, mapper: Mapper | None = None
+    ) -> Blueprint:
         """Return a blueprint that forwards ``name`` (all its properties, unless a rule says).
 
         Args:
             name: The source event name, as passed to ``track``.
-            metric: The Klaviyo metric name; default: ``name`` in snake_case.
+            metric: The Klaviyo metric name; default: the rule's, or ``name`` in snake_case.
+            mapper: A function computing the event's properties (None from it drops).
         """
         existing = self.rules.get(name)
         if existing is None:
-            rule = Rule(metric=metric or metric_name(name), forward_all=True)
+            rule = Rule(metric=metric or metric_name(name), mapper=mapper)
         else:
-            rule = attrs.evolve(existing, enabled=True, metric=metric or existing.metric)
+            rule = attrs.evolve(
+                existing,
+                enabled=True,
+                metric=metric or existing.metric,
+                mapper=mapper or existing.mapper,
+            )
         return attrs.evolve(self, rules={**self.rules, name: rule})
 
     def disable(self, name: str) -> Blueprint:
-        """Return a blueprint that drops ``name``."""
+        """Return a blueprint that drops ``name``, even when the catch-all forwards."""
         existing = self.rules.get(name) or Rule(metric=metric_name(name))
         return attrs.evolve(self, rules={**self.rules, name: attrs.evolve(existing, enabled=False)})
 
     def decide(self, message: Message) -> Decision:
         """Map one call onto the Klaviyo objects to send, or say why it is dropped."""
         if message.kind == "identify":
-            return Decision((profile_from(message, full=True),), rule="identify")
-        if message.kind == "page":
-            rule, rule_name = self.page, "page"
-        else:
-            event = message.event or ""
-            found = self.rules.get(event)
-            if found is None:
-                return Decision(
-                    (),
-                    f"event {event!r} has no rule in the blueprint (custom events are dropped "
-                    f"by default); forward it with blueprint=default_blueprint().enable({event!r})",
-                )
-            rule, rule_name = found, event
+            if not self.identify.enabled:
+                return Decision((), "'identify' is disabled in the blueprint", rule="identify")
+            profile = profile_from(message, full=True, mapping=self.profile)
+            return Decision((profile,), rule="identify")
+        rule, rule_name = self._rule_for(message)
+        if rule is None:
+            return Decision((), _no_rule(message.event or ""))
         if not rule.enabled:
             return Decision((), f"{rule_name!r} is disabled in the blueprint", rule=rule_name)
-        return Decision((self._event(rule, message),), rule=rule_name)
+        profile = profile_from(message, full=bool(message.traits), mapping=self.profile)
+        events = build_events(rule, message, profile, self.mapper)
+        if events is None:
+            return Decision(
+                (), f"the mapper for {rule_name!r} dropped the call (it returned None)", rule_name
+            )
+        return Decision(events, rule=rule_name)
 
-    @staticmethod
-    def _event(rule: Rule, message: Message) -> Event:
-        if rule.forward_all:
-            properties: dict[str, JSON] = dict(message.properties)
-        else:
-            properties = {}
-        for target, sources in rule.fields.items():
-            for source in sources:
-                found = _lookup(message, source)
-                if found is not _NOT_FOUND and found is not None:
-                    properties[target] = found  # type: ignore[assignment]
-                    break
-        properties["consent"] = dict(message.consent)
-        return Event(
-            metric=rule.metric,
-            profile=profile_from(message, full=bool(message.traits)),
-            properties=properties,
-            time=message.timestamp,
-            unique_id=message.message_id,
-            value=_number(message, rule.value) if rule.value else None,
-            value_currency=_currency(message, rule.value_currency) if rule.value_currency else None,
-        )
+    def _rule_for(self, message: Message) -> tuple[Rule | None, str]:
+        if message.kind == "page":
+            return self.page, "page"
+        event = message.event or ""
+        found = self.rules.get(event)
+        if found is not None:
+            return found, event
+        if self.catch_all.action == "drop":
+            return None, event
+        metric = metric_name(event) if self.catch_all.metric_style == "snake_case" else event
+        return Rule(metric=metric), "catch_all"
 
 
-def _from_properties(*names: str) -> dict[str, tuple[str, ...]]:
-    return {name: (f"properties.{name}",) for name in names}
+def blueprint_for_variant(name: str) -> Blueprint:
+    """Return a built-in variant: ``"default"`` or ``"klaviyo_ecommerce"``.
+
+    Raises:
+        ConfigurationError: ``name`` is not a known variant; the message lists them.
+    """
+    return Blueprint.from_dict(variant_data(name), source=f"built-in variant {name!r}")  # type: ignore[arg-type]
 
 
-def default_blueprint() -> Blueprint:
-    """Return the documented default mapping (see docs/mapping.md)."""
-    return Blueprint(
-        rules={
-            "Product Viewed": Rule(
-                metric="product_viewed", fields=_from_properties("product_id", "name", "price")
-            ),
-            "Order Completed": Rule(
-                metric="purchase",
-                fields=_from_properties("order_id", "revenue", "currency"),
-                value="properties.revenue",
-                value_currency="properties.currency",
-            ),
-        },
-        page=Rule(
-            metric="page_view",
-            fields={
-                "url": ("properties.url", "context.page.url"),
-                "title": ("properties.title", "context.page.title"),
-                "name": ("name",),
-            },
-        ),
-    )
+def default_blueprint(variant: str = "default") -> Blueprint:
+    """Return a built-in mapping; ``variant="klaviyo_ecommerce"`` for Klaviyo's metric names.
+
+    See docs/blueprints.md for both, side by side.
+
+    Raises:
+        ConfigurationError: ``variant`` is not a known variant; the message lists them.
+    """
+    return blueprint_for_variant(variant)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from ._version import VERSION
@@ -25,6 +26,11 @@ Start with: klaviyo-signal demo
 """
 
 
+def _fill(text: str) -> str:
+    # The epilogs need RawDescriptionHelpFormatter, which leaves descriptions unwrapped.
+    return textwrap.fill(text, 78, break_on_hyphens=False)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="klaviyo-signal",
@@ -39,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo",
         help="run a visit through the SDK against a local Klaviyo (no account needed)",
-        description=(
+        description=_fill(
             "Start a local fake Klaviyo, send a realistic visit through the SDK and show "
             "every outcome, then the resulting Klaviyo profile and its activity feed. "
             "Needs no keys and no network; needs the testing extra: "
@@ -50,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify",
         help="send a test profile and event to your Klaviyo account",
-        description=(
+        description=_fill(
             "Send a test identify and a 'Klaviyo Signal Test' event with the keys in "
             "KLAVIYO_PUBLIC_API_KEY and KLAVIYO_PRIVATE_API_KEY, and say where to see them."
         ),
@@ -64,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     send = commands.add_parser(
         "send",
         help="send one event from flags, or many from a JSON Lines file",
-        description=(
+        description=_fill(
             "Send one track call from flags, or Segment-style messages (one JSON object per "
             "line, type track, identify or page) from a file or stdin. Exits 1 if any call "
             "failed or any line was invalid."

@@ -136,7 +136,7 @@ def _step(
     statuses = [r.status for r in requests]
     if 429 in statuses and status is DeliveryStatus.DELIVERED:
         trail = " -> ".join(str(s) for s in statuses)
-        reason = f"retried after 429: waited for Retry-After, then sent again (HTTP {trail})"
+        reason = f"retried after 429: HTTP {trail}, waiting as Retry-After asked"
     now = datetime.now().strftime("%H:%M:%S")
     out.write(_ROW.format(now, label, metric, str(status), http or "-") + "\n")
     if reason:

@@ -1,7 +1,8 @@
 """Segment-spec traits -> a Klaviyo profile (standard attributes, location, properties).
 
-Traits Klaviyo has a standard attribute for go there; every other trait goes to the
-profile's custom ``properties``, so nothing a caller sends is lost.
+Traits Klaviyo has a standard attribute for go there (as the blueprint's ``ProfileMap``
+says); every other trait goes to the profile's custom ``properties``, so nothing a caller
+sends is lost.
 """
 
 from __future__ import annotations
@@ -12,88 +13,81 @@ from ._errors import ValidationError
 from ._json import JSON
 from ._messages import Message
 from ._models import Location, Profile
+from ._paths import MISSING, lookup, message_view
+from ._properties import apply_properties
+from ._rules import ProfileMap
 
-__all__ = ["profile_from"]
+__all__ = ["consumed_traits", "profile_from"]
 
-# Trait -> Klaviyo attribute; the first trait present wins.
-_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "first_name": ("firstName", "first_name"),
-    "last_name": ("lastName", "last_name"),
-    "title": ("title",),
-    "image": ("avatar", "image"),
-}
-# Segment address key -> Klaviyo location key.
-_ADDRESS: dict[str, tuple[str, ...]] = {
-    "address1": ("street",),
-    "city": ("city",),
-    "region": ("state",),
-    "zip": ("postalCode", "postal_code"),
-    "country": ("country",),
-}
-# Traits consumed as identifiers or attributes, so they do not repeat in properties.
-_CONSUMED = frozenset(
-    {"email", "phone", "phone_number", "company", "organization", "address"}
-    | {trait for traits in _ATTRIBUTES.values() for trait in traits}
-)
+# Traits that are identifiers: mapped by ``_identity.py``, never repeated in properties.
+_IDENTIFIERS = frozenset({"email", "phone", "phone_number"})
+# Location fields Klaviyo also accepts as numbers.
+_NUMERIC = frozenset({"latitude", "longitude"})
 
 
-def _text(traits: Mapping[str, JSON], names: tuple[str, ...], path: str) -> str | None:
-    for name in names:
-        value = traits.get(name)
+def consumed_traits(mapping: ProfileMap) -> frozenset[str]:
+    """Return the top-level traits that feed an identifier, an attribute or the location."""
+    names = set(_IDENTIFIERS)
+    for sources in (*mapping.attributes.values(), *mapping.location.values()):
+        for path in sources:
+            root, _, rest = path.partition(".")
+            if root == "traits" and rest:
+                names.add(rest.partition(".")[0])
+    return frozenset(names)
+
+
+def _value(view: Mapping[str, JSON], target: str, sources: tuple[str, ...]) -> str | float | None:
+    """Return the first present source; a source blocked by a non-object raises if none is."""
+    blocked = None
+    for path in sources:
+        found = lookup(view, path)
+        if found.value is MISSING:
+            if blocked is None and found.blocked_at is not None:
+                blocked = found
+            continue
+        value = found.value
         if value is None:
             continue
-        if not isinstance(value, str):
+        numeric = target in _NUMERIC and isinstance(value, (int, float))
+        if not isinstance(value, str) and not (numeric and not isinstance(value, bool)):
             raise ValidationError(
-                f"{path}.{name}: must be a string for Klaviyo's profile, got {value!r}"
+                f"{path}: must be a string for Klaviyo's profile {target}, got {value!r}"
             )
-        return value
+        return value  # type: ignore[return-value]
+    if blocked is not None:
+        raise ValidationError(
+            f"{blocked.blocked_at}: must be an object to read {target} from it, "
+            f"got {blocked.blocker!r}"
+        )
     return None
 
 
-def _organization(traits: Mapping[str, JSON]) -> str | None:
-    company = traits.get("company")
-    if isinstance(company, Mapping):
-        return _text(company, ("name",), "traits.company")
-    if company is not None:
-        return _text(traits, ("company",), "traits")
-    return _text(traits, ("organization",), "traits")
-
-
-def _location(traits: Mapping[str, JSON]) -> Location | None:
-    address = traits.get("address")
-    if address is None:
-        return None
-    if not isinstance(address, Mapping):
-        raise ValidationError(
-            f"traits.address: must be a mapping with street, city, state, postalCode, "
-            f"country; got {address!r}"
-        )
-    fields = {
-        target: _text(address, sources, "traits.address") for target, sources in _ADDRESS.items()
-    }
-    if not any(fields.values()):
-        return None
-    return Location(**fields)
-
-
-def profile_from(message: Message, *, full: bool) -> Profile:
+def profile_from(message: Message, *, full: bool, mapping: ProfileMap | None = None) -> Profile:
     """Build the Klaviyo profile a call names.
 
     Args:
         message: The cleaned call.
         full: Map every trait (identify, or an event that carries traits); otherwise only
             the identifiers are sent.
+        mapping: How traits become attributes, location and properties; default the
+            Segment-spec mapping of ``ProfileMap()``.
     """
     if not full:
         return Profile(identity=message.identity)
-    traits = message.traits
+    mapping = mapping or ProfileMap()
+    view = message_view(message)
     attributes = {
-        target: _text(traits, sources, "traits") for target, sources in _ATTRIBUTES.items()
+        target: _value(view, target, sources) for target, sources in mapping.attributes.items()
     }
+    fields = {target: _value(view, target, sources) for target, sources in mapping.location.items()}
+    # An address of empty strings is no address: send no location rather than blanks.
+    present = any(v is not None and v != "" for v in fields.values())
+    location = Location(**fields) if present else None  # type: ignore[arg-type]
+    consumed = consumed_traits(mapping)
+    remaining = {k: v for k, v in message.traits.items() if k not in consumed}
     return Profile(
         identity=message.identity,
-        organization=_organization(traits),
-        location=_location(traits),
-        properties={k: v for k, v in traits.items() if k not in _CONSUMED},
-        **attributes,
+        location=location,
+        properties=apply_properties(mapping.properties, remaining, view),
+        **attributes,  # type: ignore[arg-type]
     )

@@ -25,21 +25,29 @@ from ._errors import (
 from ._json import JSON
 from ._version import VERSION
 
-__all__ = ["Answer", "Transport", "make_retry"]
+__all__ = ["SERVER_ERROR_STATUSES", "Answer", "Transport", "make_retry"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The background worker retries only these itself-transparently: it handles 429 endpoint-wide
+# in its rate limiter, which a per-request urllib3 retry would bypass.
+SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 CONNECT_TIMEOUT = 3.05
 
 
-def make_retry(max_retries: int) -> Retry:
-    """Return the retry policy: 429 and 5xx, POST included, Retry-After honoured, jittered."""
+def make_retry(max_retries: int, statuses: frozenset[int] = RETRY_STATUSES) -> Retry:
+    """Return the retry policy: 429 and 5xx, POST included, Retry-After honoured, jittered.
+
+    Args:
+        max_retries: Retries per kind (connect, read, status), and in total.
+        statuses: The answers that are retried (default: 429 and 5xx).
+    """
     return Retry(
         total=max_retries,
         connect=max_retries,
         read=max_retries,
         status=max_retries,
         other=0,
-        status_forcelist=RETRY_STATUSES,
+        status_forcelist=statuses,
         allowed_methods=frozenset({"POST", "GET"}),
         respect_retry_after_header=True,
         backoff_factor=0.5,
@@ -113,12 +121,15 @@ class Transport:
         timeout: float,
         max_retries: int,
         pool_size: int = 4,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
         self._session = requests.Session()
         adapter = HTTPAdapter(
-            max_retries=make_retry(max_retries), pool_connections=1, pool_maxsize=pool_size
+            max_retries=make_retry(max_retries, retry_statuses),
+            pool_connections=1,
+            pool_maxsize=pool_size,
         )
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)

@@ -1,0 +1,189 @@
+"""Bulk jobs: queued events grouped by profile, encoded one event at a time, sized to fit.
+
+``POST /api/event-bulk-create-jobs`` takes one item per profile, each with that profile's
+events, up to 1,000 events and 5 MB per job. Each event is encoded on its own as it is
+queued for a job, so the worker never holds the GIL for one long encode of a 5 MB body,
+the exact size is known before a job is full, and a job resent after a partial failure
+is re-joined from bytes, not encoded again.
+
+The JSON:API shape stays in ``_wire``: this module only cuts ``_wire``'s own bodies at their
+empty arrays, so it knows that the items and the events are JSON arrays, nothing more.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+
+from ._identity import Identity
+from ._models import Event, Profile
+from ._wire import bulk_events_body, encode
+
+__all__ = [
+    "MAX_JOB_BYTES",
+    "MAX_JOB_EVENTS",
+    "BulkJob",
+    "Item",
+    "OpenJob",
+    "encode_event",
+    "failed_items",
+    "identifiers",
+]
+
+MAX_JOB_EVENTS = 1000
+# Klaviyo's limit is 5 MB per request; stay a little under it (and under 5 MiB as well).
+MAX_JOB_BYTES = 5_000_000 - 4096
+_ITEM_POINTER = re.compile(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/|$)")
+# Any profile will do: only the bytes of the event inside the body are kept.
+_PLACEHOLDER = Profile(Identity(external_id="x"))
+
+
+def _cut(body: bytes) -> tuple[bytes, bytes]:
+    """Split a body at its last empty array: what goes before the elements, what after."""
+    head, _, tail = body.rpartition(b"[]")
+    return head + b"[", b"]" + tail
+
+
+@functools.cache
+def _envelope() -> tuple[bytes, bytes]:
+    return _cut(encode(bulk_events_body(())))
+
+
+def _item_frame(profile: Profile) -> tuple[bytes, bytes]:
+    head, tail = _envelope()
+    item = encode(bulk_events_body(((profile, ()),)))[len(head) : -len(tail)]
+    return _cut(item)
+
+
+@functools.cache
+def _event_frame() -> tuple[int, int]:
+    head, tail = _envelope()
+    item_head, item_tail = _item_frame(_PLACEHOLDER)
+    return len(head) + len(item_head), len(item_tail) + len(tail)
+
+
+def encode_event(event: Event) -> bytes:
+    """Return the bytes of one event as an element of a bulk item's events array."""
+    start, end = _event_frame()
+    return encode(bulk_events_body(((_PLACEHOLDER, (event,)),)))[start:-end]
+
+
+def identifiers(identity: Identity) -> Iterator[tuple[str, str]]:
+    """Yield a profile's identifiers as (name, value) pairs, to spot the same person."""
+    yield from identity.as_attributes().items()
+
+
+class Item:
+    """One profile and its events, each event tagged with who is waiting for it."""
+
+    __slots__ = ("events", "frame", "owners", "profile", "size")
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.frame = _item_frame(profile)
+        self.events: list[bytes] = []
+        self.owners: list[Hashable] = []
+        self.size = len(self.frame[0]) + len(self.frame[1])
+
+    def encoded(self) -> bytes:
+        """Return the item's bytes."""
+        return self.frame[0] + b",".join(self.events) + self.frame[1]
+
+
+class BulkJob:
+    """A sealed job: its items, ready to send (and to re-send without some of them)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[Item]) -> None:
+        self.items = list(items)
+
+    def body(self) -> bytes:
+        """Return the request body."""
+        head, tail = _envelope()
+        return head + b",".join(item.encoded() for item in self.items) + tail
+
+    def owners(self) -> list[Hashable]:
+        """Return who waits for each event, one entry per event."""
+        return [owner for item in self.items for owner in item.owners]
+
+    def without(self, indexes: Iterable[int]) -> BulkJob:
+        """Return this job minus the items at ``indexes``."""
+        gone = set(indexes)
+        return BulkJob([item for i, item in enumerate(self.items) if i not in gone])
+
+
+class OpenJob:
+    """The job being filled: events join their profile's item until the job is full."""
+
+    def __init__(self) -> None:
+        head, tail = _envelope()
+        self._base = len(head) + len(tail)
+        self._clear()
+
+    def _clear(self) -> None:
+        self.items: list[Item] = []
+        self.events = 0
+        self.size = self._base
+        self.oldest: float | None = None
+        self._by_identity: dict[Identity, Item] = {}
+        self._who: set[tuple[str, str]] = set()
+
+    def __len__(self) -> int:
+        return self.events
+
+    def add(self, event_bytes: bytes, profile: Profile, owner: Hashable, now: float) -> bool:
+        """Add one encoded event for ``profile``, tagged with ``owner``.
+
+        Returns:
+            False, changing nothing, when the event does not fit (1,000 events or the size).
+        """
+        if self.events >= MAX_JOB_EVENTS:
+            return False
+        item = self._by_identity.get(profile.identity)
+        new = item is None or item.profile != profile
+        if item is None or new:
+            # The same person with other profile attributes (traits) gets an item of its own,
+            # so neither version's attributes are lost.
+            item = Item(profile)
+        grown = len(event_bytes) + (1 if item.events else 0)
+        if new:
+            grown += item.size + (1 if self.items else 0)
+        if self.size + grown > MAX_JOB_BYTES:
+            return False
+        if new:
+            self._by_identity[profile.identity] = item
+            self.items.append(item)
+            self._who.update(identifiers(profile.identity))
+        self.size += grown
+        item.events.append(event_bytes)
+        item.owners.append(owner)
+        self.events += 1
+        if self.oldest is None:
+            self.oldest = now
+        return True
+
+    def mentions(self, identity: Identity) -> bool:
+        """Whether any event here is for a profile sharing an identifier with ``identity``."""
+        return any(pair in self._who for pair in identifiers(identity))
+
+    def seal(self) -> BulkJob:
+        """Return the job to send and start an empty one."""
+        job = BulkJob(self.items)
+        self._clear()
+        return job
+
+
+def failed_items(pointers: Iterable[str | None]) -> set[int] | None:
+    """Return the indexes of the items Klaviyo's error pointers name.
+
+    Returns None when any error names no item (then the whole job failed).
+    """
+    found: set[int] = set()
+    for pointer in pointers:
+        match = _ITEM_POINTER.match(pointer or "")
+        if match is None:
+            return None
+        found.add(int(match.group(1)))
+    return found or None

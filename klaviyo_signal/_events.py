@@ -1,0 +1,148 @@
+"""One rule applied to one call: the Klaviyo events it becomes.
+
+Everything here reads values the blueprint named; the checks that remain are about the
+call's data (a revenue that is not a number), so they raise ``ValidationError`` naming the
+path, on the caller's line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from ._errors import ValidationError
+from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
+from ._messages import Message, _timestamp
+from ._models import Event, Profile
+from ._paths import MISSING, lookup, message_view
+from ._properties import apply_properties, first_present
+from ._rules import ItemRule, Mapper, Rule
+
+__all__ = ["build_events"]
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _number(view: Mapping[str, JSON], paths: tuple[str, ...]) -> int | float | Decimal | None:
+    found = first_present(view, paths)
+    if found is None:
+        return None
+    path, value = found
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ValidationError(
+            f"{path}: must be a number to feed Klaviyo's value (revenue), got {value!r}"
+        )
+    return value
+
+
+def _currency(view: Mapping[str, JSON], paths: tuple[str, ...]) -> str | None:
+    found = first_present(view, paths)
+    if found is None:
+        return None
+    path, value = found
+    if not isinstance(value, str) or not _CURRENCY.match(value):
+        raise ValidationError(
+            f"{path}: must be an ISO 4217 currency code in capitals such as 'USD', got {value!r}"
+        )
+    return value
+
+
+def _unique_id(view: Mapping[str, JSON], path: str, message: Message) -> str:
+    found = first_present(view, (path,))
+    if found is None:
+        return message.message_id
+    value = found[1]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValidationError(f"{path}: must be a non-empty str or int to be the unique_id")
+    return str(value)
+
+
+def _time(view: Mapping[str, JSON], path: str, message: Message) -> datetime:
+    if path == "timestamp":
+        return message.timestamp
+    found = first_present(view, (path,))
+    if found is None:
+        return message.timestamp
+    try:
+        return _timestamp(found[1], datetime.now(timezone.utc))
+    except ValidationError as exc:
+        raise ValidationError(f"{path}: {str(exc).removeprefix('timestamp: ')}") from None
+
+
+def _checked(properties: dict[str, JSON], metric: str) -> dict[str, JSON]:
+    if len(properties) > MAX_EVENT_PROPERTIES:
+        raise ValidationError(
+            f"{metric}: the blueprint made {len(properties)} properties, over Klaviyo's "
+            f"limit of {MAX_EVENT_PROPERTIES}"
+        )
+    return properties
+
+
+def _item_events(
+    items: ItemRule, view: dict[str, JSON], parent: Event, consent: dict[str, JSON]
+) -> list[Event]:
+    found = lookup(view, items.path).value
+    if found is MISSING or found is None:
+        return []
+    if not isinstance(found, list):
+        raise ValidationError(
+            f"{items.path}: must be a list to send one {items.metric!r} event per item, "
+            f"got {found!r}"
+        )
+    events = []
+    for index, item in enumerate(found):
+        if not isinstance(item, dict):
+            raise ValidationError(f"{items.path}[{index}]: must be an object, got {item!r}")
+        item_view = {**view, "item": item}
+        properties = apply_properties(items.properties, item, item_view)
+        properties["consent"] = consent
+        events.append(
+            Event(
+                metric=items.metric,
+                profile=parent.profile,
+                properties=_checked(properties, items.metric),
+                time=parent.time,
+                unique_id=f"{parent.unique_id}:{index}",
+                value=_number(item_view, items.value),
+                value_currency=_currency(item_view, items.value_currency),
+            )
+        )
+    return events
+
+
+def build_events(
+    rule: Rule, message: Message, profile: Profile, mapper: Mapper | None
+) -> tuple[Event, ...] | None:
+    """Return the events ``rule`` makes of ``message``, or None when its mapper drops it.
+
+    Args:
+        rule: The rule that matched.
+        message: The cleaned call.
+        profile: The event's profile, already mapped.
+        mapper: The blueprint-wide mapper; a rule's own mapper wins over it.
+    """
+    view = message_view(message)
+    mapper = rule.mapper or mapper
+    if mapper is not None:
+        mapped = mapper(message)
+        if mapped is None:
+            return None
+        properties = clean_properties(mapped, f"mapper {getattr(mapper, '__qualname__', mapper)!s}")
+    else:
+        properties = apply_properties(rule.properties, message.properties, view)
+    consent: dict[str, JSON] = dict(message.consent)
+    properties["consent"] = consent
+    event = Event(
+        metric=rule.metric,
+        profile=profile,
+        properties=_checked(properties, rule.metric),
+        time=_time(view, rule.time, message),
+        unique_id=_unique_id(view, rule.unique_id, message),
+        value=_number(view, rule.value),
+        value_currency=_currency(view, rule.value_currency),
+    )
+    if rule.items is None:
+        return (event,)
+    return (event, *_item_events(rule.items, view, event, consent))

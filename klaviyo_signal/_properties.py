@@ -1,0 +1,44 @@
+"""A ``PropertyMap`` applied: the properties an event or a profile gets from a call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ._json import JSON
+from ._paths import MISSING, lookup
+from ._rules import PropertyMap
+
+__all__ = ["apply_properties", "first_present"]
+
+
+def first_present(view: Mapping[str, JSON], paths: tuple[str, ...]) -> tuple[str, JSON] | None:
+    """Return the first path (and its value) that holds something other than null."""
+    for path in paths:
+        found = lookup(view, path).value
+        if found is not MISSING and found is not None:
+            return path, found  # type: ignore[return-value]
+    return None
+
+
+def apply_properties(
+    pmap: PropertyMap, base: Mapping[str, JSON], view: Mapping[str, JSON]
+) -> dict[str, JSON]:
+    """Return the properties ``pmap`` makes of ``base`` (the call's, or one item's)."""
+    if pmap.keep == "all":
+        selected = dict(base)
+    else:
+        selected = {name: base[name] for name in pmap.keep if name in base}
+    for source in pmap.rename:
+        if source in base:
+            selected[source] = base[source]
+    for name in pmap.drop:
+        selected.pop(name, None)
+    out = {pmap.rename.get(name, name): value for name, value in selected.items()}
+    for target, paths in pmap.sources.items():
+        found = first_present(view, paths)
+        if found is not None:
+            out[target] = found[1]
+    for target, default in pmap.defaults.items():
+        out.setdefault(target, default)
+    out.update(pmap.constants)
+    return out
