@@ -21,7 +21,9 @@ PROFILES = 5_000  # distinct customers the orders cycle through
 LIBS: dict[str, dict[str, Any]] = {
     "klaviyo-signal": {"sink": "klaviyo", "label": "klaviyo-signal", "peer": False},
     "klaviyo-signal (no limits)": {
-        "sink": "klaviyo", "label": "klaviyo-signal rate_limits=None", "peer": False,
+        "sink": "klaviyo",
+        "label": "klaviyo-signal rate_limits=None",
+        "peer": False,
     },
     "klaviyo-signal sync": {"sink": "klaviyo", "label": "klaviyo-signal sync", "peer": False},
     "segment": {"sink": "segment", "label": "Segment", "peer": True},
@@ -120,8 +122,15 @@ def signal_kwargs() -> set[str]:
     return set(inspect.signature(Client).parameters)
 
 
-def make_signal(url: str, *, queue: int, limits: bool, pause: bool = False, sync: bool = False,
-                timeout: float = 60.0) -> Any:
+def make_signal(
+    url: str,
+    *,
+    queue: int,
+    limits: bool,
+    pause: bool = False,
+    sync: bool = False,
+    timeout: float = 60.0,
+) -> Any:
     """Build klaviyo-signal with the kwargs it has: new batching ones only when accepted."""
     from klaviyo_signal import Client
 
@@ -156,10 +165,16 @@ def signal_stats(client: Any) -> Any:
         return None
     if callable(stats):
         stats = stats()
-    for conv in (lambda s: dict(s), lambda s: s._asdict(), lambda s: vars(s)):
+
+    def attrs_dict(s: Any) -> Any:
+        import attrs
+
+        return attrs.asdict(s)
+
+    for conv in (attrs_dict, dict, lambda s: s._asdict(), vars):
         try:
             return json.loads(json.dumps(conv(stats), default=str))
-        except Exception:  # noqa: BLE001,S112 - any shape will do, it is only reported
+        except Exception:
             continue
     return str(stats)
 
@@ -182,8 +197,7 @@ def make_rudder(url: str, *, queue: int, timeout: float = 60.0) -> Any:
 def make_posthog(url: str, *, queue: int, timeout: float = 60.0) -> Any:
     from posthog import Posthog
 
-    return Posthog(WRITE_KEY, host=url, max_queue_size=queue, timeout=timeout,
-                   disable_geoip=True)
+    return Posthog(WRITE_KEY, host=url, max_queue_size=queue, timeout=timeout, disable_geoip=True)
 
 
 def segment_track(client: Any, i: int) -> None:

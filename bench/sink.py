@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import json
 import math
@@ -195,8 +196,14 @@ class Sink:
                 if status is None:  # hold mode: never answer
                     await self.stop.wait()
                     return
-                reason = {200: "OK", 201: "Created", 202: "Accepted", 404: "Not Found",
-                          400: "Bad Request", 429: "Too Many Requests"}.get(status, "OK")
+                reason = {
+                    200: "OK",
+                    201: "Created",
+                    202: "Accepted",
+                    404: "Not Found",
+                    400: "Bad Request",
+                    429: "Too Many Requests",
+                }.get(status, "OK")
                 header_lines = [
                     f"HTTP/1.1 {status} {reason}",
                     f"Content-Length: {len(out)}",
@@ -322,10 +329,8 @@ async def main(args: argparse.Namespace) -> None:
     )
     port = server.sockets[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(sink.stop.wait(), args.lifetime)
-    except asyncio.TimeoutError:
-        pass
     server.close()
     for writer in list(sink.writers):
         writer.close()

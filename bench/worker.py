@@ -28,12 +28,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import libs  # noqa: E402
+import libs
 
 
 def sink_wait(url: str, events: int, timeout: float) -> dict[str, Any]:
     """Block until the sink counted ``events`` (or ``timeout``); return its answer."""
-    with urllib.request.urlopen(  # noqa: S310 - loopback sink only
+    with urllib.request.urlopen(
         f"{url}/_wait?events={events}&timeout={max(timeout, 0.01):.3f}", timeout=timeout + 30
     ) as response:
         return json.loads(response.read())
@@ -63,8 +63,9 @@ class Background:
         self.dropped = 0
         self.client: Any
         if lib.startswith("klaviyo-signal"):
-            self.client = libs.make_signal(url, queue=queue, limits=lib == "klaviyo-signal",
-                                           pause=pause)
+            self.client = libs.make_signal(
+                url, queue=queue, limits=lib == "klaviyo-signal", pause=pause
+            )
             self._call = self._signal
         elif lib == "segment":
             self.client = libs.make_segment(url, queue=queue)
@@ -96,11 +97,14 @@ class Background:
 
     def _posthog(self, i: int) -> None:
         user_id, email, properties = libs.order(i)
-        if self.client.capture(
-            "Order Completed",
-            distinct_id=user_id,
-            properties={**properties, "$set": {"email": email}},
-        ) is None:
+        if (
+            self.client.capture(
+                "Order Completed",
+                distinct_id=user_id,
+                properties={**properties, "$set": {"email": email}},
+            )
+            is None
+        ):
             self.dropped += 1
 
     def call(self, i: int) -> None:
@@ -202,8 +206,36 @@ def memory(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def scale_signal_limiter(scale: float) -> bool:
+    """Shrink klaviyo-signal's limiter windows like the sink's (bench only, best effort).
+
+    The limiter's window lengths are not public configuration, so this reaches into
+    ``klaviyo_signal._ratelimit``; it returns False when that module has no such knob.
+    """
+    try:
+        from klaviyo_signal import _ratelimit
+    except ImportError:
+        return False
+    limiter = getattr(_ratelimit, "EndpointLimiter", None)
+    init = getattr(limiter, "__init__", None)
+    code = getattr(init, "__code__", None)
+    if limiter is None or code is None or "spans" not in code.co_varnames:
+        return False
+    spans = (1.0 / scale, 60.0 / scale)
+
+    def scaled_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["spans"] = spans
+        init(self, *args, **kwargs)
+
+    limiter.__init__ = scaled_init
+    return True
+
+
 def limits(spec: dict[str, Any]) -> dict[str, Any]:
     lib_name, url, n, deadline = spec["lib"], spec["url"], spec["n"], spec["deadline"]
+    scale = spec.get("scale", 1.0)
+    if scale != 1.0 and lib_name == "klaviyo-signal" and not scale_signal_limiter(scale):
+        raise RuntimeError(f"cannot time-scale klaviyo-signal's limiter by {scale}")
     t0 = time.monotonic()
     end = t0 + deadline
     sent = 0
@@ -219,7 +251,7 @@ def limits(spec: dict[str, Any]) -> dict[str, Any]:
                     libs.klaviyo_api_event(sender, sent)
                 else:
                     libs.klaviyo_api_bulk(sender, sent, count)
-            except Exception:  # noqa: BLE001 - retries ran out on 429: counted, go on
+            except Exception:
                 errors += 1
             sent += count
     else:
@@ -295,8 +327,10 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
         lib.call(i)
     profiler.disable()
     for key in ("tottime", "cumulative"):
-        out.write(f"\n=== klaviyo-signal background: caller path of {n} track() calls, "
-                  f"top {spec['top']} by {key} ===\n")
+        out.write(
+            f"\n=== klaviyo-signal background: caller path of {n} track() calls, "
+            f"top {spec['top']} by {key} ===\n"
+        )
         pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(key).print_stats(spec["top"])
     client = libs.make_signal(spec["url"], queue=10, limits=True, sync=True)
     m = max(n // 10, 200)
@@ -305,8 +339,10 @@ def profile(spec: dict[str, Any]) -> dict[str, Any]:
     for i in range(m):
         libs.signal_track(client, i)
     profiler.disable()
-    out.write(f"\n=== klaviyo-signal sync_mode=True: whole path of {m} calls (build, map, "
-              f"encode, HTTP), top {spec['top']} by tottime ===\n")
+    out.write(
+        f"\n=== klaviyo-signal sync_mode=True: whole path of {m} calls (build, map, "
+        f"encode, HTTP), top {spec['top']} by tottime ===\n"
+    )
     pstats.Stats(profiler, stream=out).strip_dirs().sort_stats("tottime").print_stats(spec["top"])
     return {"text": out.getvalue()}
 
@@ -325,11 +361,14 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     try:
         result = {"ok": True, **SCENARIOS[spec["scenario"]](spec)}
-    except Exception as exc:  # noqa: BLE001 - reported to the runner, which shows it
+    except Exception as exc:
         import traceback
 
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                  "trace": traceback.format_exc()}
+        result = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "trace": traceback.format_exc(),
+        }
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
     sys.stderr.flush()

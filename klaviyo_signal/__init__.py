@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ._blueprint import Blueprint, Rule, default_blueprint
+from ._blueprint import Blueprint, Rule, blueprint_for_variant, default_blueprint
 from ._client import Client
 from ._delivery import Delivery, DeliveryStatus
 from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    BlueprintError,
     ConfigurationError,
     ErrorRecord,
     KlaviyoSignalError,
@@ -21,7 +22,10 @@ from ._errors import (
     TransportError,
     ValidationError,
 )
+from ._explain import ExplainedRequest, Explanation
 from ._messages import Message
+from ._rules import CatchAll, IdentifyRule, ItemRule, Mapper, ProfileMap, PropertyMap
+from ._stats import Stats
 from ._version import VERSION as __version__
 
 __all__ = [
@@ -29,22 +33,33 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Blueprint",
+    "BlueprintError",
+    "CatchAll",
     "Client",
     "ConfigurationError",
     "Delivery",
     "DeliveryStatus",
     "ErrorRecord",
+    "ExplainedRequest",
+    "Explanation",
+    "IdentifyRule",
+    "ItemRule",
     "KlaviyoSignalError",
+    "Mapper",
     "Message",
     "NetworkError",
     "PermissionDeniedError",
+    "ProfileMap",
+    "PropertyMap",
     "RateLimitError",
     "RequestTimeoutError",
     "RevisionGoneError",
     "Rule",
     "ServerError",
+    "Stats",
     "TransportError",
     "ValidationError",
     "__version__",
+    "blueprint_for_variant",
     "default_blueprint",
 ]

@@ -21,6 +21,7 @@ from ._events import build_events
 from ._json import JSON
 from ._messages import Message
 from ._models import Event, Profile
+from ._paths import message_view
 from ._profile import profile_from
 from ._rules import CatchAll, IdentifyRule, Mapper, ProfileMap, Rule, metric_name
 from ._variants import variant_data
@@ -66,7 +67,7 @@ class Blueprint:
             returning None drops the call.
     """
 
-    rules: Mapping[str, Rule] = attrs.field(factory=dict, converter=dict)
+    rules: Mapping[str, Rule] = attrs.field(factory=dict)
     page: Rule = attrs.field(factory=lambda: Rule(metric="page_view"))
     identify: IdentifyRule = attrs.field(factory=IdentifyRule)
     catch_all: CatchAll = attrs.field(factory=CatchAll)
@@ -142,8 +143,9 @@ class Blueprint:
             return Decision((), _no_rule(message.event or ""))
         if not rule.enabled:
             return Decision((), f"{rule_name!r} is disabled in the blueprint", rule=rule_name)
-        profile = profile_from(message, full=bool(message.traits), mapping=self.profile)
-        events = build_events(rule, message, profile, self.mapper)
+        view = message_view(message)
+        profile = profile_from(message, full=bool(message.traits), mapping=self.profile, view=view)
+        events = build_events(rule, message, profile, self.mapper, view=view)
         if events is None:
             return Decision(
                 (), f"the mapper for {rule_name!r} dropped the call (it returned None)", rule_name

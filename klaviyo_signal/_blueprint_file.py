@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ValidationError
+from ._errors import BlueprintError, ValidationError
 from ._json import JSON
 from ._paths import ITEM_ROOTS, ROOTS, check_path
 from ._rules import (
@@ -51,15 +51,6 @@ _RULE_KEYS = (
 )
 
 
-class BlueprintError(ValidationError):
-    """A blueprint file (or dict) is malformed; ``problems`` lists every problem found."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = tuple(problems)
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {p}" for p in problems))
-
-
 def _key(path: str, key: str) -> str:
     return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
 
@@ -75,7 +66,7 @@ class _Parser:
         self.problems: list[str] = []
 
     def problem(self, path: str, text: str) -> None:
-        self.problems.append(f"{path}: {text}")
+        self.problems.append(f"{path or '(top level)'}: {text}")
 
     def table(self, value: object, path: str, keys: tuple[str, ...]) -> Mapping[str, Any] | None:
         if not isinstance(value, Mapping):
@@ -83,10 +74,19 @@ class _Parser:
             return None
         for key in value:
             if key not in keys:
-                self.problem(
-                    path, f"unknown key {key!r}; expected one of {', '.join(map(repr, keys))}"
-                )
+                where = _field(path, key) if isinstance(key, str) else path
+                self.problem(where, f"unknown key; expected one of {', '.join(map(repr, keys))}")
         return value
+
+    def build(self, cls: Callable[..., Any], parts: dict[str, Any], before: int, path: str) -> Any:
+        """Build ``cls`` only if its part of the data added no problem."""
+        if len(self.problems) > before or None in parts.values():
+            return None
+        try:
+            return cls(**parts)
+        except ValidationError as exc:  # the parts check themselves too; report, don't raise
+            self.problem(path, str(exc))
+            return None
 
     def mapping(self, value: object, path: str) -> Mapping[str, Any] | None:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -139,7 +139,10 @@ class _Parser:
         out = {}
         for target, sources in table.items():
             if targets and target not in targets:
-                self.problem(path, f"unknown key {target!r}; expected one of {', '.join(targets)}")
+                self.problem(
+                    _key(path, target), f"unknown key; expected one of {', '.join(targets)}"
+                )
+                continue
             out[target] = self.paths(sources, _key(path, target), roots)
         return None if None in out.values() else out  # type: ignore[return-value]
 
@@ -166,7 +169,7 @@ class _Parser:
 
     def mapper(self, value: object, path: str) -> Mapper | None:
         if callable(value):
-            return value  # type: ignore[no-any-return]
+            return value
         if not isinstance(value, str) or value.count(":") != 1:
             self.problem(path, f"expected 'package.module:function', got {value!r}")
             return None
@@ -181,9 +184,10 @@ class _Parser:
         if not callable(found):
             self.problem(path, f"{value!r} is not a function, it is {found!r}")
             return None
-        return found  # type: ignore[return-value]
+        return found
 
     def properties(self, value: object, path: str, roots: tuple[str, ...]) -> PropertyMap | None:
+        before = len(self.problems)
         table = self.table(
             value, path, ("keep", "drop", "rename", "sources", "defaults", "constants")
         )
@@ -201,7 +205,7 @@ class _Parser:
         for name in ("defaults", "constants"):
             if name in table:
                 parts[name] = self.values(table[name], _field(path, name))
-        return None if None in parts.values() else PropertyMap(**parts)
+        return self.build(PropertyMap, parts, before, path)  # type: ignore[no-any-return]
 
     def _value_fields(
         self, table: Mapping[str, Any], path: str, roots: tuple[str, ...]
@@ -218,6 +222,7 @@ class _Parser:
 
     def items(self, value: object, path: str) -> ItemRule | None:
         keys = ("path", "metric", "properties", "value", "value_currency")
+        before = len(self.problems)
         table = self.table(value, path, keys)
         if table is None:
             return None
@@ -230,9 +235,10 @@ class _Parser:
             parts["path"] = self.path(table["path"], _field(path, "path"), ROOTS)
         if "metric" in table:
             parts["metric"] = self.metric(table["metric"], _field(path, "metric"))
-        return None if None in parts.values() else ItemRule(**parts)
+        return self.build(ItemRule, parts, before, path)  # type: ignore[no-any-return]
 
     def rule(self, value: object, path: str, default_metric: str) -> Rule | None:
+        before = len(self.problems)
         table = self.table(value, path, _RULE_KEYS)
         if table is None:
             return None
@@ -247,7 +253,7 @@ class _Parser:
             parts["mapper"] = self.mapper(table["mapper"], _field(path, "mapper"))
         if "items" in table:
             parts["items"] = self.items(table["items"], _field(path, "items"))
-        return None if None in parts.values() else Rule(**parts)
+        return self.build(Rule, parts, before, path)  # type: ignore[no-any-return]
 
     def rules(self, value: object, path: str) -> dict[str, Rule] | None:
         table = self.mapping(value, path)
@@ -284,6 +290,7 @@ class _Parser:
         return None if enabled is None else IdentifyRule(enabled)
 
     def profile(self, value: object, path: str) -> ProfileMap | None:
+        before = len(self.problems)
         table = self.table(value, path, ("attributes", "location", "properties"))
         if table is None:
             return None
@@ -300,7 +307,7 @@ class _Parser:
             parts["properties"] = self.properties(
                 table["properties"], _field(path, "properties"), ROOTS
             )
-        return None if None in parts.values() else ProfileMap(**parts)
+        return self.build(ProfileMap, parts, before, path)  # type: ignore[no-any-return]
 
 
 _TOP_KEYS = ("version", "rules", "page", "identify", "catch_all", "profile", "mapper")
@@ -313,7 +320,7 @@ def parse(data: object, source: str = "blueprint") -> dict[str, Any]:
         BlueprintError: Listing every problem found, each with its path.
     """
     parser = _Parser()
-    table = parser.table(data, "(top level)", _TOP_KEYS)
+    table = parser.table(data, "", _TOP_KEYS)
     if table is None:
         raise BlueprintError(source, parser.problems)
     version = table.get("version", FORMAT_VERSION)
@@ -422,7 +429,7 @@ def dump(blueprint: Blueprint) -> dict[str, JSON]:
 
 def _toml(text: str, source: str) -> object:
     if sys.version_info >= (3, 11):
-        import tomllib as toml
+        import tomllib as toml  # noqa: PLC0415 - 3.11+ only, so imported where used
     else:  # pragma: no cover - Python 3.10 only
         try:
             toml = importlib.import_module("tomli")

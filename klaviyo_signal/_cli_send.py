@@ -12,38 +12,24 @@ import collections
 import json
 import logging
 import sys
-from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import IO, Any, TextIO
 
-from ._blueprint import Blueprint, Rule, default_blueprint, metric_name
+import attrs
+
+from ._blueprint import Blueprint, default_blueprint
 from ._cli_lines import BadLine, lines, parse_line
 from ._cli_report import Outcomes, Progress
 from ._client import Client
 from ._delivery import Delivery, DeliveryStatus
 from ._errors import APIError, ConfigurationError, TransportError, ValidationError
+from ._rules import CatchAll
 
 __all__ = ["run_send"]
 
 _WINDOW = 1000  # calls in flight in background mode
 _WAIT = 120.0  # seconds to wait for one queued call before calling it failed
 _SHOWN_INVALID = 10  # invalid lines reported as they happen; the rest are only counted
-
-
-class _ForwardEvery(Mapping[str, Rule]):
-    """Blueprint rules that forward any event without a rule of its own (bare ``--enable``)."""
-
-    def __init__(self, rules: Mapping[str, Rule]) -> None:
-        self._rules = dict(rules)
-
-    def __getitem__(self, name: str) -> Rule:
-        return self._rules.get(name) or Rule(metric=metric_name(name), forward_all=True)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._rules)
-
-    def __len__(self) -> int:
-        return len(self._rules)
 
 
 def _blueprint(enable: list[str] | None, event: str | None) -> Blueprint:
@@ -54,7 +40,7 @@ def _blueprint(enable: list[str] | None, event: str | None) -> Blueprint:
         elif event is not None:
             blueprint = blueprint.enable(event)
         else:
-            blueprint = Blueprint(rules=_ForwardEvery(blueprint.rules), page=blueprint.page)
+            blueprint = attrs.evolve(blueprint, catch_all=CatchAll("forward"))
     return blueprint
 
 

@@ -5,6 +5,7 @@ The tree::
     KlaviyoSignalError
     ├── ConfigurationError      (also ValueError)  the Client was built wrong
     ├── ValidationError         (also ValueError)  a call's input breaks a rule
+    │   └── BlueprintError                          a blueprint file or dict is malformed
     ├── APIError                                   Klaviyo answered with an error status
     │   ├── BadRequestError         400
     │   ├── AuthenticationError     401
@@ -29,6 +30,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BlueprintError",
     "ConfigurationError",
     "ErrorRecord",
     "KlaviyoSignalError",
@@ -54,6 +56,15 @@ class ConfigurationError(KlaviyoSignalError, ValueError):
 
 class ValidationError(KlaviyoSignalError, ValueError):
     """A call's input breaks one of Klaviyo's rules; raised by the call itself."""
+
+
+class BlueprintError(ValidationError):
+    """A blueprint file (or dict) is malformed; ``problems`` lists every problem found."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 @attrs.frozen

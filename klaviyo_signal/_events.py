@@ -81,7 +81,7 @@ def _checked(properties: dict[str, JSON], metric: str) -> dict[str, JSON]:
 
 
 def _item_events(
-    items: ItemRule, view: dict[str, JSON], parent: Event, consent: dict[str, JSON]
+    items: ItemRule, view: Mapping[str, JSON], parent: Event, consent: dict[str, JSON]
 ) -> list[Event]:
     found = lookup(view, items.path).value
     if found is MISSING or found is None:
@@ -113,7 +113,12 @@ def _item_events(
 
 
 def build_events(
-    rule: Rule, message: Message, profile: Profile, mapper: Mapper | None
+    rule: Rule,
+    message: Message,
+    profile: Profile,
+    mapper: Mapper | None,
+    *,
+    view: Mapping[str, JSON] | None = None,
 ) -> tuple[Event, ...] | None:
     """Return the events ``rule`` makes of ``message``, or None when its mapper drops it.
 
@@ -122,8 +127,9 @@ def build_events(
         message: The cleaned call.
         profile: The event's profile, already mapped.
         mapper: The blueprint-wide mapper; a rule's own mapper wins over it.
+        view: ``message_view(message)``, when the caller already has it.
     """
-    view = message_view(message)
+    view = message_view(message) if view is None else view
     mapper = rule.mapper or mapper
     if mapper is not None:
         mapped = mapper(message)

@@ -6,6 +6,8 @@ pipeline (consent gate, blueprint, delivery) works on values known to be sendabl
 
 from __future__ import annotations
 
+import os
+import random
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -230,10 +232,38 @@ def parse_iso(value: str, path: str = "timestamp") -> datetime:
         ) from None
 
 
+class _Ids:
+    """uuid4 strings from a per-process generator seeded by the OS.
+
+    ``uuid.uuid4()`` asks the OS for 16 random bytes on every call, a system call that
+    dominated the caller's cost in the benchmark. A message id needs uniqueness, not
+    secrecy, so a Mersenne Twister seeded once from ``os.urandom`` (and re-seeded in a
+    forked child, so parent and child never repeat ids) does the job at a fraction of it.
+    """
+
+    def __init__(self) -> None:
+        self.random = random.Random()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.random.seed(os.urandom(32))
+
+    def new(self) -> str:
+        return str(uuid.UUID(int=self.random.getrandbits(128), version=4))
+
+
+_IDS = _Ids()
+
+
+def new_message_id() -> str:
+    """Return a fresh uuid4 string for a call without a message_id."""
+    return _IDS.new()
+
+
 def message_id_of(value: object) -> str:
     """Return the call's id: the one given (checked), or a fresh uuid4."""
     if value is None:
-        return str(uuid.uuid4())
+        return new_message_id()
     if isinstance(value, uuid.UUID):
         return str(value)
     if not isinstance(value, str):

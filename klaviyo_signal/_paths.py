@@ -7,6 +7,7 @@ root fails at load time, not on a worker thread.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import attrs
@@ -73,30 +74,42 @@ def check_path(value: object, roots: tuple[str, ...] = ROOTS) -> str | None:
 
 
 def message_view(message: Message) -> dict[str, JSON]:
-    """Return the call as the JSON object that paths walk into."""
+    """Return the call as the JSON object that paths walk into.
+
+    The parts are the message's own (already cleaned) mappings, not copies: this runs on
+    the caller's thread for every call, and nothing writes through a view.
+    """
     return {
-        "properties": dict(message.properties),
-        "context": dict(message.context),
-        "traits": dict(message.traits),
+        "properties": message.properties,  # type: ignore[dict-item]
+        "context": message.context,  # type: ignore[dict-item]
+        "traits": message.traits,  # type: ignore[dict-item]
         "event": message.event,
         "name": message.name,
         "user_id": message.user_id,
         "anonymous_id": message.anonymous_id,
         "message_id": message.message_id,
         "timestamp": message.timestamp.isoformat(),
-        "consent": dict(message.consent),
+        "consent": message.consent,  # type: ignore[dict-item]
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def _parts(path: str) -> tuple[str, ...]:
+    # Paths come from blueprints, so there are few of them: split each once.
+    return tuple(path.split("."))
+
+
+_ABSENT = Found(MISSING)
 
 
 def lookup(view: Mapping[str, JSON], path: str) -> Found:
     """Follow ``path`` through ``view``; a missing key or a non-object step gives MISSING."""
-    current: JSON = dict(view)
-    walked: list[str] = []
-    for part in path.split("."):
-        if not isinstance(current, Mapping):
-            return Found(MISSING, ".".join(walked), current)
+    current: object = view
+    parts = _parts(path)
+    for index, part in enumerate(parts):
+        if type(current) is not dict and not isinstance(current, Mapping):
+            return Found(MISSING, ".".join(parts[:index]), current)  # type: ignore[arg-type]
         if part not in current:
-            return Found(MISSING)
+            return _ABSENT
         current = current[part]
-        walked.append(part)
-    return Found(current)
+    return Found(current)  # type: ignore[arg-type]

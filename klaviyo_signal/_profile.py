@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import attrs
+
 from ._errors import ValidationError
 from ._json import JSON
 from ._messages import Message
@@ -62,7 +64,69 @@ def _value(view: Mapping[str, JSON], target: str, sources: tuple[str, ...]) -> s
     return None
 
 
-def profile_from(message: Message, *, full: bool, mapping: ProfileMap | None = None) -> Profile:
+@attrs.frozen
+class _Plan:
+    """A ProfileMap prepared once: which traits each target can read, what is consumed."""
+
+    consumed: frozenset[str]
+    # target -> (sources, the top-level traits they read or None if any reads elsewhere)
+    attributes: tuple[tuple[str, tuple[str, ...], frozenset[str] | None], ...]
+    location: tuple[tuple[str, tuple[str, ...], frozenset[str] | None], ...]
+
+
+def _roots(sources: tuple[str, ...]) -> frozenset[str] | None:
+    roots = set()
+    for path in sources:
+        root, _, rest = path.partition(".")
+        if root != "traits" or not rest:
+            return None
+        roots.add(rest.partition(".")[0])
+    return frozenset(roots)
+
+
+_PLANS: dict[int, tuple[ProfileMap, _Plan]] = {}
+
+
+def _plan(mapping: ProfileMap) -> _Plan:
+    # Keyed by identity and holding the mapping, so an id is never reused while cached.
+    cached = _PLANS.get(id(mapping))
+    if cached is not None and cached[0] is mapping:
+        return cached[1]
+    plan = _Plan(
+        consumed=consumed_traits(mapping),
+        attributes=tuple((t, s, _roots(s)) for t, s in mapping.attributes.items()),
+        location=tuple((t, s, _roots(s)) for t, s in mapping.location.items()),
+    )
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    _PLANS[id(mapping)] = (mapping, plan)
+    return plan
+
+
+def _values(
+    view: Mapping[str, JSON],
+    traits: Mapping[str, JSON],
+    targets: tuple[tuple[str, tuple[str, ...], frozenset[str] | None], ...],
+) -> dict[str, str | float | None]:
+    # Skip a target whose sources all read traits the call does not have: most events
+    # carry only an email, and this runs on the caller's thread.
+    return {
+        target: _value(view, target, sources)
+        for target, sources, roots in targets
+        if roots is None or not roots.isdisjoint(traits)
+    }
+
+
+_DEFAULT = ProfileMap()
+
+
+def profile_from(
+    message: Message,
+    *,
+    full: bool,
+    mapping: ProfileMap | None = None,
+    view: Mapping[str, JSON] | None = None,
+) -> Profile:
     """Build the Klaviyo profile a call names.
 
     Args:
@@ -71,20 +135,20 @@ def profile_from(message: Message, *, full: bool, mapping: ProfileMap | None = N
             the identifiers are sent.
         mapping: How traits become attributes, location and properties; default the
             Segment-spec mapping of ``ProfileMap()``.
+        view: ``message_view(message)``, when the caller already has it.
     """
     if not full:
         return Profile(identity=message.identity)
-    mapping = mapping or ProfileMap()
-    view = message_view(message)
-    attributes = {
-        target: _value(view, target, sources) for target, sources in mapping.attributes.items()
-    }
-    fields = {target: _value(view, target, sources) for target, sources in mapping.location.items()}
+    mapping = mapping or _DEFAULT
+    plan = _plan(mapping)
+    traits = message.traits
+    view = message_view(message) if view is None else view
+    attributes = _values(view, traits, plan.attributes)
+    fields = _values(view, traits, plan.location)
     # An address of empty strings is no address: send no location rather than blanks.
     present = any(v is not None and v != "" for v in fields.values())
     location = Location(**fields) if present else None  # type: ignore[arg-type]
-    consumed = consumed_traits(mapping)
-    remaining = {k: v for k, v in message.traits.items() if k not in consumed}
+    remaining = {k: v for k, v in traits.items() if k not in plan.consumed}
     return Profile(
         identity=message.identity,
         location=location,

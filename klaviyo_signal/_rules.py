@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 
@@ -85,16 +85,16 @@ def check_json(value: object, path: str) -> str | None:
     return None
 
 
-def _raise(attribute: attrs.Attribute[object], problem: str | None) -> None:
+def _raise(attribute: attrs.Attribute[Any], problem: str | None) -> None:
     if problem is not None:
         raise ValidationError(f"{attribute.name}: {problem}")
 
 
-def _metric(_: object, attribute: attrs.Attribute[object], value: object) -> None:
+def _metric(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     _raise(attribute, check_metric(value))
 
 
-def _path(_: object, attribute: attrs.Attribute[object], value: object) -> None:
+def _path(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     _raise(attribute, check_path(value, ITEM_ROOTS))
 
 
@@ -109,9 +109,9 @@ def _paths_map(
     return {target: _paths(paths) for target, paths in value.items()}
 
 
-def _all_paths(_: object, attribute: attrs.Attribute[object], value: object) -> None:
+def _all_paths(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     paths = value.values() if isinstance(value, Mapping) else value
-    for path in paths:  # type: ignore[attr-defined]
+    for path in paths:
         for one in _paths(path):
             _raise(attribute, check_path(one, ITEM_ROOTS))
 
@@ -120,9 +120,7 @@ def _keep(value: str | tuple[str, ...] | list[str]) -> Keep:
     return "all" if value == "all" else tuple(value)
 
 
-def _json_values(
-    _: object, attribute: attrs.Attribute[object], value: Mapping[str, object]
-) -> None:
+def _json_values(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     for key, item in value.items():
         problem = check_json(item, f"{attribute.name}[{key!r}]")
         if problem is not None:
@@ -208,7 +206,7 @@ class Rule:
     items: ItemRule | None = None
 
     @mapper.validator
-    def _callable(self, attribute: attrs.Attribute[object], value: object) -> None:
+    def _callable(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not callable(value):
             raise ValidationError(f"mapper: expected a function, got {value!r}")
 
@@ -220,8 +218,8 @@ class IdentifyRule:
     enabled: bool = True
 
 
-def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[object], object], None]:
-    def check(_: object, attribute: attrs.Attribute[object], value: object) -> None:
+def _one_of(*choices: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
             raise ValidationError(
                 f"{attribute.name}: expected one of {', '.join(map(repr, choices))}, got {value!r}"
@@ -248,9 +246,9 @@ class CatchAll:
     )
 
 
-def _known(names: tuple[str, ...]) -> Callable[[object, attrs.Attribute[object], object], None]:
-    def check(_: object, attribute: attrs.Attribute[object], value: object) -> None:
-        for key in value:  # type: ignore[attr-defined]
+def _known(names: tuple[str, ...]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        for key in value:
             if key not in names:
                 raise ValidationError(f"{attribute.name}: {key!r} is not one of {', '.join(names)}")
         _all_paths(_, attribute, value)

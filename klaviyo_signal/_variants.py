@@ -26,6 +26,8 @@ def variant_data(name: object) -> JSON:
     if name not in VARIANTS:
         known = ", ".join(map(repr, VARIANTS))
         raise ConfigurationError(f"unknown blueprint variant {name!r}; known variants: {known}")
-    text = files("klaviyo_signal").joinpath("blueprints", f"{name}.json").read_text("utf-8")
+    text = (
+        files("klaviyo_signal").joinpath("blueprints").joinpath(f"{name}.json").read_text("utf-8")
+    )
     data: JSON = json.loads(text)
     return data
