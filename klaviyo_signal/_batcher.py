@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from ._identity import Identity
 from ._models import Event, Profile
@@ -35,6 +35,7 @@ MAX_JOB_EVENTS = 1000
 # Klaviyo's limit is 5 MB per request; stay a little under it (and under 5 MiB as well).
 MAX_JOB_BYTES = 5_000_000 - 4096
 _ITEM_POINTER = re.compile(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/|$)")
+_FRAME_CACHE = 4096
 # Any profile will do: only the bytes of the event inside the body are kept.
 _PLACEHOLDER = Profile(Identity(external_id="x"))
 
@@ -79,11 +80,11 @@ class Item:
 
     __slots__ = ("events", "frame", "owners", "profile", "size")
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, frame: tuple[bytes, bytes]) -> None:
         self.profile = profile
-        self.frame = _item_frame(profile)
+        self.frame = frame
         self.events: list[bytes] = []
-        self.owners: list[Hashable] = []
+        self.owners: list[object] = []
         self.size = len(self.frame[0]) + len(self.frame[1])
 
     def encoded(self) -> bytes:
@@ -104,7 +105,7 @@ class BulkJob:
         head, tail = _envelope()
         return head + b",".join(item.encoded() for item in self.items) + tail
 
-    def owners(self) -> list[Hashable]:
+    def owners(self) -> list[object]:
         """Return who waits for each event, one entry per event."""
         return [owner for item in self.items for owner in item.owners]
 
@@ -120,6 +121,8 @@ class OpenJob:
     def __init__(self) -> None:
         head, tail = _envelope()
         self._base = len(head) + len(tail)
+        # Encoded profile frames, kept across jobs: the same visitors come back job after job.
+        self._frames: dict[Identity, tuple[Profile, tuple[bytes, bytes]]] = {}
         self._clear()
 
     def _clear(self) -> None:
@@ -133,7 +136,7 @@ class OpenJob:
     def __len__(self) -> int:
         return self.events
 
-    def add(self, event_bytes: bytes, profile: Profile, owner: Hashable, now: float) -> bool:
+    def add(self, event_bytes: bytes, profile: Profile, owner: object, now: float) -> bool:
         """Add one encoded event for ``profile``, tagged with ``owner``.
 
         Returns:
@@ -146,7 +149,7 @@ class OpenJob:
         if item is None or new:
             # The same person with other profile attributes (traits) gets an item of its own,
             # so neither version's attributes are lost.
-            item = Item(profile)
+            item = Item(profile, self._frame(profile))
         grown = len(event_bytes) + (1 if item.events else 0)
         if new:
             grown += item.size + (1 if self.items else 0)
@@ -163,6 +166,16 @@ class OpenJob:
         if self.oldest is None:
             self.oldest = now
         return True
+
+    def _frame(self, profile: Profile) -> tuple[bytes, bytes]:
+        cached = self._frames.get(profile.identity)
+        if cached is not None and cached[0] == profile:
+            return cached[1]
+        if len(self._frames) >= _FRAME_CACHE:
+            self._frames.clear()
+        frame = _item_frame(profile)
+        self._frames[profile.identity] = (profile, frame)
+        return frame
 
     def mentions(self, identity: Identity) -> bool:
         """Whether any event here is for a profile sharing an identifier with ``identity``."""

@@ -6,24 +6,26 @@ A call flows one way: input -> Message (cleaned, validated) -> consent gate -> b
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
-from ._blueprint import Blueprint, default_blueprint
-from ._config import Config, mask
+from ._blueprint import Blueprint, blueprint_for_variant
+from ._config import PUBLISHED, Config, mask
 from ._consent import consent_drop_reason
-from ._delivery import Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
+from ._delivery import Delivery, DeliveryStatus, Job, OnDelivery, send_job
 from ._errors import ConfigurationError
+from ._explain import Explanation, explain
+from ._lifecycle import forget, manage
 from ._messages import Kind, Message, build_message
 from ._models import Event, Profile
-from ._transport import Transport
+from ._ratelimit import RateLimits
+from ._stats import Counters, Stats, failure_key
+from ._transport import SERVER_ERROR_STATUSES, Transport
 from ._wire import encode, event_body, profile_body
 from ._worker import Worker
 
@@ -41,9 +43,11 @@ def _request(obj: Event | Profile) -> tuple[str, bytes]:
 class Client:
     """Sends identify, track and page calls to Klaviyo.
 
-    Build one per process and share it: it is thread-safe. In background mode (the
-    default) calls return at once and a worker thread sends; ``sync_mode=True`` sends
-    before each call returns and raises on failure, for scripts and notebooks.
+    Build one per process and share it: it is thread-safe, and fork-safe (a forked child
+    gets its own queue and worker). In background mode (the default) calls return at once
+    and a worker thread sends them in bulk jobs, paced to Klaviyo's rate limits;
+    ``sync_mode=True`` sends before each call returns and raises on failure, for scripts
+    and notebooks. See docs/delivery.md.
 
     Args:
         public_api_key: The account's 6-character public key (Site ID).
@@ -56,9 +60,20 @@ class Client:
         default_phone_region: Region (``"GB"``) for local phone numbers (``phone`` extra).
         max_retries: Retries on 429 and 5xx (Retry-After honoured) and connection errors.
         timeout: Read timeout in seconds for each request.
-        on_delivery: Called with the final Delivery of every call.
-        max_queue_size: Background mode: calls queued before new ones are dropped.
-        shutdown_timeout: Seconds the exit hook waits for queued calls to be sent.
+        on_delivery: Called with the final Delivery of every call (in background mode on
+            the worker thread: keep it quick).
+        max_queue_size: Background mode: calls queued or in flight before new ones are
+            dropped with reason ``queue full``.
+        shutdown_timeout: Seconds ``close()`` and the exit hook wait for queued calls.
+        flush_interval: Background mode: seconds the oldest queued event waits for its bulk
+            job to fill before the job is sent anyway.
+        max_queue_bytes: Background mode: the (estimated) memory queued calls may hold.
+        block_on_full: Background mode: make a call wait for room instead of dropping it
+            when the queue is full.
+        rate_limits: ``"published"`` (Klaviyo's published burst/steady limits), a mapping
+            ``{"POST /api/event-bulk-create-jobs": (burst_per_second, steady_per_minute)}``
+            that overrides them per endpoint (accounts with other quotas), or None to
+            switch client-side pacing off (a 429 still pauses the endpoint).
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -80,6 +95,10 @@ class Client:
         on_delivery: OnDelivery | None = None,
         max_queue_size: int = 10_000,
         shutdown_timeout: float = 5.0,
+        flush_interval: float = 1.0,
+        max_queue_bytes: int = 50_000_000,
+        block_on_full: bool = False,
+        rate_limits: RateLimits | Literal["published"] | None = PUBLISHED,
     ) -> None:
         self._config = Config(
             public_api_key,
@@ -95,19 +114,50 @@ class Client:
             on_delivery=on_delivery,
             max_queue_size=max_queue_size,
             shutdown_timeout=shutdown_timeout,
+            flush_interval=flush_interval,
+            max_queue_bytes=max_queue_bytes,
+            block_on_full=block_on_full,
+            rate_limits=rate_limits,
         )
-        self._transport = Transport(
-            base_url=base_url,
-            private_api_key=private_api_key,
-            revision=revision,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
-        self._signal = threading.Condition()
-        self._worker = Worker(self._send_queued, max_queue_size=max_queue_size)
         self._closed = False
-        self._exit_hook = _exit_hook(weakref.ref(self))
-        atexit.register(self._exit_hook)
+        self._fresh_state()
+        manage(self)
+
+    def _fresh_state(self) -> None:
+        """Build the sync session, the counters and the (idle) background worker."""
+        self._transport = self._make_transport()
+        self._stats = Counters()
+        self._signal = threading.Condition()
+        c = self._config
+        self._worker = Worker(
+            # 429s are the worker's to pace endpoint-wide; urllib3 retries only 5xx.
+            make_transport=lambda: self._make_transport(SERVER_ERROR_STATUSES, pool_size=1),
+            limits=c.rate_limits,
+            stats=self._stats,
+            signal=self._signal,
+            on_delivery=c.on_delivery,
+            flush_interval=c.flush_interval,
+            max_queue_size=c.max_queue_size,
+            max_queue_bytes=c.max_queue_bytes,
+            block_on_full=c.block_on_full,
+        )
+
+    def _make_transport(
+        self, retry_statuses: frozenset[int] | None = None, *, pool_size: int = 4
+    ) -> Transport:
+        c = self._config
+        options: dict[str, Any] = (
+            {} if retry_statuses is None else {"retry_statuses": retry_statuses}
+        )
+        return Transport(
+            base_url=c.base_url,
+            private_api_key=c.private_api_key,
+            revision=c.revision,
+            timeout=c.timeout,
+            max_retries=c.max_retries,
+            pool_size=pool_size,
+            **options,
+        )
 
     # -- construction helpers ------------------------------------------------------------
 
@@ -153,7 +203,11 @@ class Client:
             )
         variant = payload.get("variant", "default")
         if "blueprint" not in options:
-            options["blueprint"] = _variant(variant)
+            if not isinstance(variant, str):
+                raise ConfigurationError(
+                    f"install payload: variant must be a string, got {variant!r}"
+                )
+            options["blueprint"] = blueprint_for_variant(variant)
         return cls(config["public_api_key"], config["private_api_key"], **options)
 
     def __repr__(self) -> str:
@@ -272,20 +326,19 @@ class Client:
             reason = decision.drop_reason
         if reason is not None or decision is None:
             return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, reason))
-        job = Job(message.message_id, tuple(_request(obj) for obj in decision.objects))
         if self._config.sync_mode:
+            job = Job(message.message_id, tuple(_request(obj) for obj in decision.objects))
             return self._send_now(job)
-        if self._closed:
-            return self._final(
-                Delivery(message.message_id, DeliveryStatus.DROPPED, "client is closed")
-            )
-        ticket = Ticket(self._signal)
-        if not self._worker.submit(Job(job.message_id, job.requests, ticket)):
-            return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, "queue full"))
+        # Background: hand over the objects; the worker encodes them, off the caller's time.
+        ticket = self._worker.submit(message.message_id, decision.objects)
+        if isinstance(ticket, str):
+            return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, ticket))
         return Delivery(message.message_id, DeliveryStatus.QUEUED, ticket=ticket)
 
     def _post(self, path: str, body: bytes) -> int:
-        return self._transport.post(path, body).status
+        answer = self._transport.post(path, body)
+        self._stats.request(len(body), retries=answer.retries)
+        return answer.status
 
     def _send_now(self, job: Job) -> Delivery:
         delivery, error = send_job(self._post, job)
@@ -294,15 +347,11 @@ class Client:
             raise error
         return delivery
 
-    def _send_queued(self, job: Job) -> None:
-        delivery, error = send_job(self._post, job)
-        if error is not None:
-            log.warning("klaviyo-signal: a call failed: %s", error)
-        if job.ticket is not None:
-            job.ticket.resolve(delivery)
-        self._final(delivery)
-
     def _final(self, delivery: Delivery) -> Delivery:
+        reason = delivery.reason
+        if delivery.status is DeliveryStatus.FAILED:
+            reason = failure_key(delivery.http_status)
+        self._stats.outcome(delivery.status.value, reason)
         callback = self._config.on_delivery
         if callback is not None:
             try:
@@ -313,22 +362,65 @@ class Client:
 
     # -- lifetime ------------------------------------------------------------------------
 
+    def explain(self, kind: Kind, *args: Any, **kwargs: Any) -> Explanation:
+        """Return what a call with these arguments would send, without sending it.
+
+        Args:
+            kind: ``"identify"``, ``"track"`` or ``"page"``.
+            args, kwargs: The same arguments as that method.
+
+        Raises:
+            TypeError: The arguments do not fit that call.
+            ValidationError: The input breaks a rule, exactly as the call would raise.
+        """
+        return explain(
+            blueprint=self._config.blueprint,
+            require_consent=self._config.require_consent,
+            default_phone_region=self._config.default_phone_region,
+            revision=self._config.revision,
+            kind=kind,
+            args=args,
+            kwargs=kwargs,
+        )
+
+    @property
+    def stats(self) -> Stats:
+        """A snapshot of the delivery counters (since the client was built or forked)."""
+        worker = self._worker
+        return self._stats.snapshot(queued=worker.pending, queue_bytes=worker.pending_bytes)
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued call is sent; return False if ``timeout`` passed first."""
+        """Send every queued call now and wait until each is final.
+
+        Returns:
+            True when nothing is left queued; False if ``timeout`` seconds passed first
+            (the calls stay queued and are sent later).
+        """
         return self._worker.flush(timeout)
 
     def close(self) -> None:
-        """Send what is queued (up to ``shutdown_timeout``), then stop the worker. Idempotent."""
+        """Send what is queued (up to ``shutdown_timeout``), then stop the worker. Idempotent.
+
+        Calls still unsent then end ``dropped`` (reason: shutdown), and their count is logged.
+        """
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self._exit_hook)
-        if not self._worker.close(self._config.shutdown_timeout):
+        forget(self)
+        left = self._worker.close(self._config.shutdown_timeout)
+        if left:
             log.warning(
-                "klaviyo-signal: %d queued call(s) were not sent before close()",
-                self._worker.pending(),
+                "klaviyo-signal: %d queued call(s) were not sent within shutdown_timeout=%g s "
+                "and were dropped (see client.stats.dropped_by_reason)",
+                left,
+                self._config.shutdown_timeout,
             )
         self._transport.close()
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: start over with an empty queue, no thread, a new session."""
+        if not self._closed:
+            self._fresh_state()
 
     def __enter__(self) -> Client:
         return self
@@ -340,18 +432,3 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _exit_hook(ref: weakref.ref[Client]) -> Any:
-    def hook() -> None:
-        client = ref()
-        if client is not None:
-            client.close()
-
-    return hook
-
-
-def _variant(variant: object) -> Blueprint:
-    if variant == "default":
-        return default_blueprint()
-    raise ConfigurationError(f"install payload: unknown variant {variant!r}; known: 'default'")

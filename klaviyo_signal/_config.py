@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
@@ -17,8 +17,12 @@ import attrs
 from ._blueprint import Blueprint, default_blueprint
 from ._delivery import Delivery
 from ._errors import ConfigurationError
+from ._ratelimit import published_limits
 
-__all__ = ["Config", "mask"]
+__all__ = ["PUBLISHED", "Config", "mask"]
+
+PUBLISHED: Literal["published"] = "published"
+"""The ``rate_limits`` default: Klaviyo's published limit for each endpoint."""
 
 _PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
 _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
@@ -94,6 +98,49 @@ def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
         raise ConfigurationError(f"{attribute.name}: must be a whole number >= 0, got {value!r}")
 
 
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{attribute.name}: must be a whole number >= 1, got {value!r}")
+
+
+def _bool(_: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{attribute.name}: must be True or False, got {value!r}")
+
+
+def _rate_limits(value: object) -> dict[str, tuple[int, int]] | None:
+    """Resolve ``rate_limits``: the published limits, overridden per endpoint, or None."""
+    if value is None:
+        return None
+    limits = published_limits()
+    if value == PUBLISHED:
+        return limits
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            "rate_limits: expected a mapping such as "
+            "{'POST /api/event-bulk-create-jobs': (10, 150)}, 'published' or None, "
+            f"got {value!r}"
+        )
+    for endpoint, pair in value.items():
+        if not isinstance(endpoint, str) or not endpoint.startswith("POST /"):
+            raise ConfigurationError(
+                f"rate_limits: key {endpoint!r} is not an endpoint such as "
+                "'POST /api/event-bulk-create-jobs'"
+            )
+        if (
+            not isinstance(pair, (tuple, list))
+            or len(pair) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair)
+        ):
+            raise ConfigurationError(
+                f"rate_limits[{endpoint!r}]: expected (burst per second, steady per minute), "
+                f"two whole numbers >= 1, got {pair!r}"
+            )
+        burst, steady = pair
+        limits[endpoint] = (burst, steady)
+    return limits
+
+
 def _callable_or_none(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not callable(value):
         raise ConfigurationError(f"{attribute.name}: must be a function or None, got {value!r}")
@@ -126,5 +173,11 @@ class Config:
     on_delivery: Callable[[Delivery], object] | None = attrs.field(
         default=None, validator=_callable_or_none
     )
-    max_queue_size: int = attrs.field(default=10_000, validator=_count)
+    max_queue_size: int = attrs.field(default=10_000, validator=_at_least_one)
     shutdown_timeout: float = attrs.field(default=5.0, validator=_positive)
+    flush_interval: float = attrs.field(default=1.0, validator=_positive)
+    max_queue_bytes: int = attrs.field(default=50_000_000, validator=_at_least_one)
+    block_on_full: bool = attrs.field(default=False, validator=_bool)
+    rate_limits: dict[str, tuple[int, int]] | None = attrs.field(
+        default=attrs.Factory(published_limits), converter=_rate_limits
+    )

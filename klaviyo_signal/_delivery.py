@@ -2,7 +2,8 @@
 
 Every call ends in exactly one final ``Delivery``: ``delivered``, ``dropped`` or ``failed``.
 Background mode hands back a ``queued`` Delivery at once; ``Delivery.wait()`` gives the
-final one. The worker is the one seam later delivery strategies replace.
+final one. Sync mode sends a ``Job`` with ``send_job``; background mode hands the call to
+the worker (``_worker.py``), which batches.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ class DeliveryStatus(str, enum.Enum):
 
 
 class Ticket:
-    """The handle a queued Delivery keeps to learn its final outcome."""
+    """The handle a queued Delivery keeps to learn its final outcome.
+
+    All tickets of a client share one Condition: a call in the caller's hot path then
+    allocates one small object, not a lock, and the worker wakes waiters once per batch.
+    """
 
     __slots__ = ("_final", "_signal")
 
@@ -47,6 +52,14 @@ class Ticket:
         with self._signal:
             self._final = final
             self._signal.notify_all()
+
+    @staticmethod
+    def resolve_all(signal: threading.Condition, finals: Sequence[tuple[Ticket, Delivery]]) -> None:
+        """Record many final outcomes at once and wake the waiters once."""
+        with signal:
+            for ticket, final in finals:
+                ticket._final = final
+            signal.notify_all()
 
     def wait(self, timeout: float | None) -> Delivery | None:
         """Return the final outcome, or None if ``timeout`` passes first."""

@@ -44,7 +44,7 @@ _MAX_BACKOFF = 60.0
 
 def published_limits() -> dict[str, tuple[int, int]]:
     """Return Klaviyo's published (burst per second, steady per minute) limit per endpoint."""
-    text = resources.files("klaviyo_signal").joinpath("_schemas", "rate_limits.json")
+    text = resources.files("klaviyo_signal") / "_schemas" / "rate_limits.json"
     operations = json.loads(text.read_text("utf-8"))["operations"]
     return {
         name: (
@@ -61,24 +61,29 @@ class EndpointLimiter:
     Not thread-safe by itself: the worker thread owns it.
 
     Args:
-        burst: Requests allowed in any span of ``spans[0]`` seconds.
-        steady: Requests allowed in any span of ``spans[1]`` seconds.
+        burst: Requests allowed in any span of ``spans[0]`` seconds; None: no limit
+            (a 429 still pauses the endpoint).
+        steady: Requests allowed in any span of ``spans[1]`` seconds; None: no limit.
         clock: Monotonic seconds; tests pass a fake clock.
         spans: The window lengths (1 s and 60 s, as Klaviyo counts).
     """
 
     def __init__(
         self,
-        burst: int,
-        steady: int,
+        burst: int | None,
+        steady: int | None,
         *,
         clock: Callable[[], float] = time.monotonic,
         spans: tuple[float, float] = (BURST_SPAN, STEADY_SPAN),
     ) -> None:
-        self._windows = ((spans[0] * _MARGIN, burst), (spans[1] * _MARGIN, steady))
+        self._windows = tuple(
+            (span * _MARGIN, limit)
+            for span, limit in zip(spans, (burst, steady), strict=True)
+            if limit is not None
+        )
         self._clock = clock
         # Only the newest max(limit) completions can ever decide a wait.
-        self._log: deque[float] = deque(maxlen=max(burst, steady))
+        self._log: deque[float] = deque(maxlen=max((n for _, n in self._windows), default=0))
         self._in_flight = 0
         self._paused_until = -math.inf
         self._budget = math.inf
@@ -131,7 +136,7 @@ class EndpointLimiter:
         self._throttles += 1
         if retry_after is None or retry_after < 0:
             backoff = min(_MAX_BACKOFF, 2.0 ** (self._throttles - 1))
-            pause = backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+            pause = backoff * (0.5 + random.random() / 2)  # jitter, not a secret
         else:
             pause = retry_after
         self._paused_until = max(self._paused_until, self._clock() + pause)

@@ -8,11 +8,13 @@ errors; no ``requests``/``urllib3`` exception reaches users.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 
 import attrs
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
 from urllib3.util import Retry
 
 from ._errors import (
@@ -34,6 +36,16 @@ SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 CONNECT_TIMEOUT = 3.05
 
 
+class _RetryWithout429(Retry):
+    """A Retry that leaves every 429 to the caller.
+
+    urllib3 retries a 429 that carries ``Retry-After`` even when 429 is not in
+    ``status_forcelist``; the background worker pauses the whole endpoint instead.
+    """
+
+    RETRY_AFTER_STATUS_CODES = Retry.RETRY_AFTER_STATUS_CODES - {429}
+
+
 def make_retry(max_retries: int, statuses: frozenset[int] = RETRY_STATUSES) -> Retry:
     """Return the retry policy: 429 and 5xx, POST included, Retry-After honoured, jittered.
 
@@ -41,7 +53,8 @@ def make_retry(max_retries: int, statuses: frozenset[int] = RETRY_STATUSES) -> R
         max_retries: Retries per kind (connect, read, status), and in total.
         statuses: The answers that are retried (default: 429 and 5xx).
     """
-    return Retry(
+    retry_class = Retry if 429 in statuses else _RetryWithout429
+    return retry_class(
         total=max_retries,
         connect=max_retries,
         read=max_retries,
@@ -93,10 +106,17 @@ def _records(payload: object) -> tuple[ErrorRecord, ...]:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Read ``Retry-After`` (seconds, possibly fractional, or an HTTP-date); None if unusable."""
     if value is None:
         return None
-    seconds = Retry.parse_retry_after(Retry(), value)
-    return float(seconds)
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = float(Retry.parse_retry_after(Retry(), value))
+        except InvalidHeader:
+            return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _parse(response: requests.Response) -> JSON:

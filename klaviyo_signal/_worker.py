@@ -1,80 +1,390 @@
-"""The background worker: a bounded queue and one daemon thread that sends jobs in order.
+"""The background worker: a bounded queue, and one thread that batches, paces and sends.
 
-Nothing starts before the first job is submitted, and the caller never waits on the
-network: a full queue refuses the job at once.
+The caller's side (``submit``) only appends the blueprint's objects to a deque under a
+lock: encoding, grouping and HTTP all happen on the worker thread. The thread takes queued
+calls in chunks, encodes their events into the open bulk job (``_batcher``), seals it when
+it is full, when its oldest event is ``flush_interval`` old, or on ``flush()``/``close()``,
+and sends sealed jobs and profile imports in order, each when its endpoint's limiter
+(``_ratelimit``) allows. What an answer means for each call is ``_outcomes``' business.
+
+Nothing starts before the first call, and ``close()`` leaves no thread behind.
 """
 
 from __future__ import annotations
 
-import queue
+import logging
 import threading
-from collections.abc import Callable
-from typing import cast
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 
-from ._delivery import Job
+from ._batcher import MAX_JOB_EVENTS, BulkJob, OpenJob, encode_event
+from ._delivery import DeliveryStatus, OnDelivery, Ticket
+from ._errors import APIError, KlaviyoSignalError, TransportError
+from ._models import Event, Profile
+from ._outcomes import BULK, PROFILE_IMPORT, Entry, Failure, Identify, Outcomes, Unit
+from ._ratelimit import EndpointLimiter, RateLimits
+from ._stats import Counters
+from ._transport import Transport
+from ._wire import encode, profile_body
 
 __all__ = ["Worker"]
 
-_STOP = object()
+log = logging.getLogger("klaviyo_signal")
+
+# Calls taken from the queue per lock acquisition: enough to amortise the lock, few enough
+# that the worker gets back to sending (and to the GIL's other users) between chunks.
+_CHUNK = 200
+# A cheap guess at the memory one queued call holds (its objects and properties), for
+# max_queue_bytes; exact sizes are only known once the worker encodes.
+_BASE_BYTES = 1024
+_BYTES_PER_PROPERTY = 160
+_SHUTDOWN_REASON = "shutdown: not sent before the client closed (shutdown_timeout passed)"
+_SHUTDOWN = Failure(DeliveryStatus.DROPPED, _SHUTDOWN_REASON, None, "shutdown")
+_BROKEN_REASON = "internal error in the delivery worker (see the klaviyo_signal log)"
+_BROKEN = Failure(DeliveryStatus.FAILED, _BROKEN_REASON, None, "internal error")
+
+
+def _estimate(objects: Sequence[Event | Profile]) -> int:
+    size = _BASE_BYTES * len(objects)
+    for obj in objects:
+        size += _BYTES_PER_PROPERTY * len(obj.properties)
+    return size
 
 
 class Worker:
-    """Sends submitted jobs one by one on a background thread."""
+    """Queues calls and sends them from one background thread.
 
-    def __init__(self, send: Callable[[Job], None], *, max_queue_size: int) -> None:
-        self._send = send
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue_size)
+    Args:
+        make_transport: Builds the worker's HTTP transport (on the worker thread, lazily).
+        limits: Per-endpoint (burst per second, steady per minute), or None for no
+            client-side limit.
+        stats: The counters to update.
+        signal: The Condition every Ticket of this client shares.
+        on_delivery: Called with every final Delivery, on the worker thread.
+        flush_interval: Seconds the oldest queued event may wait for its job to fill.
+        max_queue_size: Calls queued or in flight before new ones are refused.
+        max_queue_bytes: Estimated bytes those calls may hold before new ones are refused.
+        block_on_full: Wait for room instead of refusing a call.
+        clock: Monotonic seconds (tests may pass another).
+    """
+
+    def __init__(
+        self,
+        *,
+        make_transport: Callable[[], Transport],
+        limits: RateLimits | None,
+        stats: Counters,
+        signal: threading.Condition,
+        on_delivery: OnDelivery | None,
+        flush_interval: float,
+        max_queue_size: int,
+        max_queue_bytes: int,
+        block_on_full: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._make_transport = make_transport
+        self._transport: Transport | None = None
+        self._signal = signal
+        self._interval = flush_interval
+        self._max_size = max_queue_size
+        self._max_bytes = max_queue_bytes
+        self._block = block_on_full
+        self._clock = clock
+        self._limits = limits
+        self._outcomes = Outcomes(stats, signal, on_delivery, self._settled)
+        self._stats = stats
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._drained = threading.Condition(self._lock)
+        self._space = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._inbox: deque[Entry] = deque()
+        self._live: set[Entry] = set()
+        self._pending = 0
+        self._bytes = 0
+        self._flushers = 0
+        self._waiting_for_space = 0
+        self._idle = True
         self._closed = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        # Owned by the worker thread only.
+        self._open = OpenJob()
+        self._outbox: deque[Unit] = deque()
+        self._limiters: dict[str, EndpointLimiter] = {}
 
-    def submit(self, job: Job) -> bool:
-        """Queue a job without blocking; return False when the queue is full or closed."""
-        if self._closed:
-            return False
-        if self._thread is None:
+    # -- the caller's side ---------------------------------------------------------------
+
+    def submit(self, message_id: str, objects: Sequence[Event | Profile]) -> Ticket | str:
+        """Queue one call's objects; return its Ticket, or why it was refused."""
+        entry = Entry(message_id, objects, Ticket(self._signal), _estimate(objects))
+        with self._lock:
+            if self._closed:
+                return "client is closed"
+            if self._pending >= self._max_size or self._bytes + entry.size > self._max_bytes:
+                if not self._block:
+                    return "queue full"
+                if not self._wait_for_space(entry.size):
+                    return "client is closed"
+            self._pending += 1
+            self._bytes += entry.size
+            self._live.add(entry)
+            self._inbox.append(entry)
+            # Wake the thread only when it sleeps with nothing to do, or a job's worth
+            # waits: an Event.set() per call would cost the caller more than the rest.
+            wake = self._idle or len(self._inbox) == MAX_JOB_EVENTS
+            self._idle = False
+            start = self._thread is None
+        if start:
             self._start()
+        if wake:
+            self._wake.set()
+        return entry.ticket
+
+    def _wait_for_space(self, size: int) -> bool:
+        """Block (holding the Condition) until a call of ``size`` fits; False if closed."""
+        self._waiting_for_space += 1
         try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            return False
-        return True
+            while not self._closed and (
+                self._pending >= self._max_size or self._bytes + size > self._max_bytes
+            ):
+                self._space.wait(0.5)
+        finally:
+            self._waiting_for_space -= 1
+        return not self._closed
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run, name="klaviyo-signal-worker", daemon=True
-                )
-                self._thread.start()
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="klaviyo-signal-worker", daemon=True)
+            self._thread = thread
+        try:
+            thread.start()
+        except RuntimeError:
+            # At interpreter shutdown no thread can start; close() then sends inline.
+            with self._lock:
+                self._thread = None
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is _STOP:
-                    return
-                self._send(cast(Job, item))
-            finally:
-                self._queue.task_done()
-
+    @property
     def pending(self) -> int:
-        """Return how many jobs are queued or being sent."""
-        return self._queue.unfinished_tasks
+        """Calls queued or in flight."""
+        return self._pending
+
+    @property
+    def pending_bytes(self) -> int:
+        """The estimated bytes those calls hold."""
+        return self._bytes
+
+    def alive(self) -> bool:
+        """Whether the worker thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def flush(self, timeout: float | None) -> bool:
-        """Wait until every submitted job is sent; False if ``timeout`` passes first."""
-        done = self._queue.all_tasks_done
-        with done:
-            return done.wait_for(lambda: self._queue.unfinished_tasks == 0, timeout)
-
-    def close(self, timeout: float | None) -> bool:
-        """Flush, then stop the thread; return False if jobs were left unsent."""
-        flushed = self.flush(timeout)
+        """Send everything queued now; False if ``timeout`` seconds pass first."""
         with self._lock:
+            if self._pending == 0:
+                return True
+            self._flushers += 1
+            self._idle = False
+        self._wake.set()
+        try:
+            with self._lock:
+                return self._drained.wait_for(lambda: self._pending == 0, timeout)
+        finally:
+            with self._lock:
+                self._flushers -= 1
+
+    def close(self, timeout: float) -> int:
+        """Refuse new calls, send what is queued for up to ``timeout`` s, stop the thread.
+
+        Returns:
+            How many calls were still unsent; they end ``dropped`` with a shutdown reason.
+        """
+        deadline = self._clock() + timeout
+        with self._lock:
+            if self._closed:
+                return 0
             self._closed = True
-            thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive() and flushed:
-            self._queue.put(_STOP)
-            thread.join(timeout)
-        return flushed
+            self._space.notify_all()
+            thread = self._thread
+        if thread is None:
+            if self._pending:
+                # No thread could start (interpreter shutdown): send from this one.
+                self._run(deadline)
+        else:
+            self.flush(max(deadline - self._clock(), 0.0))
+            with self._lock:
+                self._stop = True
+            self._wake.set()
+            # A request in flight cannot be cut short; give it a moment to finish.
+            thread.join(max(deadline - self._clock(), 0.2))
+        left = self._abandon()
+        if self._transport is not None:
+            self._transport.close()
+        return left
+
+    def _abandon(self, failure: Failure = _SHUTDOWN) -> int:
+        """End every call not final yet with ``failure``; return how many there were."""
+        with self._lock:
+            left = list(self._live)
+            self._inbox.clear()
+        self._outcomes.settle(left, failure, whole=True)
+        return len(left)
+
+    # -- the worker thread ---------------------------------------------------------------
+
+    def _run(self, deadline: float | None = None) -> None:
+        try:
+            self._loop(deadline)
+        except Exception:
+            # A bug must not leave callers waiting on a thread that died in silence.
+            log.exception("klaviyo-signal: the delivery worker stopped on an internal error")
+            self._open = OpenJob()
+            self._outbox.clear()
+            with self._lock:
+                # The next call starts a fresh thread.
+                self._thread = None
+            self._abandon(_BROKEN)
+
+    def _loop(self, deadline: float | None) -> None:
+        while True:
+            with self._lock:
+                if self._stop:
+                    return
+                chunk = [self._inbox.popleft() for _ in range(min(_CHUNK, len(self._inbox)))]
+                backlog = bool(self._inbox)
+                hurry = self._flushers > 0 or self._closed
+            now = self._clock()
+            if deadline is not None and (now >= deadline or self._pending == 0):
+                return
+            for entry in chunk:
+                self._absorb(entry, now)
+            open_job = self._open
+            # A partial job is sealed only once the backlog has joined it, so a flush of a
+            # long queue still sends full jobs.
+            if (
+                open_job.events
+                and not backlog
+                and (
+                    hurry
+                    or (open_job.oldest is not None and now - open_job.oldest >= self._interval)
+                )
+            ):
+                self._outbox.append(open_job.seal())
+            wait = self._send_next() if self._outbox else None
+            if chunk or wait == 0.0:
+                continue
+            self._sleep(wait, now, deadline)
+
+    def _sleep(self, wait: float | None, now: float, deadline: float | None) -> None:
+        oldest = self._open.oldest
+        if oldest is not None:
+            due = max(oldest + self._interval - now, 0.0)
+            wait = due if wait is None else min(wait, due)
+        if deadline is not None:
+            wait = max(min(wait if wait is not None else deadline, deadline - now), 0.0)
+        with self._lock:
+            if self._inbox or self._stop:
+                return
+            self._idle = wait is None and not self._outbox and not self._open.events
+            self._wake.clear()
+        self._wake.wait(wait)
+
+    def _absorb(self, entry: Entry, now: float) -> None:
+        """Put one call's objects into the open job or the outbox."""
+        for obj in entry.objects:
+            try:
+                if isinstance(obj, Profile):
+                    self._add_identify(entry, obj)
+                else:
+                    self._add_event(entry, obj, now)
+            except (KlaviyoSignalError, ValueError, TypeError) as exc:
+                # A value the JSON writer refuses fails this call alone, not its batch.
+                reason = f"could not encode the call: {exc}"
+                self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None))
+        # Only bytes are needed from here on; letting go of the objects keeps the garbage
+        # collector's passes (which stall every thread) short while jobs wait.
+        entry.objects = ()
+
+    def _add_identify(self, entry: Entry, profile: Profile) -> None:
+        if self._open.mentions(profile.identity):
+            # Events of this person queued before the identify go first, so a later
+            # bulk job cannot overwrite what the identify set.
+            self._outbox.append(self._open.seal())
+        self._outbox.append(Identify(entry, encode(profile_body(profile))))
+
+    def _add_event(self, entry: Entry, event: Event, now: float) -> None:
+        data = encode_event(event)
+        if self._open.add(data, event.profile, entry, now):
+            if self._open.events >= MAX_JOB_EVENTS:
+                self._outbox.append(self._open.seal())
+            return
+        if self._open.events:
+            self._outbox.append(self._open.seal())
+            if self._open.add(data, event.profile, entry, now):
+                return
+        reason = "the event alone is over Klaviyo's 5 MB request limit"
+        self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None))
+
+    def _limiter(self, endpoint: str) -> EndpointLimiter:
+        limiter = self._limiters.get(endpoint)
+        if limiter is None:
+            burst, steady = (None, None)
+            if self._limits is not None and endpoint in self._limits:
+                burst, steady = self._limits[endpoint]
+            limiter = EndpointLimiter(burst, steady, clock=self._clock)
+            self._limiters[endpoint] = limiter
+        return limiter
+
+    def _send_next(self) -> float:
+        """Send the outbox's first unit if its endpoint allows; else return the wait."""
+        unit = self._outbox[0]
+        endpoint = BULK if isinstance(unit, BulkJob) else PROFILE_IMPORT
+        limiter = self._limiter(endpoint)
+        wait = limiter.delay()
+        if wait > 0:
+            return wait
+        if self._transport is None:
+            self._transport = self._make_transport()
+        body = unit.body()
+        limiter.begin()
+        try:
+            answer = self._transport.post(endpoint.split(" ", 1)[1], body)
+        except APIError as exc:
+            limiter.end(exc.headers, throttled=exc.status == 429)
+            self._stats.request(len(body), rate_limited=exc.status == 429)
+            if exc.status == 429:
+                self._stats.retry()
+                self._outcomes.throttled(endpoint, limiter.throttle(exc.retry_after))
+                return 0.0
+            rest = self._outcomes.refused(unit, exc)
+        except TransportError as exc:
+            limiter.end(None)
+            self._stats.request(len(body))
+            self._outcomes.unreachable(unit, exc)
+            rest = None
+        else:
+            limiter.end(answer.headers)
+            self._stats.request(len(body), retries=answer.retries)
+            self._outcomes.accepted(unit, answer.status)
+            rest = None
+        self._outbox.popleft()
+        if rest is not None:
+            # The items Klaviyo did not object to go again, first in line.
+            self._stats.retry()
+            self._outbox.appendleft(rest)
+        return 0.0
+
+    def _settled(self, entries: Sequence[Entry]) -> None:
+        """Release the queue room of calls that just became final (called by Outcomes)."""
+        with self._lock:
+            for entry in entries:
+                self._live.discard(entry)
+                self._pending -= 1
+                self._bytes -= entry.size
+            if self._waiting_for_space:
+                self._space.notify_all()
+            if self._pending == 0:
+                self._drained.notify_all()

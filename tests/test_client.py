@@ -233,5 +233,35 @@ def test_from_install(fake: FakeKlaviyo) -> None:
         Client.from_install({"config": {"public_api_key": PUBLIC_KEY}})
     with pytest.raises(ConfigurationError, match="delivery_mode 'client_side'"):
         Client.from_install({**payload, "delivery_mode": "client_side"})
-    with pytest.raises(ConfigurationError, match="unknown variant"):
+    with pytest.raises(ConfigurationError, match="unknown blueprint variant"):
         Client.from_install({**payload, "variant": "nope"})
+
+
+def test_from_install_honours_the_variant(fake: FakeKlaviyo) -> None:
+    """from_install with variant klaviyo_ecommerce sends Klaviyo's own metric names."""
+    payload = {
+        "name": "klaviyo",
+        "variant": "klaviyo_ecommerce",
+        "config": {"public_api_key": PUBLIC_KEY, "private_api_key": PRIVATE_KEY},
+        "delivery_mode": "server_side",
+    }
+    client = Client.from_install(payload, base_url=fake.url, sync_mode=True)
+    client.track("Product Viewed", {"product_id": "p"}, user_id="u")
+    assert [event.metric for event in fake.events] == ["Viewed Product"]
+
+
+def test_client_explain_sends_nothing(fake: FakeKlaviyo) -> None:
+    """client.explain shows the exact request a call would make, with the key masked."""
+    client = Client(PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url, sync_mode=True)
+    explanation = client.explain(
+        "track", "Order Completed", {"revenue": 5, "currency": "USD"}, user_id="u"
+    )
+    assert explanation.status == "send"
+    (request,) = explanation.requests
+    assert (request.method, request.path) == ("POST", "/api/events")
+    assert request.headers["Authorization"] == "Klaviyo-API-Key pk_***"
+    assert request.body["data"]["attributes"]["value"] == 5  # type: ignore[index, call-overload]
+    dropped = client.explain("track", "Signed Up", user_id="u")
+    assert dropped.status == "drop"
+    assert dropped.reason is not None
+    assert fake.requests == []

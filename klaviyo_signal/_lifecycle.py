@@ -1,0 +1,74 @@
+"""Process lifetime: the bounded flush at exit, and a fresh start in a forked child.
+
+One ``atexit`` hook and one ``os.register_at_fork`` hook serve every live Client; both
+hold Clients only weakly, so registering never keeps a Client alive. The hooks are
+installed with the first Client, not at import.
+
+After ``fork()`` only the forking thread exists in the child: the parent's worker thread
+is gone, its locks may be held forever and its pooled sockets are shared with the parent.
+So each Client in the child gets a fresh queue, worker, session and counters, and the
+parent's queued calls stay the parent's to send.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from typing import Protocol
+
+__all__ = ["Managed", "forget", "manage"]
+
+
+class Managed(Protocol):
+    """What the hooks need from a Client."""
+
+    def close(self) -> None:
+        """Send what is queued, within the shutdown timeout, and stop."""
+
+    def _reset_after_fork(self) -> None:
+        """Drop the parent's queue, worker, session and counters (in the child)."""
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.clients: weakref.WeakSet[Managed] = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.installed = False
+
+
+_registry = _Registry()
+
+
+def manage(client: Managed) -> None:
+    """Flush ``client`` at exit and reset it in forked children, until ``forget``."""
+    with _registry.lock:
+        _registry.clients.add(client)
+        if _registry.installed:
+            return
+        _registry.installed = True
+    atexit.register(_at_exit)
+    if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forget(client: Managed) -> None:
+    """Stop managing a closed client."""
+    with _registry.lock:
+        _registry.clients.discard(client)
+
+
+def _at_exit() -> None:
+    with _registry.lock:
+        clients = list(_registry.clients)
+    for client in clients:
+        client.close()
+
+
+def _after_fork_in_child() -> None:
+    # Another parent thread may have held the lock at fork time; in the child it never
+    # would be released.
+    _registry.lock = threading.Lock()
+    for client in list(_registry.clients):
+        client._reset_after_fork()

@@ -1,0 +1,335 @@
+"""Background delivery's guarantees: outcomes, failures, bounded queue, shutdown, threads, fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import attrs
+import pytest
+
+from klaviyo_signal import (
+    Client,
+    ConfigurationError,
+    Delivery,
+    DeliveryStatus,
+    Stats,
+    default_blueprint,
+)
+from klaviyo_signal.testing import FakeKlaviyo
+
+from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
+
+BULK = "/api/event-bulk-create-jobs"
+BLUEPRINT = default_blueprint().enable("Signed Up")
+WORKER = "klaviyo-signal-worker"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKlaviyo]:
+    with FakeKlaviyo() as server:
+        yield server
+
+
+def client_for(fake: FakeKlaviyo, **options: object) -> Client:
+    options.setdefault("flush_interval", 60.0)
+    return Client(PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url, blueprint=BLUEPRINT, **options)  # type: ignore[arg-type]
+
+
+def workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == WORKER and t.is_alive()]
+
+
+def test_429_storm_loses_nothing(fake: FakeKlaviyo) -> None:
+    """Five 429s in a row pause the endpoint, then every event is delivered exactly once."""
+    fake.fail_next(429, times=5, retry_after=0.05)
+    client = client_for(fake)
+    calls = [client.track("Signed Up", {"n": i}, user_id=f"user-{i % 5}") for i in range(50)]
+    assert client.flush(timeout=60)
+    client.close()
+    assert {c.wait(timeout=10).status for c in calls} == {DeliveryStatus.DELIVERED}
+    assert len(fake.events) == 50
+    assert [r.status for r in fake.requests] == [429] * 5 + [202]
+    for request in fake.requests:
+        assert_valid(BULK, request.body)
+    stats = client.stats
+    assert stats.rate_limited == 5
+    assert stats.retries >= 5
+    assert stats.delivered == 50
+
+
+def test_429_without_retry_after_backs_off(fake: FakeKlaviyo) -> None:
+    """A 429 with no Retry-After still pauses (fallback backoff) and then delivers."""
+    fake.fail_next(429)
+    client = client_for(fake)
+    delivery = client.track("Signed Up", user_id="user-1")
+    started = time.monotonic()
+    assert client.flush(timeout=30)
+    assert time.monotonic() - started >= 0.4  # the first backoff is 0.5-1 s
+    assert delivery.wait(timeout=5).status is DeliveryStatus.DELIVERED
+    client.close()
+
+
+def test_server_errors_are_retried(fake: FakeKlaviyo) -> None:
+    """A 503 is retried by the transport and the event is delivered once."""
+    fake.fail_next(503)
+    client = client_for(fake)
+    delivery = client.track("Signed Up", user_id="user-1")
+    client.close()
+    assert delivery.wait(timeout=5).status is DeliveryStatus.DELIVERED
+    assert len(fake.events) == 1
+    assert client.stats.retries >= 1
+
+
+def test_401_fails_batches_and_is_logged_once(
+    fake: FakeKlaviyo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two rejected jobs fail every call with the actionable message, logged a single time."""
+    fake.fail_next(401, times=2)
+    client = client_for(fake)
+    with caplog.at_level(logging.WARNING, logger="klaviyo_signal"):
+        first = [client.track("Signed Up", user_id=f"user-{i}") for i in range(3)]
+        assert client.flush(timeout=30)
+        second = [client.track("Signed Up", user_id=f"user-{i}") for i in range(3)]
+        assert client.flush(timeout=30)
+    finals = [c.wait(timeout=5) for c in first + second]
+    assert {f.status for f in finals} == {DeliveryStatus.FAILED}
+    assert all("API Keys" in (f.reason or "") for f in finals)
+    records = [r for r in caplog.records if "401" in r.getMessage()]
+    assert len(records) == 1
+    assert PRIVATE_KEY not in caplog.text
+    assert client.stats.failed_by_reason == {"HTTP 401": 6}
+    client.close()
+
+
+def test_full_queue_drops_at_once(fake: FakeKlaviyo) -> None:
+    """Past max_queue_size new calls are dropped with reason 'queue full', without blocking."""
+    client = client_for(fake, max_queue_size=5)
+    calls = [client.track("Signed Up", {"n": i}, user_id="user-1") for i in range(8)]
+    assert [c.status for c in calls] == [DeliveryStatus.QUEUED] * 5 + [DeliveryStatus.DROPPED] * 3
+    assert {c.reason for c in calls[5:]} == {"queue full"}
+    client.close()
+    assert len(fake.events) == 5
+    stats = client.stats
+    assert (stats.delivered, stats.dropped) == (5, 3)
+    assert stats.dropped_by_reason == {"queue full": 3}
+
+
+def test_byte_budget_bounds_the_queue(fake: FakeKlaviyo) -> None:
+    """max_queue_bytes refuses calls once the queued ones hold the budget."""
+    client = client_for(fake, max_queue_bytes=20_000)
+    calls = [client.track("Signed Up", {"n": i}, user_id="user-1") for i in range(50)]
+    dropped = [c for c in calls if c.status is DeliveryStatus.DROPPED]
+    assert 0 < len(dropped) < 50
+    assert client.stats.queue_bytes <= 20_000
+    client.close()
+
+
+def test_block_on_full_waits_for_room(fake: FakeKlaviyo) -> None:
+    """With block_on_full a call waits for room, so nothing is dropped."""
+    client = client_for(fake, max_queue_size=3, flush_interval=0.01, block_on_full=True)
+    calls = [client.track("Signed Up", {"n": i}, user_id="user-1") for i in range(20)]
+    client.close()
+    assert {c.wait(timeout=10).status for c in calls} == {DeliveryStatus.DELIVERED}
+    assert len(fake.events) == 20
+
+
+def test_flush_times_out_without_hanging() -> None:
+    """flush(timeout) returns False when Klaviyo is slow, then True once it answered."""
+    with FakeKlaviyo(latency=1.5) as fake:
+        client = client_for(fake)
+        client.track("Signed Up", user_id="user-1")
+        started = time.monotonic()
+        assert client.flush(timeout=0.2) is False
+        assert time.monotonic() - started < 1.4
+        assert client.flush(timeout=30) is True
+        client.close()
+
+
+def test_no_thread_before_first_call_none_after_close(fake: FakeKlaviyo) -> None:
+    """The worker starts with the first call and is gone after close(); close() twice is fine."""
+    before = len(workers())
+    client = client_for(fake)
+    assert len(workers()) == before
+    client.track("Signed Up", user_id="user-1")
+    assert len(workers()) == before + 1
+    client.close()
+    client.close()
+    assert len(workers()) == before
+    late = client.track("Signed Up", user_id="user-1")
+    assert (late.status, late.reason) == (DeliveryStatus.DROPPED, "client is closed")
+    assert len(fake.events) == 1
+
+
+def test_close_counts_and_logs_what_it_could_not_send(caplog: pytest.LogCaptureFixture) -> None:
+    """Calls unsent at shutdown_timeout end dropped (reason: shutdown), counted and logged."""
+    with FakeKlaviyo(latency=2.0) as fake:
+        seen: list[Delivery] = []
+        client = client_for(fake, shutdown_timeout=0.3, on_delivery=seen.append)
+        calls = [client.track("Signed Up", user_id=f"user-{i}") for i in range(4)]
+        with caplog.at_level(logging.WARNING, logger="klaviyo_signal"):
+            client.close()
+        finals = [c.wait(timeout=0) for c in calls]
+        assert {f.status for f in finals} == {DeliveryStatus.DROPPED}
+        assert all((f.reason or "").startswith("shutdown") for f in finals)
+        assert "4 queued call(s) were not sent" in caplog.text
+        assert client.stats.dropped_by_reason == {"shutdown": 4}
+        assert len(seen) == 4
+        time.sleep(2.5)  # the request in flight ends; its calls stay final once
+        assert len(seen) == 4
+
+
+def test_twenty_threads_account_for_every_call_once(fake: FakeKlaviyo) -> None:
+    """20 threads calling one client at once: each call ends exactly once, none lost."""
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def record(delivery: Delivery) -> None:
+        with lock:
+            seen.append(delivery.message_id)
+
+    client = client_for(fake, flush_interval=0.05, on_delivery=record)
+    ids: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def run(n: int) -> None:
+        barrier.wait()
+        for i in range(150):
+            delivery = client.track("Signed Up", {"i": i}, user_id=f"user-{n}")
+            with lock:
+                ids.append(delivery.message_id)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert client.flush(timeout=60)
+    client.close()
+    assert len(ids) == len(set(ids)) == 3000
+    assert Counter(seen) == Counter(ids)
+    assert sorted(e.unique_id or "" for e in fake.events) == sorted(ids)
+    stats = client.stats
+    assert (stats.delivered, stats.dropped, stats.failed, stats.queued) == (3000, 0, 0, 0)
+
+
+def test_stats_is_a_frozen_snapshot(fake: FakeKlaviyo) -> None:
+    """client.stats is a frozen Stats that does not change under the reader."""
+    client = client_for(fake)
+    snapshot = client.stats
+    client.track("Signed Up", user_id="user-1")
+    assert isinstance(snapshot, Stats)
+    assert snapshot.queued == 0
+    assert client.stats.queued == 1
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        snapshot.queued = 5  # type: ignore[misc]
+    client.close()
+    assert client.stats.requests == 1
+    assert client.stats.bytes_sent > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("flush_interval", 0),
+        ("max_queue_size", 0),
+        ("max_queue_bytes", -1),
+        ("block_on_full", "yes"),
+        ("shutdown_timeout", -1),
+        ("rate_limits", {"POST /api/events": (0, 10)}),
+        ("rate_limits", {"events": (10, 10)}),
+        ("rate_limits", "fast"),
+    ],
+)
+def test_bad_delivery_options_fail_at_build(option: str, value: object) -> None:
+    """Wrong delivery options raise ConfigurationError naming the option."""
+    with pytest.raises(ConfigurationError, match=option):
+        Client(PUBLIC_KEY, PRIVATE_KEY, **{option: value})  # type: ignore[arg-type]
+
+
+def _run(script: str, fake: FakeKlaviyo, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FAKE_URL": fake.url}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+_PRELUDE = f"""
+import os
+from klaviyo_signal import Client, default_blueprint
+client = Client({PUBLIC_KEY!r}, {PRIVATE_KEY!r}, base_url=os.environ["FAKE_URL"],
+                blueprint=default_blueprint().enable("Signed Up"), flush_interval=60.0,
+                shutdown_timeout=float(os.environ.get("SHUTDOWN", "10")))
+"""
+
+
+def test_exit_with_a_pending_queue_sends_it(fake: FakeKlaviyo) -> None:
+    """A process that tracks and exits without close() still delivers, via the exit hook."""
+    done = _run(
+        _PRELUDE + "for i in range(50): client.track('Signed Up', {'n': i}, user_id='u-1')\n",
+        fake,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(fake.events) == 50
+
+
+def test_exit_that_cannot_send_logs_the_count() -> None:
+    """When Klaviyo is too slow for shutdown_timeout, exit logs how many calls were lost."""
+    with FakeKlaviyo(latency=3.0) as fake:
+        script = "for i in range(7): client.track('Signed Up', user_id='u-1')\n"
+        env_script = "import os\nos.environ['SHUTDOWN'] = '0.3'\n" + _PRELUDE + script
+        started = time.monotonic()
+        done = _run(env_script, fake)
+        assert done.returncode == 0, done.stderr
+        assert "7 queued call(s) were not sent" in done.stderr
+        assert time.monotonic() - started < 30
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_sends_its_own_calls_only(fake: FakeKlaviyo) -> None:
+    """After fork the child delivers its calls; the parent's queued call is sent once."""
+    script = (
+        _PRELUDE
+        + """
+import warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with a thread running
+client.track("Signed Up", {"who": "parent-before"}, user_id="p")
+pid = os.fork()
+if pid == 0:
+    d = client.track("Signed Up", {"who": "child"}, user_id="c")
+    ok = client.flush(timeout=20)
+    client.close()
+    os._exit(0 if ok and d.wait(5).status.value == "delivered" else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+client.track("Signed Up", {"who": "parent-after"}, user_id="p")
+assert client.flush(timeout=20)
+client.close()
+"""
+    )
+    done = _run(script, fake)
+    assert done.returncode == 0, done.stderr
+    assert sorted(e.properties["who"] for e in fake.events) == [
+        "child",
+        "parent-after",
+        "parent-before",
+    ]
+    unique_ids = [
+        e["attributes"]["unique_id"]
+        for r in fake.requests
+        for item in r.body["data"]["attributes"]["events-bulk-create"]["data"]  # type: ignore[index]
+        for e in item["attributes"]["events"]["data"]
+    ]
+    assert len(unique_ids) == len(set(unique_ids)) == 3
