@@ -367,7 +367,8 @@ class Client:
 
         Args:
             kind: ``"identify"``, ``"track"`` or ``"page"``.
-            args, kwargs: The same arguments as that method.
+            *args: The same positional arguments as that method.
+            **kwargs: The same keyword arguments as that method.
 
         Raises:
             TypeError: The arguments do not fit that call.

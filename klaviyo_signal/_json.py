@@ -117,7 +117,18 @@ def _clean_sequence(value: list[object] | tuple[object, ...], path: str, level: 
             f"{path}: the array has {len(value)} items, over Klaviyo's limit of "
             f"{MAX_ARRAY_ITEMS} items per array"
         )
-    return [clean_value(item, f"{path}[{i}]", depth=level) for i, item in enumerate(value)]
+    out: list[JSON] = []
+    for i, item in enumerate(value):
+        # The common scalars and objects skip building the item's path and the type chain.
+        if (type(item) is str and len(item) <= _SAFE_STR_CHARS and item.isascii()) or (
+            type(item) is int and -_MAX_INT < item < _MAX_INT
+        ):
+            out.append(item)
+        elif type(item) is dict:
+            out.append(_clean_mapping(item, f"{path}[{i}]", level + 1))
+        else:
+            out.append(clean_value(item, f"{path}[{i}]", depth=level))
+    return out
 
 
 def _clean(item: object, key: str, path: str, depth: int) -> JSON:
@@ -135,6 +146,10 @@ def _clean(item: object, key: str, path: str, depth: int) -> JSON:
         or (type(item) is float and math.isfinite(item))
     ):
         return item
+    elif type(item) is dict:
+        return _clean_mapping(item, _key_path(path, key), depth + 1)
+    elif type(item) is list:
+        return _clean_sequence(item, _key_path(path, key), depth + 1)
     return clean_value(item, _key_path(path, key), depth=depth)
 
 
