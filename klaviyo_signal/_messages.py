@@ -98,8 +98,8 @@ def build_message(
         now = datetime.now(timezone.utc)
     elif now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
-    clean_event = _event(kind, event)
-    clean_name = _page_name(kind, name)
+    clean_event = _metric_name("event", event, takes_it="track", kind=kind)
+    clean_name = _metric_name("name", name, takes_it="page", kind=kind)
     if kind == "identify" and properties:
         raise ValidationError(
             "properties: identify calls take traits, not properties; pass them as traits="
@@ -130,42 +130,29 @@ def build_message(
     )
 
 
-def _event(kind: str, event: object) -> str | None:
-    if kind != "track":
-        if event is not None:
-            raise ValidationError(f"event: only track calls take an event name ({kind} was called)")
+def _metric_name(field: str, value: object, *, takes_it: str, kind: str) -> str | None:
+    """Check an event name (track) or page name (page): either becomes a metric name."""
+    what = "an event name" if field == "event" else "a name"
+    if kind != takes_it:
+        if value is not None:
+            raise ValidationError(f"{field}: only {takes_it} calls take {what} ({kind} was called)")
         return None
-    if not isinstance(event, str):
+    if value is None and field == "name":
+        return None  # a page without a name
+    if not isinstance(value, str):
+        wanted = "a str naming the event" if field == "event" else "a str or None"
         raise ValidationError(
-            f"event: must be a str naming the event, got a value of type {type(event).__name__}"
+            f"{field}: must be {wanted}, got a value of type {type(value).__name__}"
         )
-    if not event.strip():
-        raise ValidationError("event: must not be empty")
-    if len(event) >= _MAX_NAME:
+    if not value.strip():
+        hint = "" if field == "event" else "; pass None for a page without a name"
+        raise ValidationError(f"{field}: must not be empty{hint}")
+    if len(value) >= _MAX_NAME:
         raise ValidationError(
-            f"event: {event[:40]!r}... is {len(event)} characters; it must be fewer than "
+            f"{field}: {value[:40]!r}... is {len(value)} characters; it must be fewer than "
             f"{_MAX_NAME} characters (Klaviyo's metric name limit)"
         )
-    return str.__str__(event)
-
-
-def _page_name(kind: str, name: object) -> str | None:
-    if name is None:
-        return None
-    if kind != "page":
-        raise ValidationError(f"name: only page calls take a name ({kind} was called)")
-    if not isinstance(name, str):
-        raise ValidationError(
-            f"name: must be a str or None, got a value of type {type(name).__name__}"
-        )
-    if not name.strip():
-        raise ValidationError("name: must not be empty; pass None for a page without a name")
-    if len(name) >= _MAX_NAME:
-        raise ValidationError(
-            f"name: {name[:40]!r}... is {len(name)} characters; it must be fewer than "
-            f"{_MAX_NAME} characters (Klaviyo's metric name limit)"
-        )
-    return str.__str__(name)
+    return str.__str__(value)
 
 
 def _traits(traits: Mapping[str, object] | None, context: Mapping[str, JSON]) -> Mapping[str, JSON]:

@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from openapi_schema_validator import OAS30Validator
 
+from klaviyo_signal import Blueprint
+from klaviyo_signal._explain import Explanation, explain
+from klaviyo_signal.testing import FakeKlaviyo
+
 PUBLIC_KEY = "AbC123"
 PRIVATE_KEY = "pk_test_0123456789abcdef0123456789abcdef"
 
@@ -69,6 +73,34 @@ class Capture:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKlaviyo]:
+    """A local Klaviyo for one test."""
+    with FakeKlaviyo() as server:
+        yield server
+
+
+def explain_checked(
+    blueprint: Blueprint, kind: Any, *args: Any, require_consent: bool = False, **kwargs: Any
+) -> Explanation:
+    """Explain one call with fixed ids, checking every request body against the schemas."""
+    kwargs.setdefault("message_id", "m-1")
+    if kind != "identify":
+        kwargs.setdefault("user_id", "u-1")
+    explanation = explain(
+        blueprint=blueprint,
+        require_consent=require_consent,
+        default_phone_region=None,
+        revision="2024-10-15",
+        kind=kind,
+        args=args,
+        kwargs=kwargs,
+    )
+    for request in explanation.requests:
+        assert_valid(request.path, request.body)
+    return explanation
 
 
 @pytest.fixture

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
-
-import pytest
 
 from klaviyo_signal import Client, DeliveryStatus, default_blueprint
 from klaviyo_signal._batcher import MAX_JOB_BYTES, MAX_JOB_EVENTS, OpenJob, encode_event
@@ -19,12 +16,6 @@ from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 
 BULK = "/api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKlaviyo]:
-    with FakeKlaviyo() as server:
-        yield server
 
 
 def client_for(fake: FakeKlaviyo, **options: object) -> Client:

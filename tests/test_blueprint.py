@@ -20,28 +20,14 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._explain import Explanation, explain
+from klaviyo_signal._explain import Explanation
 from klaviyo_signal._json import JSON
 
-from .conftest import assert_valid
+from .conftest import explain_checked
 
 
 def run(blueprint: Blueprint, kind: Any, *args: Any, **kwargs: Any) -> Explanation:
-    kwargs.setdefault("message_id", "m-1")
-    if kind != "identify":
-        kwargs.setdefault("user_id", "u-1")
-    explanation = explain(
-        blueprint=blueprint,
-        require_consent=False,
-        default_phone_region=None,
-        revision="2024-10-15",
-        kind=kind,
-        args=args,
-        kwargs=kwargs,
-    )
-    for request in explanation.requests:
-        assert_valid(request.path, request.body)
-    return explanation
+    return explain_checked(blueprint, kind, *args, **kwargs)
 
 
 def attributes(explanation: Explanation, index: int = 0) -> dict[str, Any]:

@@ -22,12 +22,6 @@ from klaviyo_signal.testing import FakeKlaviyo
 from .conftest import PRIVATE_KEY, PUBLIC_KEY
 
 
-@pytest.fixture
-def fake() -> Any:
-    with FakeKlaviyo() as server:
-        yield server
-
-
 def test_exported_members() -> None:
     """The package root exports exactly the documented public names, sorted."""
     assert klaviyo_signal.__all__ == sorted(klaviyo_signal.__all__)

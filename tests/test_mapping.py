@@ -14,12 +14,6 @@ from klaviyo_signal.testing import FakeKlaviyo
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture, assert_valid
 
 
-@pytest.fixture
-def fake() -> Any:
-    with FakeKlaviyo() as server:
-        yield server
-
-
 def client_for(url: str, **options: Any) -> Client:
     return Client(PUBLIC_KEY, PRIVATE_KEY, base_url=url, sync_mode=True, **options)
 

@@ -15,29 +15,15 @@ from klaviyo_signal import (
     blueprint_for_variant,
     default_blueprint,
 )
-from klaviyo_signal._explain import Explanation, explain
+from klaviyo_signal._explain import Explanation
 
-from .conftest import assert_valid
+from .conftest import explain_checked
 
 VARIANTS = ["default", "klaviyo_ecommerce"]
 
 
 def run(variant: str, kind: Any, *args: Any, **kwargs: Any) -> Explanation:
-    kwargs.setdefault("message_id", "m-1")
-    if kind != "identify":
-        kwargs.setdefault("user_id", "u-1")
-    explanation = explain(
-        blueprint=default_blueprint(variant),
-        require_consent=False,
-        default_phone_region=None,
-        revision="2024-10-15",
-        kind=kind,
-        args=args,
-        kwargs=kwargs,
-    )
-    for request in explanation.requests:
-        assert_valid(request.path, request.body)
-    return explanation
+    return explain_checked(default_blueprint(variant), kind, *args, **kwargs)
 
 
 def events(explanation: Explanation) -> list[tuple[str, dict[str, Any], Any, str]]:

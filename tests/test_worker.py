@@ -10,7 +10,6 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import attrs
 import pytest
@@ -30,12 +29,6 @@ from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 BULK = "/api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")
 WORKER = "klaviyo-signal-worker"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKlaviyo]:
-    with FakeKlaviyo() as server:
-        yield server
 
 
 def client_for(fake: FakeKlaviyo, **options: object) -> Client:
