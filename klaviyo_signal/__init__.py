@@ -24,7 +24,15 @@ from ._errors import (
 )
 from ._explain import ExplainedRequest, Explanation
 from ._messages import Message
-from ._rules import CatchAll, IdentifyRule, ItemRule, Mapper, ProfileMap, PropertyMap
+from ._rules import (
+    CatchAll,
+    IdentifyRule,
+    ItemRule,
+    Mapper,
+    ProfileMap,
+    PropertyMap,
+    SubscribeRule,
+)
 from ._stats import Stats
 from ._version import VERSION as __version__
 
@@ -57,6 +65,7 @@ __all__ = [
     "Rule",
     "ServerError",
     "Stats",
+    "SubscribeRule",
     "TransportError",
     "ValidationError",
     "__version__",

@@ -96,6 +96,7 @@ class BulkJob:
     """A sealed job: its items, ready to send (and to re-send without some of them)."""
 
     __slots__ = ("items",)
+    endpoint = "POST /api/event-bulk-create-jobs"
 
     def __init__(self, items: Sequence[Item]) -> None:
         self.items = list(items)
@@ -186,6 +187,19 @@ class OpenJob:
         job = BulkJob(self.items)
         self._clear()
         return job
+
+    def due(self, cutoff: float | None) -> list[BulkJob]:
+        """Seal the job if its oldest event was queued at ``cutoff`` or before.
+
+        Args:
+            cutoff: A time from the worker's clock, or None to seal any non-empty job.
+
+        Returns:
+            The sealed job, or nothing when no event waits long enough.
+        """
+        if self.oldest is None or (cutoff is not None and self.oldest > cutoff):
+            return []
+        return [self.seal()]
 
 
 def failed_items(pointers: Iterable[str | None]) -> set[int] | None:

@@ -17,13 +17,15 @@ from typing import Any
 import attrs
 
 from ._blueprint_file import dump, parse, read
+from ._consent import consent_drop_reason
 from ._events import build_events
 from ._json import JSON
 from ._messages import Message
-from ._models import Event, Profile
+from ._models import KlaviyoObject
 from ._paths import message_view
 from ._profile import profile_from
-from ._rules import CatchAll, IdentifyRule, Mapper, ProfileMap, Rule, metric_name
+from ._rules import CatchAll, IdentifyRule, Mapper, ProfileMap, Rule, SubscribeRule, metric_name
+from ._subscriptions import Subscription, implied_subscription
 from ._variants import variant_data
 
 __all__ = [
@@ -38,12 +40,35 @@ __all__ = [
 
 @attrs.frozen
 class Decision:
-    """What the blueprint decided for one call: Klaviyo objects to send, or a drop reason."""
+    """What the blueprint decided for one call: Klaviyo objects to send, or a drop reason.
 
-    objects: tuple[Event | Profile, ...]
+    The objects go in order: an identify's profile import before the subscription it
+    implies, so the subscription lands on the updated profile.
+    """
+
+    objects: tuple[KlaviyoObject, ...]
     drop_reason: str | None = None
     rule: str | None = None
     """Which rule decided: an event name, ``"page"``, ``"identify"`` or ``"catch_all"``."""
+
+
+def _subscriptions(rule: SubscribeRule | None, message: Message) -> tuple[Subscription, ...]:
+    """Return the subscription an identify asks for through the rule's trait, if any."""
+    if rule is None or message.traits.get(rule.trait) is not True:
+        return ()
+    # A trait is no consent when the call itself says marketing is denied.
+    if consent_drop_reason(message.consent, require_consent=False) is not None:
+        return ()
+    identity = message.identity
+    sub = implied_subscription(
+        email=identity.email,
+        phone_number=identity.phone_number,
+        channels=rule.channels,
+        list_id=rule.list_id,
+        custom_source=rule.custom_source,
+        message_id=message.message_id,
+    )
+    return () if sub is None else (sub,)
 
 
 def _no_rule(event: str) -> str:
@@ -60,7 +85,8 @@ class Blueprint:
     Attributes:
         rules: Source event name -> rule, for ``track`` calls.
         page: The rule for ``page`` calls.
-        identify: Whether ``identify`` calls update the profile.
+        identify: Whether ``identify`` calls update the profile, and whether a trait turns
+            one into a list subscription.
         catch_all: What happens to ``track`` events with no rule.
         profile: How traits become the profile's attributes, location and properties.
         mapper: Computes the properties of every event whose rule has no mapper of its own;
@@ -137,7 +163,8 @@ class Blueprint:
             if not self.identify.enabled:
                 return Decision((), "'identify' is disabled in the blueprint", rule="identify")
             profile = profile_from(message, full=True, mapping=self.profile)
-            return Decision((profile,), rule="identify")
+            subscriptions = _subscriptions(self.identify.subscribe, message)
+            return Decision((profile, *subscriptions), rule="identify")
         rule, rule_name = self._rule_for(message)
         if rule is None:
             return Decision((), _no_rule(message.event or ""))

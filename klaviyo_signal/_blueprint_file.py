@@ -27,8 +27,11 @@ from ._rules import (
     ProfileMap,
     PropertyMap,
     Rule,
+    SubscribeRule,
+    check_channels,
     check_json,
     check_metric,
+    check_name,
     metric_name,
 )
 
@@ -283,11 +286,35 @@ class _Parser:
         return CatchAll(action, style) if ok else None
 
     def identify(self, value: object, path: str) -> IdentifyRule | None:
-        table = self.table(value, path, ("enabled",))
+        before = len(self.problems)
+        table = self.table(value, path, ("enabled", "subscribe"))
         if table is None:
             return None
-        enabled = self.boolean(table.get("enabled", True), _field(path, "enabled"))
-        return None if enabled is None else IdentifyRule(enabled)
+        parts: dict[str, Any] = {
+            "enabled": self.boolean(table.get("enabled", True), _field(path, "enabled"))
+        }
+        if "subscribe" in table:
+            parts["subscribe"] = self.subscribe(table["subscribe"], _field(path, "subscribe"))
+        return self.build(IdentifyRule, parts, before, path)  # type: ignore[no-any-return]
+
+    def subscribe(self, value: object, path: str) -> SubscribeRule | None:
+        before = len(self.problems)
+        table = self.table(value, path, ("trait", "list_id", "channels", "custom_source"))
+        if table is None:
+            return None
+        if "trait" not in table:
+            self.problem(path, "missing key 'trait'")
+        checks = {
+            "trait": check_name,
+            "list_id": check_name,
+            "channels": check_channels,
+            "custom_source": check_name,
+        }
+        for name, check in checks.items():
+            problem = check(table[name]) if name in table else None
+            if problem is not None:
+                self.problem(_field(path, name), problem)
+        return self.build(SubscribeRule, dict(table), before, path)  # type: ignore[no-any-return]
 
     def profile(self, value: object, path: str) -> ProfileMap | None:
         before = len(self.problems)
@@ -398,6 +425,19 @@ def _rule_out(rule: Rule, where: str) -> dict[str, JSON]:
     return out
 
 
+def _identify_out(rule: IdentifyRule) -> dict[str, JSON]:
+    out: dict[str, JSON] = {"enabled": rule.enabled}
+    sub = rule.subscribe
+    if sub is not None:
+        table: dict[str, JSON] = {"trait": sub.trait, "channels": list(sub.channels)}
+        if sub.list_id is not None:
+            table["list_id"] = sub.list_id
+        if sub.custom_source is not None:
+            table["custom_source"] = sub.custom_source
+        out["subscribe"] = table
+    return out
+
+
 def dump(blueprint: Blueprint) -> dict[str, JSON]:
     """Return the blueprint as file data that ``parse`` reads back to an equal blueprint.
 
@@ -411,7 +451,7 @@ def dump(blueprint: Blueprint) -> dict[str, JSON]:
             "action": blueprint.catch_all.action,
             "metric_style": blueprint.catch_all.metric_style,
         },
-        "identify": {"enabled": blueprint.identify.enabled},
+        "identify": _identify_out(blueprint.identify),
         "page": _rule_out(blueprint.page, "page"),
         "rules": {
             name: _rule_out(rule, _key("rules", name)) for name, rule in blueprint.rules.items()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
@@ -22,9 +22,10 @@ from ._errors import ConfigurationError
 from ._explain import Explanation, explain
 from ._lifecycle import forget, manage
 from ._messages import Kind, Message, build_message
-from ._models import Event, Profile
+from ._models import Event, KlaviyoObject, Profile
 from ._ratelimit import RateLimits
 from ._stats import Counters, Stats, failure_key
+from ._subscriptions import Action, build_subscription, subscription_body
 from ._transport import SERVER_ERROR_STATUSES, Transport
 from ._wire import encode, event_body, profile_body
 from ._worker import Worker
@@ -34,14 +35,17 @@ __all__ = ["Client"]
 log = logging.getLogger("klaviyo_signal")
 
 
-def _request(obj: Event | Profile) -> tuple[str, bytes]:
+def _request(obj: KlaviyoObject) -> tuple[str, bytes]:
     if isinstance(obj, Event):
         return "/api/events", encode(event_body(obj))
-    return "/api/profile-import", encode(profile_body(obj))
+    if isinstance(obj, Profile):
+        return "/api/profile-import", encode(profile_body(obj))
+    # Sync mode: a job of one, so the call's outcome is its own.
+    return obj.path, encode(subscription_body((obj,)))
 
 
 class Client:
-    """Sends identify, track and page calls to Klaviyo.
+    """Sends identify, track and page calls, and list subscriptions, to Klaviyo.
 
     Build one per process and share it: it is thread-safe, and fork-safe (a forked child
     gets its own queue and worker). In background mode (the default) calls return at once
@@ -51,7 +55,8 @@ class Client:
 
     Args:
         public_api_key: The account's 6-character public key (Site ID).
-        private_api_key: A private API key (``pk_...``) with events:write and profiles:write.
+        private_api_key: A private API key (``pk_...``) with events:write and profiles:write
+            (and lists:write and subscriptions:write for ``subscribe``/``unsubscribe``).
         base_url: Klaviyo's API root; plain http only for loopback test servers.
         revision: The Klaviyo API revision sent on every request.
         sync_mode: Send before returning, and raise typed errors on failure.
@@ -312,6 +317,80 @@ class Client:
             message_id=message_id,
         )
 
+    def subscribe(
+        self,
+        *,
+        email: str | None = None,
+        phone: str | None = None,
+        list_id: str | None = None,
+        channels: Iterable[str] | None = None,
+        custom_source: str | None = None,
+        consented_at: datetime | str | None = None,
+        consent: Mapping[str, bool] | None = None,
+        message_id: str | None = None,
+    ) -> Delivery:
+        """Record a profile's consent to marketing on a list (or the account's default).
+
+        Args:
+            email: The address to subscribe to email marketing.
+            phone: The E.164 number (or a local one with ``default_phone_region``) for SMS.
+            list_id: The Klaviyo list; None: the account's default opt-in setting applies.
+            channels: Some of ``"email"``, ``"sms"``, ``"sms_transactional"``; default the
+                marketing channels of the identifiers given.
+            custom_source: Where the consent was collected (shown in Klaviyo).
+            consented_at: When consent was given, for a historical import (not in future).
+            consent: The caller's consent state; marketing denied refuses the call.
+            message_id: The call's id, as on the Delivery.
+
+        Raises:
+            ValidationError: No identifier, a bad email or phone, an unknown or unusable
+                channel, marketing consent denied, or ``consented_at`` in the future.
+            APIError, TransportError: sync mode only, when Klaviyo does not accept it.
+        """
+        return self._subscription(
+            "subscribe",
+            email=email,
+            phone=phone,
+            list_id=list_id,
+            channels=channels,
+            custom_source=custom_source,
+            consented_at=consented_at,
+            consent=consent,
+            message_id=message_id,
+        )
+
+    def unsubscribe(
+        self,
+        *,
+        email: str | None = None,
+        phone: str | None = None,
+        list_id: str | None = None,
+        channels: Iterable[str] | None = None,
+        message_id: str | None = None,
+    ) -> Delivery:
+        """Revoke a profile's marketing consent on a list (or on the account).
+
+        Args:
+            email: The address to unsubscribe from email marketing.
+            phone: The number to unsubscribe from SMS.
+            list_id: The Klaviyo list; None: the account-wide consent.
+            channels: Some of ``"email"``, ``"sms"``, ``"sms_transactional"``; default the
+                marketing channels of the identifiers given.
+            message_id: The call's id, as on the Delivery.
+
+        Raises:
+            ValidationError: No identifier, a bad email or phone, or an unusable channel.
+            APIError, TransportError: sync mode only, when Klaviyo does not accept it.
+        """
+        return self._subscription(
+            "unsubscribe",
+            email=email,
+            phone=phone,
+            list_id=list_id,
+            channels=channels,
+            message_id=message_id,
+        )
+
     # -- pipeline ------------------------------------------------------------------------
 
     def _message(self, kind: Kind, **fields: Any) -> Message:
@@ -326,14 +405,25 @@ class Client:
             reason = decision.drop_reason
         if reason is not None or decision is None:
             return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, reason))
+        return self._deliver(message.message_id, decision.objects)
+
+    def _subscription(self, action: Action, **fields: Any) -> Delivery:
+        # A subscribe records consent itself, so require_consent does not gate it; an
+        # explicit denial is refused by build_subscription.
+        sub = build_subscription(
+            action, default_phone_region=self._config.default_phone_region, **fields
+        )
+        return self._deliver(sub.message_id, (sub,))
+
+    def _deliver(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Delivery:
+        """Send one accepted call's objects now (sync mode) or queue them (background)."""
         if self._config.sync_mode:
-            job = Job(message.message_id, tuple(_request(obj) for obj in decision.objects))
-            return self._send_now(job)
+            return self._send_now(Job(message_id, tuple(_request(obj) for obj in objects)))
         # Background: hand over the objects; the worker encodes them, off the caller's time.
-        ticket = self._worker.submit(message.message_id, decision.objects)
+        ticket = self._worker.submit(message_id, objects)
         if isinstance(ticket, str):
-            return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, ticket))
-        return Delivery(message.message_id, DeliveryStatus.QUEUED, ticket=ticket)
+            return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))
+        return Delivery(message_id, DeliveryStatus.QUEUED, ticket=ticket)
 
     def _post(self, path: str, body: bytes) -> int:
         answer = self._transport.post(path, body)

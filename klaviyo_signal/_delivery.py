@@ -70,7 +70,7 @@ class Ticket:
 
 @attrs.frozen
 class Delivery:
-    """The outcome of one identify, track or page call.
+    """The outcome of one identify, track, page, subscribe or unsubscribe call.
 
     Attributes:
         message_id: The call's id; also the Klaviyo event's ``unique_id``.

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from ._operations import DEFAULT_SCOPES
+
 __all__ = [
     "APIError",
     "AuthenticationError",
@@ -85,6 +87,8 @@ class APIError(KlaviyoSignalError):
         errors: Klaviyo's error records, in the order it sent them.
         request_id: Klaviyo's request id (quote it to Klaviyo support), if sent.
         headers: The response headers.
+        scopes: The private-key scopes the request's endpoint needs; the 403 advice
+            names them, since they differ per endpoint.
     """
 
     hint = "See https://developers.klaviyo.com/en/docs/rate_limits_and_error_handling."
@@ -97,12 +101,14 @@ class APIError(KlaviyoSignalError):
         request_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         retry_after: float | None = None,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
     ) -> None:
         self.status = status
         self.errors = errors
         self.request_id = request_id
         self.headers: Mapping[str, str] = dict(headers or {})
         self.retry_after = retry_after
+        self.scopes = scopes
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -112,7 +118,8 @@ class APIError(KlaviyoSignalError):
             if err.pointer:
                 text += f" (at {err.pointer})"
             parts.append(text)
-        parts.append(self.hint)
+        # A hint may name the endpoint's scopes; the others have no placeholder to fill.
+        parts.append(self.hint.format(scopes=_and(self.scopes)))
         if self.request_id:
             parts.append(f"Request id: {self.request_id}.")
         return " ".join(parts)
@@ -140,7 +147,7 @@ class PermissionDeniedError(APIError):
     """403: the key is valid but lacks a scope this call needs."""
 
     hint = (
-        "The private key lacks a scope: give it events:write and profiles:write "
+        "The private key lacks a scope: give it {scopes} "
         "(Account > Settings > API Keys > Edit scopes)."
     )
 
@@ -178,6 +185,13 @@ class NetworkError(TransportError):
 
 class RequestTimeoutError(TransportError):
     """Klaviyo did not answer within the configured timeout."""
+
+
+def _and(names: tuple[str, ...]) -> str:
+    """Return ``a, b and c``."""
+    if len(names) < 2:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

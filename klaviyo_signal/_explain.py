@@ -15,7 +15,8 @@ from ._blueprint import Blueprint
 from ._consent import consent_drop_reason
 from ._json import JSON
 from ._messages import Kind, build_message
-from ._models import Event
+from ._models import Event, KlaviyoObject, Profile
+from ._subscriptions import subscription_body
 from ._version import VERSION
 from ._wire import event_body, profile_body
 
@@ -94,6 +95,15 @@ def _headers(revision: str) -> dict[str, str]:
     }
 
 
+def _request(obj: KlaviyoObject, headers: Mapping[str, str]) -> ExplainedRequest:
+    """Return the request ``obj`` becomes in sync mode (one job per subscription)."""
+    if isinstance(obj, Event):
+        return ExplainedRequest("POST", "/api/events", headers, event_body(obj))
+    if isinstance(obj, Profile):
+        return ExplainedRequest("POST", "/api/profile-import", headers, profile_body(obj))
+    return ExplainedRequest("POST", obj.path, headers, subscription_body((obj,)))
+
+
 def explain(
     *,
     blueprint: Blueprint,
@@ -128,10 +138,5 @@ def explain(
     if decision.drop_reason is not None:
         return Explanation("drop", decision.drop_reason, decision.rule)
     headers = _headers(revision)
-    requests = tuple(
-        ExplainedRequest("POST", "/api/events", headers, event_body(obj))
-        if isinstance(obj, Event)
-        else ExplainedRequest("POST", "/api/profile-import", headers, profile_body(obj))
-        for obj in decision.objects
-    )
+    requests = tuple(_request(obj, headers) for obj in decision.objects)
     return Explanation("send", None, decision.rule, requests)

@@ -8,13 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import TypeAlias
 
 import attrs
 
 from ._identity import Identity
 from ._json import JSON
+from ._subscriptions import Subscription
 
-__all__ = ["Event", "Location", "Profile"]
+__all__ = ["Event", "KlaviyoObject", "Location", "Profile"]
 
 
 @attrs.frozen
@@ -61,3 +63,7 @@ class Event:
     unique_id: str
     value: int | float | Decimal | None = None
     value_currency: str | None = None
+
+
+KlaviyoObject: TypeAlias = "Event | Profile | Subscription"
+"""What a call can become: a profile import, an event, or a consent change on a list."""

@@ -19,15 +19,13 @@ import attrs
 from ._batcher import BulkJob, failed_items
 from ._delivery import Delivery, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, AuthenticationError, PermissionDeniedError, TransportError
-from ._models import Event, Profile
+from ._models import KlaviyoObject
 from ._stats import Counters, failure_key
+from ._subscription_batcher import SubscriptionJob
 
-__all__ = ["BULK", "PROFILE_IMPORT", "Entry", "Failure", "Identify", "Outcomes", "Unit"]
+__all__ = ["Entry", "Failure", "Identify", "Outcomes", "Unit"]
 
 log = logging.getLogger("klaviyo_signal")
-
-BULK = "POST /api/event-bulk-create-jobs"
-PROFILE_IMPORT = "POST /api/profile-import"
 
 
 class Entry:
@@ -36,7 +34,7 @@ class Entry:
     __slots__ = ("done", "failure", "message_id", "objects", "parts", "size", "status", "ticket")
 
     def __init__(
-        self, message_id: str, objects: Sequence[Event | Profile], ticket: Ticket, size: int
+        self, message_id: str, objects: Sequence[KlaviyoObject], ticket: Ticket, size: int
     ) -> None:
         self.message_id = message_id
         self.objects = objects
@@ -64,6 +62,7 @@ class Identify:
     """A profile import waiting in the outbox."""
 
     __slots__ = ("_body", "entry")
+    endpoint = "POST /api/profile-import"
 
     def __init__(self, entry: Entry, body: bytes) -> None:
         self.entry = entry
@@ -78,7 +77,7 @@ class Identify:
         return [self.entry]
 
 
-Unit = BulkJob | Identify
+Unit = BulkJob | Identify | SubscriptionJob
 
 
 class Outcomes:
@@ -128,7 +127,8 @@ class Outcomes:
                 rest = unit.without(bad)
                 return rest if rest.items else None
         if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
-            self._once("auth", logging.ERROR, "klaviyo-signal: %s", exc)
+            # Once per set of scopes: a key may lack the subscription scopes only.
+            self._once(f"auth {' '.join(exc.scopes)}", logging.ERROR, "klaviyo-signal: %s", exc)
         else:
             self._once(
                 f"http {exc.status}",

@@ -15,13 +15,13 @@ the account's quota; a 429 pauses the whole endpoint for ``Retry-After``.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from importlib import resources
+
+from ._operations import operations
 
 __all__ = [
     "BURST_SPAN",
@@ -44,14 +44,12 @@ _MAX_BACKOFF = 60.0
 
 def published_limits() -> dict[str, tuple[int, int]]:
     """Return Klaviyo's published (burst per second, steady per minute) limit per endpoint."""
-    text = resources.files("klaviyo_signal") / "_schemas" / "rate_limits.json"
-    operations = json.loads(text.read_text("utf-8"))["operations"]
     return {
         name: (
             int(op["ratelimit"]["burst"].split("/")[0]),
             int(op["ratelimit"]["steady"].split("/")[0]),
         )
-        for name, op in operations.items()
+        for name, op in operations().items()
     }
 
 

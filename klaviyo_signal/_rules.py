@@ -17,6 +17,7 @@ from ._errors import ValidationError
 from ._json import JSON, clean_value
 from ._messages import Message
 from ._paths import ITEM_ROOTS, check_path
+from ._subscriptions import CHANNELS
 
 __all__ = [
     "ATTRIBUTES",
@@ -28,6 +29,7 @@ __all__ = [
     "ProfileMap",
     "PropertyMap",
     "Rule",
+    "SubscribeRule",
     "check_json",
     "check_metric",
     "metric_name",
@@ -211,11 +213,76 @@ class Rule:
             raise ValidationError(f"mapper: expected a function, got {value!r}")
 
 
+def check_channels(value: object) -> str | None:
+    """Return why ``value`` cannot be a list of subscription channels, or None."""
+    if (
+        isinstance(value, str)
+        or not isinstance(value, (list, tuple))
+        or not value
+        or any(name not in CHANNELS for name in value)
+    ):
+        return f"expected a non-empty list of {', '.join(map(repr, CHANNELS))}, got {value!r}"
+    return None
+
+
+def check_name(value: object) -> str | None:
+    """Return why ``value`` cannot be a trait name, list id or source, or None."""
+    if not isinstance(value, str) or not value.strip():
+        return f"expected a non-empty string, got {value!r}"
+    return None
+
+
+def _name(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _raise(attribute, check_name(value))
+
+
+def _optional_name(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _raise(attribute, check_name(value))
+
+
+def _channels(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _raise(attribute, check_channels(value))
+
+
+def _tuple(value: Any) -> Any:
+    """Freeze a list of names; a lone string stays as it is, for the check to refuse."""
+    return value if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen
+class SubscribeRule:
+    """Turn an identify into a list subscription when a trait is ``true``.
+
+    Attributes:
+        trait: The trait that asks for it, such as ``newsletter``; only the value ``true``
+            subscribes (a missing or false trait leaves consent as it is).
+        list_id: The Klaviyo list; None: the account's default opt-in setting applies.
+        channels: Which of ``email``, ``sms``, ``sms_transactional`` to subscribe; a
+            channel whose identifier the identify lacks is left out.
+        custom_source: Where the consent was collected, as Klaviyo shows it.
+    """
+
+    trait: str = attrs.field(validator=_name)
+    list_id: str | None = attrs.field(default=None, validator=_optional_name)
+    channels: tuple[str, ...] = attrs.field(
+        default=("email",), converter=_tuple, validator=_channels
+    )
+    custom_source: str | None = attrs.field(default=None, validator=_optional_name)
+
+
 @attrs.frozen
 class IdentifyRule:
-    """What ``identify`` does: create or update the profile (unless disabled)."""
+    """What ``identify`` does: create or update the profile (unless disabled).
+
+    Attributes:
+        enabled: False drops identify calls.
+        subscribe: When set, an identify whose trait asks for it also subscribes the
+            profile to a list; off by default.
+    """
 
     enabled: bool = True
+    subscribe: SubscribeRule | None = None
 
 
 def _one_of(*choices: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:

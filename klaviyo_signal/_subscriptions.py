@@ -22,10 +22,13 @@ from ._messages import message_id_of, parse_iso
 
 __all__ = [
     "CHANNELS",
+    "MAX_PROFILES",
     "SUBSCRIBE_PATH",
     "UNSUBSCRIBE_PATH",
+    "Action",
     "Subscription",
     "build_subscription",
+    "implied_subscription",
     "subscription_body",
 ]
 
@@ -156,6 +159,35 @@ def build_subscription(
         list_id=_text(list_id, "list_id"),
         custom_source=_text(custom_source, "custom_source"),
         consented_at=_consented_at(consented_at, now or datetime.now(timezone.utc)),
+    )
+
+
+def implied_subscription(
+    *,
+    email: str | None,
+    phone_number: str | None,
+    channels: Sequence[str],
+    list_id: str | None,
+    custom_source: str | None,
+    message_id: str,
+) -> Subscription | None:
+    """Return a subscribe to those of ``channels`` the identifiers allow, or None if none.
+
+    For a subscription implied by another call (a blueprint's identify), whose identifiers
+    are already checked: a channel it has no identifier for is left out, not an error.
+    """
+    given = {"email": email, "phone": phone_number}
+    usable = tuple(name for name in channels if given[_NEEDS[name]] is not None)
+    if not usable:
+        return None
+    return Subscription(
+        action="subscribe",
+        message_id=message_id,
+        channels=usable,
+        email=email if "email" in usable else None,
+        phone_number=phone_number if any(_NEEDS[name] == "phone" for name in usable) else None,
+        list_id=list_id,
+        custom_source=custom_source,
     )
 
 

@@ -25,6 +25,7 @@ from ._errors import (
     api_error_for,
 )
 from ._json import JSON
+from ._operations import required_scopes
 from ._version import VERSION
 
 __all__ = ["SERVER_ERROR_STATUSES", "Answer", "Transport", "make_retry"]
@@ -193,6 +194,7 @@ class Transport:
                 or response.headers.get("x-klaviyo-request-id"),
                 headers=dict(response.headers),
                 retry_after=_retry_after(response.headers.get("Retry-After")),
+                scopes=required_scopes(f"POST {path}"),
             )
         return Answer(
             status=response.status_code,

@@ -2,8 +2,9 @@
 
 The caller's side (``submit``) only appends the blueprint's objects to a deque under a
 lock: encoding, grouping and HTTP all happen on the worker thread. The thread takes queued
-calls in chunks, encodes their events into the open bulk job (``_batcher``), seals it when
-it is full, when its oldest event is ``flush_interval`` old, or on ``flush()``/``close()``,
+calls in chunks, encodes their events into the open bulk job (``_batcher``) and their
+subscriptions into the open job of their list (``_subscription_batcher``), seals a job when
+it is full, when its oldest call is ``flush_interval`` old, or on ``flush()``/``close()``,
 and sends sealed jobs and profile imports in order, each when its endpoint's limiter
 (``_ratelimit``) allows. What an answer means for each call is ``_outcomes``' business.
 
@@ -17,14 +18,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from ._batcher import MAX_JOB_EVENTS, BulkJob, OpenJob, encode_event
+from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
 from ._delivery import DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
-from ._models import Event, Profile
-from ._outcomes import BULK, PROFILE_IMPORT, Entry, Failure, Identify, Outcomes, Unit
+from ._models import Event, KlaviyoObject, Profile
+from ._outcomes import Entry, Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
 from ._stats import Counters
+from ._subscription_batcher import SubscriptionJobs
+from ._subscriptions import Subscription
 from ._transport import Transport
 from ._wire import encode, profile_body
 
@@ -45,10 +49,22 @@ _BROKEN_REASON = "internal error in the delivery worker (see the klaviyo_signal 
 _BROKEN = Failure(DeliveryStatus.FAILED, _BROKEN_REASON, None, "internal error")
 
 
-def _estimate(objects: Sequence[Event | Profile]) -> int:
+class _Batches(Protocol):
+    """Calls waiting to fill a job: the one seam every kind of bulk job is sealed through."""
+
+    @property
+    def oldest(self) -> float | None:
+        """When the oldest waiting call was queued, or None when none waits."""
+
+    def due(self, cutoff: float | None) -> Sequence[Unit]:
+        """Seal and return the jobs whose oldest call was queued at ``cutoff`` or before."""
+
+
+def _estimate(objects: Sequence[KlaviyoObject]) -> int:
     size = _BASE_BYTES * len(objects)
     for obj in objects:
-        size += _BYTES_PER_PROPERTY * len(obj.properties)
+        if not isinstance(obj, Subscription):
+            size += _BYTES_PER_PROPERTY * len(obj.properties)
     return size
 
 
@@ -110,12 +126,17 @@ class Worker:
         self._thread: threading.Thread | None = None
         # Owned by the worker thread only.
         self._open = OpenJob()
+        self._subscriptions = SubscriptionJobs()
         self._outbox: deque[Unit] = deque()
         self._limiters: dict[str, EndpointLimiter] = {}
 
+    @property
+    def _batches(self) -> tuple[_Batches, ...]:
+        return (self._open, self._subscriptions)
+
     # -- the caller's side ---------------------------------------------------------------
 
-    def submit(self, message_id: str, objects: Sequence[Event | Profile]) -> Ticket | str:
+    def submit(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Ticket | str:
         """Queue one call's objects; return its Ticket, or why it was refused."""
         entry = Entry(message_id, objects, Ticket(self._signal), _estimate(objects))
         with self._lock:
@@ -242,6 +263,7 @@ class Worker:
             # A bug must not leave callers waiting on a thread that died in silence.
             log.exception("klaviyo-signal: the delivery worker stopped on an internal error")
             self._open = OpenJob()
+            self._subscriptions = SubscriptionJobs()
             self._outbox.clear()
             with self._lock:
                 # The next call starts a fresh thread.
@@ -261,25 +283,19 @@ class Worker:
                 return
             for entry in chunk:
                 self._absorb(entry, now)
-            open_job = self._open
             # A partial job is sealed only once the backlog has joined it, so a flush of a
             # long queue still sends full jobs.
-            if (
-                open_job.events
-                and not backlog
-                and (
-                    hurry
-                    or (open_job.oldest is not None and now - open_job.oldest >= self._interval)
-                )
-            ):
-                self._outbox.append(open_job.seal())
+            if not backlog:
+                cutoff = None if hurry else now - self._interval
+                for batches in self._batches:
+                    self._outbox.extend(batches.due(cutoff))
             wait = self._send_next() if self._outbox else None
             if chunk or wait == 0.0:
                 continue
             self._sleep(wait, now, deadline)
 
     def _sleep(self, wait: float | None, now: float, deadline: float | None) -> None:
-        oldest = self._open.oldest
+        oldest = min((t for b in self._batches if (t := b.oldest) is not None), default=None)
         if oldest is not None:
             due = max(oldest + self._interval - now, 0.0)
             wait = due if wait is None else min(wait, due)
@@ -288,18 +304,20 @@ class Worker:
         with self._lock:
             if self._inbox or self._stop:
                 return
-            self._idle = wait is None and not self._outbox and not self._open.events
+            self._idle = wait is None and not self._outbox and oldest is None
             self._wake.clear()
         self._wake.wait(wait)
 
     def _absorb(self, entry: Entry, now: float) -> None:
-        """Put one call's objects into the open job or the outbox."""
+        """Put one call's objects into an open job or the outbox."""
         for obj in entry.objects:
             try:
-                if isinstance(obj, Profile):
+                if isinstance(obj, Event):
+                    self._add_event(entry, obj, now)
+                elif isinstance(obj, Profile):
                     self._add_identify(entry, obj)
                 else:
-                    self._add_event(entry, obj, now)
+                    self._outbox.extend(self._subscriptions.add(obj, entry, now))
             except (KlaviyoSignalError, ValueError, TypeError) as exc:
                 # A value the JSON writer refuses fails this call alone, not its batch.
                 reason = f"could not encode the call: {exc}"
@@ -341,7 +359,7 @@ class Worker:
     def _send_next(self) -> float:
         """Send the outbox's first unit if its endpoint allows; else return the wait."""
         unit = self._outbox[0]
-        endpoint = BULK if isinstance(unit, BulkJob) else PROFILE_IMPORT
+        endpoint = unit.endpoint
         limiter = self._limiter(endpoint)
         wait = limiter.delay()
         if wait > 0:

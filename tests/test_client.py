@@ -45,6 +45,7 @@ def test_exported_members() -> None:
         "TransportError",
         "NetworkError",
         "RequestTimeoutError",
+        "SubscribeRule",
     } <= set(klaviyo_signal.__all__)
 
 

@@ -1,0 +1,35 @@
+"""Klaviyo's published facts per endpoint: its rate limits and the API scopes it needs.
+
+Both are copied from Klaviyo's OpenAPI spec (``x-klaviyo-ratelimit``, ``x-klaviyo-scopes``)
+into ``_schemas/rate_limits.json``, so a new endpoint brings its own limits and its own
+403 advice by a line of data, not a line of code. Read once, on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+__all__ = ["DEFAULT_SCOPES", "operations", "required_scopes"]
+
+# What identify, track and page need: the advice for an endpoint the table does not know.
+DEFAULT_SCOPES = ("events:write", "profiles:write")
+
+
+@functools.cache
+def operations() -> Mapping[str, Mapping[str, Any]]:
+    """Return each operation (``"POST /api/events"``) with its ratelimit and scopes."""
+    text = resources.files("klaviyo_signal") / "_schemas" / "rate_limits.json"
+    found: Mapping[str, Mapping[str, Any]] = json.loads(text.read_text("utf-8"))["operations"]
+    return found
+
+
+def required_scopes(endpoint: str) -> tuple[str, ...]:
+    """Return the private-key scopes ``endpoint`` (``"POST /api/events"``) needs."""
+    operation = operations().get(endpoint)
+    if operation is None or not operation.get("scopes"):
+        return DEFAULT_SCOPES
+    return tuple(operation["scopes"])
