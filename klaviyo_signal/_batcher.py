@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ._identity import Identity
 from ._models import Event, Profile
-from ._wire import bulk_events_body, encode
+from ._wire import bulk_event, bulk_events_body, encode
 
 __all__ = [
     "MAX_JOB_BYTES",
@@ -37,7 +37,6 @@ MAX_JOB_BYTES = 5_000_000 - 4096
 _ITEM_POINTER = re.compile(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/|$)")
 _FRAME_CACHE = 4096
 # Any profile will do: only the bytes of the event inside the body are kept.
-_PLACEHOLDER = Profile(Identity(external_id="x"))
 
 
 def _cut(body: bytes) -> tuple[bytes, bytes]:
@@ -57,17 +56,9 @@ def _item_frame(profile: Profile) -> tuple[bytes, bytes]:
     return _cut(item)
 
 
-@functools.cache
-def _event_frame() -> tuple[int, int]:
-    head, tail = _envelope()
-    item_head, item_tail = _item_frame(_PLACEHOLDER)
-    return len(head) + len(item_head), len(item_tail) + len(tail)
-
-
 def encode_event(event: Event) -> bytes:
     """Return the bytes of one event as an element of a bulk item's events array."""
-    start, end = _event_frame()
-    return encode(bulk_events_body(((_PLACEHOLDER, (event,)),)))[start:-end]
+    return encode(bulk_event(event))
 
 
 def identifiers(identity: Identity) -> Iterator[tuple[str, str]]:

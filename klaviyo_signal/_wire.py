@@ -15,7 +15,7 @@ from cattrs.gen import make_dict_unstructure_fn
 from ._json import JSON, dumps
 from ._models import Event, Location, Profile
 
-__all__ = ["bulk_events_body", "encode", "event_body", "profile_body"]
+__all__ = ["bulk_event", "bulk_events_body", "encode", "event_body", "profile_body"]
 
 
 def _profile_attributes(profile: Profile) -> dict[str, JSON]:
@@ -84,6 +84,11 @@ def profile_body(profile: Profile) -> dict[str, JSON]:
     return body
 
 
+def bulk_event(event: Event) -> dict[str, JSON]:
+    """Return one event as an element of a bulk item's ``events`` array (no profile)."""
+    return {"type": "event", "attributes": _event_attributes(event, with_profile=False)}
+
+
 def bulk_events_body(groups: Iterable[tuple[Profile, Sequence[Event]]]) -> dict[str, JSON]:
     """Return the body of ``POST /api/event-bulk-create-jobs``: one item per profile."""
     items: list[JSON] = [
@@ -91,12 +96,7 @@ def bulk_events_body(groups: Iterable[tuple[Profile, Sequence[Event]]]) -> dict[
             "type": "event-bulk-create",
             "attributes": {
                 "profile": _profile_resource(profile),
-                "events": {
-                    "data": [
-                        {"type": "event", "attributes": _event_attributes(e, with_profile=False)}
-                        for e in events
-                    ]
-                },
+                "events": {"data": [bulk_event(e) for e in events]},
             },
         }
         for profile, events in groups
