@@ -94,21 +94,28 @@ class Windows:
         self.epoch = epoch
         self.counts: dict[tuple[str, int], int] = {}
 
-    def admit(self, now: float) -> tuple[bool, float, int]:
-        """Count a request at ``now``; return (allowed, seconds until it may retry, remaining)."""
+    def admit(self, now: float) -> tuple[bool, float, int, float]:
+        """Count a request at ``now``.
+
+        Returns (allowed, seconds until it may retry, remaining, seconds until the window
+        that leaves the fewest remaining resets), all in the sink's scaled time.
+        """
         s = int((now - self.epoch) // self.short)
         m = int((now - self.epoch) // self.long)
         in_s = self.counts.get(("s", s), 0)
         in_m = self.counts.get(("m", m), 0)
+        reset_s = self.epoch + (s + 1) * self.short - now
+        reset_m = self.epoch + (m + 1) * self.long - now
         if in_s < self.burst and in_m < self.steady:
             self.counts["s", s] = in_s + 1
             self.counts["m", m] = in_m + 1
-            return True, 0.0, min(self.burst - in_s - 1, self.steady - in_m - 1)
+            left_s, left_m = self.burst - in_s - 1, self.steady - in_m - 1
+            if left_m < left_s:
+                return True, 0.0, left_m, reset_m
+            return True, 0.0, left_s, reset_s
         if in_m >= self.steady:
-            wait = self.epoch + (m + 1) * self.long - now
-        else:
-            wait = self.epoch + (s + 1) * self.short - now
-        return False, wait, 0
+            return False, reset_m, 0, reset_m
+        return False, reset_s, 0, reset_s
 
 
 class Sink:
@@ -134,7 +141,8 @@ class Sink:
         self.bad = 0
         self.first_request: float | None = None
         self.last_accept: float | None = None
-        self.accepted: list[tuple[float, int]] = []  # (monotonic, events) per accepted request
+        # (monotonic, events, path) per accepted request
+        self.accepted: list[tuple[float, int, str]] = []
         self.waiters: list[tuple[int, asyncio.Future[float]]] = []
         self.reached: dict[int, float] = {}
         self.stop = asyncio.Event()
@@ -142,11 +150,11 @@ class Sink:
 
     # -- bookkeeping -------------------------------------------------------------------
 
-    def _counted(self, now: float, events: int) -> None:
+    def _counted(self, now: float, events: int, path: str) -> None:
         before = self.events
         self.events += events
         self.last_accept = now
-        self.accepted.append((now, events))
+        self.accepted.append((now, events, path))
         for target, future in list(self.waiters):
             if before < target <= self.events and not future.done():
                 future.set_result(now)
@@ -262,7 +270,7 @@ class Sink:
             return self._status(404, b'{"errors": [{"status": 404, "code": "not_found"}]}', {})
         extra: dict[str, str] = {}
         if self.mode == "limited" and path in self.windows:
-            ok, wait, remaining = self.windows[path].admit(now)
+            ok, wait, remaining, reset = self.windows[path].admit(now)
             burst, steady = KLAVIYO_LIMITS[path]
             if not ok:
                 self.throttled += 1
@@ -274,13 +282,13 @@ class Sink:
                         "Retry-After": str(retry),
                         "RateLimit-Limit": f"{burst}, {burst};w=1, {steady};w=60",
                         "RateLimit-Remaining": "0",
-                        "RateLimit-Reset": str(retry),
+                        "RateLimit-Reset": _seconds(reset, self.scale),
                     },
                 )
             extra = {
                 "RateLimit-Limit": f"{burst}, {burst};w=1, {steady};w=60",
                 "RateLimit-Remaining": str(remaining),
-                "RateLimit-Reset": "1",
+                "RateLimit-Reset": _seconds(reset, self.scale),
             }
         try:
             data = raw
@@ -295,7 +303,7 @@ class Sink:
             self.bad += 1
             return self._status(400, b'{"errors": [{"status": 400, "code": "invalid"}]}', {})
         self.profiles += profiles
-        self._counted(now, events)
+        self._counted(now, events, path)
         if path == "/api/profile-import":
             return self._status(status, b'{"data": {"type": "profile", "id": "01BENCH"}}', extra)
         if self.mode in ("segment", "rudder"):
@@ -309,6 +317,14 @@ class Sink:
     ) -> tuple[int, bytes, dict[str, str]]:
         self.by_status[str(status)] = self.by_status.get(str(status), 0) + 1
         return status, body, extra
+
+
+def _seconds(value: float, scale: float) -> str:
+    """``RateLimit-Reset``: whole seconds (rounded up) as Klaviyo sends them; at a time scale
+    other than 1 a Klaviyo second is a fraction of one, so the value keeps 3 decimals."""
+    if scale == 1.0:
+        return str(max(1, math.ceil(value)))
+    return f"{max(value, 0.001):.3f}"
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

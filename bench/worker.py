@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import libs
 
+_PACE_EVERY = 100  # limits: events between two checks of the producer's pace
+
 
 def sink_wait(url: str, events: int, timeout: float) -> dict[str, Any]:
     """Block until the sink counted ``events`` (or ``timeout``); return its answer."""
@@ -232,12 +234,26 @@ def scale_signal_limiter(scale: float) -> bool:
 
 
 def limits(spec: dict[str, Any]) -> dict[str, Any]:
+    """Offer ``n`` events at ``rate`` events/s (above the allowed rate) to the limited sink.
+
+    The producer is paced (checked every ``_PACE_EVERY`` events) rather than flat out, so
+    the sink's limit and not the process's CPU decides how fast events get through, and
+    the backlog stays proportional to the excess. ``rate`` None: as fast as it can.
+    """
     lib_name, url, n, deadline = spec["lib"], spec["url"], spec["n"], spec["deadline"]
     scale = spec.get("scale", 1.0)
+    rate = spec.get("rate")
     if scale != 1.0 and lib_name == "klaviyo-signal" and not scale_signal_limiter(scale):
         raise RuntimeError(f"cannot time-scale klaviyo-signal's limiter by {scale}")
     t0 = time.monotonic()
     end = t0 + deadline
+
+    def pace(sent: int) -> None:
+        if rate:
+            delay = t0 + sent / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
     sent = 0
     errors = 0
     sender: Any
@@ -246,6 +262,8 @@ def limits(spec: dict[str, Any]) -> dict[str, Any]:
         step = 1000 if lib_name == "klaviyo-api bulk" else 1
         while sent < n and time.monotonic() < end:
             count = min(step, n - sent)
+            if sent % _PACE_EVERY < step:
+                pace(sent)
             try:
                 if step == 1:
                     libs.klaviyo_api_event(sender, sent)
@@ -257,16 +275,20 @@ def limits(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         sender = Background(lib_name, url, n + 1000)
         for i in range(n):
+            if i % _PACE_EVERY == 0:
+                pace(i)
+                if time.monotonic() >= end:
+                    break
             sender.call(i)
-            if time.monotonic() >= end:
-                break
             sent = i + 1
         threading.Thread(target=sender.flush, daemon=True).start()
+    produced_s = time.monotonic() - t0
     answer = sink_wait(url, sent, end - time.monotonic())
     result: dict[str, Any] = {
         "sent": sent,
         "errors": errors,
-        "complete": answer["at"] is not None,
+        "complete": answer["at"] is not None and sent == n,
+        "produced_s": produced_s,
         "elapsed_s": time.monotonic() - t0,
     }
     if lib_name.startswith("klaviyo-signal"):

@@ -18,13 +18,23 @@ import attrs
 
 from ._blueprint_file import dump, parse, read
 from ._consent import consent_drop_reason
+from ._errors import ValidationError
 from ._events import build_events
 from ._json import JSON
 from ._messages import Message
 from ._models import KlaviyoObject
 from ._paths import message_view
 from ._profile import profile_from
-from ._rules import CatchAll, IdentifyRule, Mapper, ProfileMap, Rule, SubscribeRule, metric_name
+from ._rules import (
+    CatchAll,
+    IdentifyRule,
+    Mapper,
+    ProfileMap,
+    Rule,
+    SubscribeRule,
+    check_metric,
+    metric_name,
+)
 from ._subscriptions import Subscription, implied_subscription
 from ._variants import variant_data
 
@@ -140,6 +150,10 @@ class Blueprint:
             metric: The Klaviyo metric name; default: the rule's, or ``name`` in snake_case.
             mapper: A function computing the event's properties (None from it drops).
         """
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"enable: name must be a non-empty event name, got {name!r}")
+        if metric is not None and (problem := check_metric(metric)):
+            raise ValidationError(f"enable: metric: {problem}")
         existing = self.rules.get(name)
         if existing is None:
             rule = Rule(metric=metric or metric_name(name), mapper=mapper)
@@ -154,6 +168,8 @@ class Blueprint:
 
     def disable(self, name: str) -> Blueprint:
         """Return a blueprint that drops ``name``, even when the catch-all forwards."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"disable: name must be a non-empty event name, got {name!r}")
         existing = self.rules.get(name) or Rule(metric=metric_name(name))
         return attrs.evolve(self, rules={**self.rules, name: attrs.evolve(existing, enabled=False)})
 

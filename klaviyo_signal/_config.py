@@ -25,6 +25,9 @@ PUBLISHED: Literal["published"] = "published"
 """The ``rate_limits`` default: Klaviyo's published limit for each endpoint."""
 
 _PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
+# Printable ASCII without spaces: anything else cannot go in an HTTP header, and requests
+# would then quote the whole header (the key) in its error.
+_PRIVATE_KEY_CHARS = re.compile(r"[\x21-\x7e]+\Z")
 _REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 _REGION = re.compile(r"^[A-Z]{2}$")
 _LOOPBACK_NAMES = frozenset({"localhost"})
@@ -60,6 +63,11 @@ def _check_private_key(_: object, __: attrs.Attribute[str], value: str) -> None:
         raise ConfigurationError(
             "private_api_key: not a Klaviyo private API key; private keys start with 'pk_' "
             f"(Account > Settings > API Keys > Create Private API Key).{hint}"
+        )
+    if not _PRIVATE_KEY_CHARS.match(value):
+        raise ConfigurationError(
+            "private_api_key: contains whitespace or control characters (a trailing newline "
+            "from a file or an environment variable?); strip it before passing it"
         )
 
 

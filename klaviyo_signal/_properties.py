@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ._errors import ValidationError
 from ._json import JSON
 from ._paths import MISSING, lookup
 from ._rules import PropertyMap
@@ -12,11 +13,24 @@ __all__ = ["apply_properties", "first_present"]
 
 
 def first_present(view: Mapping[str, JSON], paths: tuple[str, ...]) -> tuple[str, JSON] | None:
-    """Return the first path (and its value) that holds something other than null."""
+    """Return the first path (and its value) that holds something other than null.
+
+    Raises:
+        ValidationError: No path holds a value and one was blocked by a non-object on the
+            way (``context.page`` given as a string), which would otherwise vanish silently.
+    """
+    blocked = None
     for path in paths:
-        found = lookup(view, path).value
-        if found is not MISSING and found is not None:
-            return path, found  # type: ignore[return-value]
+        found = lookup(view, path)
+        if found.value is not MISSING and found.value is not None:
+            return path, found.value  # type: ignore[return-value]
+        if blocked is None and found.blocked_at is not None:
+            blocked = found
+    if blocked is not None:
+        raise ValidationError(
+            f"{blocked.blocked_at}: must be an object to read {paths[0].rpartition('.')[2]!r} "
+            f"from it, got {blocked.blocker!r}"
+        )
     return None
 
 

@@ -171,19 +171,12 @@ class Transport:
         """POST a JSON body; raise ``APIError``/``TransportError`` when it does not succeed."""
         try:
             response = self._session.post(self._base_url + path, data=body, timeout=self._timeout)
-        except requests.exceptions.Timeout as exc:
-            raise RequestTimeoutError(
-                f"Klaviyo did not answer {path} within {self._timeout[1]} s (after retries); "
-                "raise timeout= or check the network."
-            ) from exc
-        except requests.exceptions.RetryError as exc:
-            raise NetworkError(f"retries to Klaviyo {path} ran out: {_safe(exc)}") from exc
-        except requests.exceptions.ConnectionError as exc:
-            raise NetworkError(
-                f"could not reach Klaviyo at {self._base_url} ({path}): {_safe(exc)}"
-            ) from exc
         except requests.exceptions.RequestException as exc:
-            raise TransportError(f"request to Klaviyo {path} failed: {_safe(exc)}") from exc
+            # The requests exception holds the prepared request, headers (key) included;
+            # drop it so error reporters that walk __cause__ never see the key.
+            exc.request = None
+            exc.response = None
+            raise self._translate(exc, path) from exc
         history = getattr(getattr(response.raw, "retries", None), "history", ())
         payload = _parse(response)
         if response.status_code >= 400:
@@ -203,6 +196,21 @@ class Transport:
             retries=len(history),
             sent_bytes=len(body),
         )
+
+    def _translate(self, exc: requests.exceptions.RequestException, path: str) -> TransportError:
+        """The one place a requests error becomes ours."""
+        if isinstance(exc, requests.exceptions.Timeout):
+            return RequestTimeoutError(
+                f"Klaviyo did not answer {path} within {self._timeout[1]} s (after retries); "
+                "raise timeout= or check the network."
+            )
+        if isinstance(exc, requests.exceptions.RetryError):
+            return NetworkError(f"retries to Klaviyo {path} ran out: {_safe(exc)}")
+        if isinstance(exc, requests.exceptions.ConnectionError):
+            return NetworkError(
+                f"could not reach Klaviyo at {self._base_url} ({path}): {_safe(exc)}"
+            )
+        return TransportError(f"request to Klaviyo {path} failed: {_safe(exc)}")
 
     def close(self) -> None:
         """Close the pooled connections."""

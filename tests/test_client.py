@@ -16,6 +16,7 @@ from klaviyo_signal import (
     DeliveryStatus,
     KlaviyoSignalError,
     ValidationError,
+    default_blueprint,
 )
 from klaviyo_signal.testing import FakeKlaviyo
 
@@ -260,3 +261,39 @@ def test_client_explain_sends_nothing(fake: FakeKlaviyo) -> None:
     assert dropped.status == "drop"
     assert dropped.reason is not None
     assert fake.requests == []
+
+
+@pytest.mark.parametrize("padding", ["\n", " ", "\t", "\r\n"])
+def test_private_key_with_whitespace_is_refused(padding: str) -> None:
+    """A key with a trailing newline (read from a file) fails at construction, unshown."""
+    with pytest.raises(ConfigurationError, match="whitespace or control characters") as caught:
+        Client(PUBLIC_KEY, PRIVATE_KEY + padding)
+    assert PRIVATE_KEY not in str(caught.value)
+
+
+def test_transport_errors_do_not_carry_the_key() -> None:
+    """No exception in the chain of a network error holds the request headers."""
+    client = Client(
+        PUBLIC_KEY, PRIVATE_KEY, base_url="http://127.0.0.1:9", sync_mode=True, max_retries=0
+    )
+    with pytest.raises(klaviyo_signal.NetworkError) as caught:
+        client.page(user_id="u-1")
+    seen: list[str] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        seen.append(repr(error))
+        seen.append(repr(vars(error)))
+        request = getattr(error, "request", None)
+        assert request is None or PRIVATE_KEY not in repr(getattr(request, "headers", ""))
+        error = error.__cause__ or error.__context__
+    assert all(PRIVATE_KEY not in text for text in seen)
+
+
+def test_enable_checks_its_arguments() -> None:
+    """enable() and disable() refuse a non-string name or an empty metric clearly."""
+    with pytest.raises(ValidationError, match="enable: name must be a non-empty event name"):
+        default_blueprint().enable(5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="enable: metric"):
+        default_blueprint().enable("Signed Up", metric="")
+    with pytest.raises(ValidationError, match="disable: name"):
+        default_blueprint().disable("")

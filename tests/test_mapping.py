@@ -296,3 +296,10 @@ def test_bad_input_raises_even_for_a_dropped_event(fake: FakeKlaviyo) -> None:
         client.track("Order Completed", {"revenue": 1})
     assert seen == []
     assert fake.requests == []
+
+
+def test_page_context_that_is_not_an_object_is_refused(fake: FakeKlaviyo) -> None:
+    """A context['page'] given as a string raises instead of silently losing url and title."""
+    with pytest.raises(ValidationError, match=r"context\.page: must be an object"):
+        client_for(fake.url).page("Home", context={"page": "https://x.example/"}, user_id="u")
+    assert fake.requests == []
