@@ -6,9 +6,11 @@ A call flows one way: input -> Message (cleaned, validated) -> consent gate -> b
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -26,7 +28,7 @@ from ._models import Event, KlaviyoObject, Profile
 from ._ratelimit import RateLimits
 from ._stats import Counters, Stats, failure_key
 from ._subscriptions import Action, build_subscription, subscription_body
-from ._transport import SERVER_ERROR_STATUSES, Transport
+from ._transport import Transport
 from ._wire import encode, event_body, profile_body
 from ._worker import Worker
 
@@ -130,13 +132,15 @@ class Client:
 
     def _fresh_state(self) -> None:
         """Build the sync session, the counters and the (idle) background worker."""
-        self._transport = self._make_transport()
+        c = self._config
+        self._transport = _transport(c, max_retries=c.max_retries)
         self._stats = Counters()
         self._signal = threading.Condition()
-        c = self._config
         self._worker = Worker(
-            # 429s are the worker's to pace endpoint-wide; urllib3 retries only 5xx.
-            make_transport=lambda: self._make_transport(SERVER_ERROR_STATUSES, pool_size=1),
+            # The worker retries 429s, 5xx and unanswered requests itself, through its
+            # per-endpoint limiter, so its transport retries nothing. The factory holds
+            # the config, not the Client, so a dropped Client can be collected.
+            make_transport=functools.partial(_transport, c, max_retries=0, pool_size=1),
             limits=c.rate_limits,
             stats=self._stats,
             signal=self._signal,
@@ -145,24 +149,10 @@ class Client:
             max_queue_size=c.max_queue_size,
             max_queue_bytes=c.max_queue_bytes,
             block_on_full=c.block_on_full,
-        )
-
-    def _make_transport(
-        self, retry_statuses: frozenset[int] | None = None, *, pool_size: int = 4
-    ) -> Transport:
-        c = self._config
-        options: dict[str, Any] = (
-            {} if retry_statuses is None else {"retry_statuses": retry_statuses}
-        )
-        return Transport(
-            base_url=c.base_url,
-            private_api_key=c.private_api_key,
-            revision=c.revision,
-            timeout=c.timeout,
             max_retries=c.max_retries,
-            pool_size=pool_size,
-            **options,
         )
+        # A Client dropped without close() still sends what it queued, then its thread ends.
+        weakref.finalize(self, self._worker.detach)
 
     # -- construction helpers ------------------------------------------------------------
 
@@ -492,7 +482,8 @@ class Client:
     def close(self) -> None:
         """Send what is queued (up to ``shutdown_timeout``), then stop the worker. Idempotent.
 
-        Calls still unsent then end ``dropped`` (reason: shutdown), and their count is logged.
+        Calls still unsent then end ``dropped`` (reason: shutdown), calls whose request got
+        no answer in time end ``failed`` (Klaviyo may have them), and their count is logged.
         """
         if self._closed:
             return
@@ -501,8 +492,8 @@ class Client:
         left = self._worker.close(self._config.shutdown_timeout)
         if left:
             log.warning(
-                "klaviyo-signal: %d queued call(s) were not sent within shutdown_timeout=%g s "
-                "and were dropped (see client.stats.dropped_by_reason)",
+                "klaviyo-signal: %d call(s) were not delivered within shutdown_timeout=%g s "
+                "(see client.stats.dropped_by_reason and failed_by_reason)",
                 left,
                 self._config.shutdown_timeout,
             )
@@ -523,3 +514,15 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _transport(config: Config, *, max_retries: int, pool_size: int = 4) -> Transport:
+    """Build a transport from the client's settings."""
+    return Transport(
+        base_url=config.base_url,
+        private_api_key=config.private_api_key,
+        revision=config.revision,
+        timeout=config.timeout,
+        max_retries=max_retries,
+        pool_size=pool_size,
+    )

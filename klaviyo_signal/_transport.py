@@ -167,10 +167,19 @@ class Transport:
     def __repr__(self) -> str:
         return f"<Transport {self._base_url}>"
 
-    def post(self, path: str, body: bytes) -> Answer:
-        """POST a JSON body; raise ``APIError``/``TransportError`` when it does not succeed."""
+    def post(self, path: str, body: bytes, *, timeout: float | None = None) -> Answer:
+        """POST a JSON body; raise ``APIError``/``TransportError`` when it does not succeed.
+
+        Args:
+            path: The endpoint path, e.g. ``/api/events``.
+            body: The encoded JSON.
+            timeout: A shorter read timeout for this request (the worker's shutdown deadline).
+        """
+        limit = self._timeout
+        if timeout is not None and timeout < limit[1]:
+            limit = (min(limit[0], timeout), timeout)
         try:
-            response = self._session.post(self._base_url + path, data=body, timeout=self._timeout)
+            response = self._session.post(self._base_url + path, data=body, timeout=limit)
         except requests.exceptions.RequestException as exc:
             # The requests exception holds the prepared request, headers (key) included;
             # drop it so error reporters that walk __cause__ never see the key.

@@ -29,7 +29,7 @@ from ._ratelimit import EndpointLimiter, RateLimits
 from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
 from ._subscriptions import Subscription
-from ._transport import Transport
+from ._transport import SERVER_ERROR_STATUSES, Transport
 from ._wire import encode, profile_body
 
 __all__ = ["Worker"]
@@ -42,9 +42,17 @@ _CHUNK = 200
 # A cheap guess at the memory one queued call holds (its objects and properties), for
 # max_queue_bytes; exact sizes are only known once the worker encodes.
 _BASE_BYTES = 1024
-_BYTES_PER_PROPERTY = 160
+_BYTES_PER_VALUE = 64
+_JOIN_GRACE = 1.0
+# The shortest timeout a request sent during close() gets, so it can still connect.
+_MIN_TIMEOUT = 0.5
 _SHUTDOWN_REASON = "shutdown: not sent before the client closed (shutdown_timeout passed)"
 _SHUTDOWN = Failure(DeliveryStatus.DROPPED, _SHUTDOWN_REASON, None, "shutdown")
+_IN_FLIGHT_REASON = (
+    "shutdown: the request was still in flight when shutdown_timeout passed; Klaviyo may "
+    "have received it (sending it again with the same message_id is safe)"
+)
+_IN_FLIGHT = Failure(DeliveryStatus.FAILED, _IN_FLIGHT_REASON, None, "shutdown")
 _BROKEN_REASON = "internal error in the delivery worker (see the klaviyo_signal log)"
 _BROKEN = Failure(DeliveryStatus.FAILED, _BROKEN_REASON, None, "internal error")
 
@@ -60,11 +68,26 @@ class _Batches(Protocol):
         """Seal and return the jobs whose oldest call was queued at ``cutoff`` or before."""
 
 
+def _size(value: object) -> int:
+    """Roughly the bytes a cleaned JSON value holds: strings by length, others flat."""
+    if isinstance(value, str):
+        return _BYTES_PER_VALUE + len(value)
+    if isinstance(value, dict):
+        return _BYTES_PER_VALUE + sum(len(k) + _size(v) for k, v in value.items())
+    if isinstance(value, list):
+        return _BYTES_PER_VALUE + sum(_size(v) for v in value)
+    return _BYTES_PER_VALUE
+
+
 def _estimate(objects: Sequence[KlaviyoObject]) -> int:
+    # Measured on what the blueprint kept (usually a few properties), not on the input;
+    # strings count by length so a 100 kB value cannot slip under max_queue_bytes.
     size = _BASE_BYTES * len(objects)
     for obj in objects:
         if not isinstance(obj, Subscription):
-            size += _BYTES_PER_PROPERTY * len(obj.properties)
+            size += _size(obj.properties)
+            if isinstance(obj, Event):
+                size += _size(obj.profile.properties)
     return size
 
 
@@ -82,6 +105,7 @@ class Worker:
         max_queue_size: Calls queued or in flight before new ones are refused.
         max_queue_bytes: Estimated bytes those calls may hold before new ones are refused.
         block_on_full: Wait for room instead of refusing a call.
+        max_retries: Attempts after a 5xx or an unanswered request before a call fails.
         clock: Monotonic seconds (tests may pass another).
     """
 
@@ -97,6 +121,7 @@ class Worker:
         max_queue_size: int,
         max_queue_bytes: int,
         block_on_full: bool,
+        max_retries: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make_transport = make_transport
@@ -106,6 +131,7 @@ class Worker:
         self._max_size = max_queue_size
         self._max_bytes = max_queue_bytes
         self._block = block_on_full
+        self._max_retries = max_retries
         self._clock = clock
         self._limits = limits
         self._outcomes = Outcomes(stats, signal, on_delivery, self._settled)
@@ -123,12 +149,19 @@ class Worker:
         self._idle = True
         self._closed = False
         self._stop = False
+        self._detached = False
         self._thread: threading.Thread | None = None
         # Owned by the worker thread only.
         self._open = OpenJob()
         self._subscriptions = SubscriptionJobs()
         self._outbox: deque[Unit] = deque()
         self._limiters: dict[str, EndpointLimiter] = {}
+        self._in_flight: Unit | None = None
+        # The outbox's first unit once a try got no answer or a 5xx: Klaviyo may have it.
+        self._maybe_sent: Unit | None = None
+        # Attempts of the outbox's first unit that failed with 5xx or no answer.
+        self._head_failures = 0
+        self._deadline: float | None = None
 
     @property
     def _batches(self) -> tuple[_Batches, ...]:
@@ -228,6 +261,7 @@ class Worker:
             if self._closed:
                 return 0
             self._closed = True
+            self._deadline = deadline
             self._space.notify_all()
             thread = self._thread
         if thread is None:
@@ -239,19 +273,38 @@ class Worker:
             with self._lock:
                 self._stop = True
             self._wake.set()
-            # A request in flight cannot be cut short; give it a moment to finish.
-            thread.join(max(deadline - self._clock(), 0.2))
+            # A request in flight is bounded by the deadline (see _send_next); the grace
+            # covers its connect timeout and the thread's last bookkeeping.
+            thread.join(max(deadline - self._clock(), 0.0) + _JOIN_GRACE)
         left = self._abandon()
         if self._transport is not None:
             self._transport.close()
         return left
 
+    def detach(self) -> None:
+        """Let the thread finish what is queued, then end (the Client was collected)."""
+        with self._lock:
+            self._closed = True
+            self._detached = True
+        self._wake.set()
+
     def _abandon(self, failure: Failure = _SHUTDOWN) -> int:
-        """End every call not final yet with ``failure``; return how many there were."""
+        """End every call not final yet with ``failure``; return how many there were.
+
+        Calls of a request still in flight end ``failed`` with a reason saying Klaviyo
+        may have them, never ``dropped``: they were sent.
+        """
+        in_flight = self._in_flight or self._maybe_sent
         with self._lock:
             left = list(self._live)
             self._inbox.clear()
-        self._outcomes.settle(left, failure, whole=True)
+        if in_flight is not None:
+            sent = set(map(id, in_flight.owners()))
+            self._outcomes.settle([e for e in left if id(e) in sent], _IN_FLIGHT, whole=True)
+            left_unsent = [e for e in left if id(e) not in sent]
+            self._outcomes.settle(left_unsent, failure, whole=True)
+        else:
+            self._outcomes.settle(left, failure, whole=True)
         return len(left)
 
     # -- the worker thread ---------------------------------------------------------------
@@ -273,7 +326,8 @@ class Worker:
     def _loop(self, deadline: float | None) -> None:
         while True:
             with self._lock:
-                if self._stop:
+                if self._stop or (self._detached and self._pending == 0):
+                    self._thread = None
                     return
                 chunk = [self._inbox.popleft() for _ in range(min(_CHUNK, len(self._inbox)))]
                 backlog = bool(self._inbox)
@@ -367,9 +421,13 @@ class Worker:
         if self._transport is None:
             self._transport = self._make_transport()
         body = unit.body()
+        timeout = None
+        if self._deadline is not None:
+            timeout = max(self._deadline - self._clock(), _MIN_TIMEOUT)
         limiter.begin()
+        self._in_flight = unit
         try:
-            answer = self._transport.post(endpoint.split(" ", 1)[1], body)
+            answer = self._transport.post(endpoint.split(" ", 1)[1], body, timeout=timeout)
         except APIError as exc:
             limiter.end(exc.headers, throttled=exc.status == 429)
             self._stats.request(len(body), rate_limited=exc.status == 429)
@@ -377,23 +435,45 @@ class Worker:
                 self._stats.retry()
                 self._outcomes.throttled(endpoint, limiter.throttle(exc.retry_after))
                 return 0.0
+            if exc.status in SERVER_ERROR_STATUSES and self._retry_head(limiter, exc.retry_after):
+                return 0.0
             rest = self._outcomes.refused(unit, exc)
         except TransportError as exc:
             limiter.end(None)
             self._stats.request(len(body))
+            if self._retry_head(limiter, None):
+                return 0.0
             self._outcomes.unreachable(unit, exc)
             rest = None
         else:
             limiter.end(answer.headers)
-            self._stats.request(len(body), retries=answer.retries)
+            self._stats.request(len(body))
             self._outcomes.accepted(unit, answer.status)
             rest = None
+        finally:
+            self._in_flight = None
         self._outbox.popleft()
+        self._head_failures = 0
+        self._maybe_sent = None
         if rest is not None:
             # The items Klaviyo did not object to go again, first in line.
             self._stats.retry()
             self._outbox.appendleft(rest)
         return 0.0
+
+    def _retry_head(self, limiter: EndpointLimiter, retry_after: float | None) -> bool:
+        """Schedule the first unit again after a 5xx or no answer; False when retries ran out.
+
+        Retries go back through the endpoint's limiter (a pause with backoff), so they
+        count against Klaviyo's windows like any other request.
+        """
+        if self._head_failures >= self._max_retries:
+            return False
+        self._head_failures += 1
+        self._maybe_sent = self._outbox[0]
+        self._stats.retry()
+        limiter.throttle(retry_after)
+        return True
 
     def _settled(self, entries: Sequence[Entry]) -> None:
         """Release the queue room of calls that just became final (called by Outcomes)."""

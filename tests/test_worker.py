@@ -162,7 +162,7 @@ def test_no_thread_before_first_call_none_after_close(fake: FakeKlaviyo) -> None
 
 
 def test_close_counts_and_logs_what_it_could_not_send(caplog: pytest.LogCaptureFixture) -> None:
-    """Calls unsent at shutdown_timeout end dropped (reason: shutdown), counted and logged."""
+    """Calls in flight at shutdown_timeout end failed (reason: shutdown), counted and logged."""
     with FakeKlaviyo(latency=2.0) as fake:
         seen: list[Delivery] = []
         client = client_for(fake, shutdown_timeout=0.3, on_delivery=seen.append)
@@ -170,10 +170,11 @@ def test_close_counts_and_logs_what_it_could_not_send(caplog: pytest.LogCaptureF
         with caplog.at_level(logging.WARNING, logger="klaviyo_signal"):
             client.close()
         finals = [c.wait(timeout=0) for c in calls]
-        assert {f.status for f in finals} == {DeliveryStatus.DROPPED}
+        # Their request was sent but not answered: Klaviyo may have them, so not "dropped".
+        assert {f.status for f in finals} == {DeliveryStatus.FAILED}
         assert all((f.reason or "").startswith("shutdown") for f in finals)
-        assert "4 queued call(s) were not sent" in caplog.text
-        assert client.stats.dropped_by_reason == {"shutdown": 4}
+        assert "4 call(s) were not delivered" in caplog.text
+        assert client.stats.failed_by_reason == {"shutdown": 4}
         assert len(seen) == 4
         time.sleep(2.5)  # the request in flight ends; its calls stay final once
         assert len(seen) == 4
@@ -286,7 +287,7 @@ def test_exit_that_cannot_send_logs_the_count() -> None:
         started = time.monotonic()
         done = _run(env_script, fake)
         assert done.returncode == 0, done.stderr
-        assert "7 queued call(s) were not sent" in done.stderr
+        assert "7 call(s) were not delivered" in done.stderr
         assert time.monotonic() - started < 30
 
 
@@ -326,3 +327,61 @@ client.close()
         for e in item["attributes"]["events"]["data"]
     ]
     assert len(unique_ids) == len(set(unique_ids)) == 3
+
+
+def test_server_error_retries_go_through_the_rate_limiter() -> None:
+    """Retries after 503s are paced like any request: the limit is never exceeded."""
+    limits = {"POST /api/event-bulk-create-jobs": (2, 1000)}
+    with FakeKlaviyo(rate_limits=limits) as fake:
+        fake.fail_next(503, times=3)
+        client = client_for(fake, rate_limits=limits, max_queue_size=10_000)
+        for i in range(4000):
+            client.track("Signed Up", {"n": i}, user_id=f"user-{i % 50}")
+        assert client.flush(timeout=60)
+        client.close()
+        assert fake.throttled == 0
+        assert [r.status for r in fake.requests].count(503) == 3
+        assert len(fake.events) == 4000
+        assert client.stats.retries >= 3
+
+
+def test_request_in_flight_at_shutdown_is_not_called_dropped() -> None:
+    """A call whose request is in flight when shutdown_timeout passes ends failed, saying
+    Klaviyo may have it, and no worker thread outlives close()."""
+    with FakeKlaviyo(latency=3.0) as fake:
+        client = client_for(fake, shutdown_timeout=0.5)
+        delivery = client.track("Signed Up", user_id="user-1")
+        client.close()
+        final = delivery.wait(timeout=1)
+        assert final.status is DeliveryStatus.FAILED
+        assert final.reason is not None
+        assert "in flight" in final.reason
+        assert "may have received it" in final.reason
+        assert workers() == []
+
+
+def test_dropped_client_sends_its_queue_and_ends_its_thread(fake: FakeKlaviyo) -> None:
+    """A client dropped without close() still delivers what it queued; its thread ends."""
+    import gc
+
+    before = len(workers())
+    client = client_for(fake, flush_interval=0.05)
+    client.track("Signed Up", user_id="user-1")
+    del client
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while len(workers()) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers()) == before
+    assert len(fake.events) == 1
+
+
+def test_queue_bytes_count_string_sizes() -> None:
+    """max_queue_bytes counts big strings, so large properties cannot overrun the budget."""
+    with FakeKlaviyo(latency=1.0) as fake:
+        client = client_for(fake, max_queue_bytes=1_000_000)
+        big = "x" * 90_000
+        outcomes = [client.track("Signed Up", {"blob": big}, user_id="u").status for _ in range(30)]
+        assert outcomes.count(DeliveryStatus.DROPPED) >= 15
+        assert client.stats.queue_bytes <= 1_000_000
+        client.close()
