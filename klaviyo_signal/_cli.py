@@ -110,9 +110,47 @@ def _parser() -> argparse.ArgumentParser:
         help="show a progress bar on stderr even when it is not a terminal",
     )
 
-    # Reserved: `explain` (client.explain) and `blueprint show|validate` (Blueprint.from_file)
-    # are added here once the blueprints work provides them; each gets its own _cli_*.py.
+    explain = commands.add_parser(
+        "explain",
+        help="show what one message would send to Klaviyo, without sending",
+        description=_fill(
+            "Map one Segment-style message (a JSON object with type track, identify or "
+            "page) through a blueprint and print the decision and the exact requests "
+            "(key masked). Sends nothing and needs no keys."
+        ),
+    )
+    explain.add_argument("message", metavar="JSON", help="the message, e.g. '{\"type\": ...}'")
+    _blueprint_options(explain)
+    explain.add_argument(
+        "--require-consent", action="store_true", help="drop calls without a marketing grant"
+    )
+
+    blueprint = commands.add_parser(
+        "blueprint",
+        help="show a blueprint, or validate a blueprint file",
+        description=_fill(
+            "show: print a built-in variant or a file as the JSON a file would hold. "
+            "validate: load a JSON or TOML file and list every problem with its path "
+            "(exit 1 when there is one)."
+        ),
+    )
+    actions = blueprint.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    show = actions.add_parser("show", help="print a blueprint as JSON")
+    _blueprint_options(show)
+    validate = actions.add_parser("validate", help="check a blueprint file")
+    validate.add_argument("file", metavar="PATH", help="a .json or .toml blueprint file")
     return parser
+
+
+def _blueprint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blueprint", metavar="PATH", help="a .json or .toml blueprint file")
+    parser.add_argument(
+        "--variant",
+        default="default",
+        choices=("default", "klaviyo_ecommerce"),
+        help="a built-in blueprint (default: default)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,6 +177,23 @@ def _run(args: argparse.Namespace) -> int:
         from ._cli_verify import run_verify  # noqa: PLC0415
 
         return run_verify(args.email, sys.stdout, sys.stderr)
+    if args.command == "explain":
+        from ._cli_blueprint import run_explain  # noqa: PLC0415
+
+        return run_explain(
+            args.message,
+            path=args.blueprint,
+            variant=args.variant,
+            require_consent=args.require_consent,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    if args.command == "blueprint":
+        from ._cli_blueprint import run_blueprint  # noqa: PLC0415
+
+        if args.action == "validate":
+            return run_blueprint("validate", args.file, "default", sys.stdout, sys.stderr)
+        return run_blueprint("show", args.blueprint, args.variant, sys.stdout, sys.stderr)
     from ._cli_send import run_send  # noqa: PLC0415
 
     return run_send(args, args.parser, sys.stdout, sys.stderr)

@@ -30,6 +30,7 @@ __all__ = [
     "clean_properties",
     "clean_value",
     "dumps",
+    "pretty",
 ]
 
 # Decimal is kept (not turned into float) until dumps() writes the bytes: money stays exact.
@@ -285,3 +286,14 @@ def dumps(value: JSON) -> bytes:
     if _DECIMAL_MARK in text:
         text = _DECIMAL_SENTINEL.sub(r"\1", text)
     return text.encode("utf-8")
+
+
+_PRETTY = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=2, default=_sentinel_for)
+
+
+def pretty(value: JSON) -> str:
+    """Return ``value`` as indented JSON for people to read, each Decimal written exactly."""
+    text = _PRETTY.encode(value)
+    if _DECIMAL_MARK in text:
+        text = _DECIMAL_SENTINEL.sub(r"\1", text)
+    return text

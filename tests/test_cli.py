@@ -39,7 +39,17 @@ def write_lines(tmp_path: Path, *lines: object) -> str:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["demo", "--help"], ["verify", "--help"], ["send", "--help"]]
+    "argv",
+    [
+        ["--help"],
+        ["demo", "--help"],
+        ["verify", "--help"],
+        ["send", "--help"],
+        ["explain", "--help"],
+        ["blueprint", "--help"],
+        ["blueprint", "show", "--help"],
+        ["blueprint", "validate", "--help"],
+    ],
 )
 def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Every command answers --help with its usage and exit code 0."""
@@ -325,3 +335,49 @@ def test_quickstart_example_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "track Order Completed  delivered (HTTP 202)" in result.stdout
     assert "event purchase   value=42.5 GBP" in result.stdout
+
+
+def test_explain_prints_the_exact_request(capsys: pytest.CaptureFixture[str]) -> None:
+    """explain prints the decision and the request body, Decimal revenue exact, key masked."""
+    message = json.dumps(
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "userId": "u-1",
+            "properties": {"order_id": "o-1", "revenue": 42.5, "currency": "GBP"},
+        }
+    ).replace("42.5", "42.50")
+    assert main(["explain", message]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["status"] == "send"
+    assert shown["rule"] == "Order Completed"
+    (request,) = shown["requests"]
+    assert request["path"] == "/api/events"
+    assert request["headers"]["Authorization"] == "Klaviyo-API-Key pk_***"
+    assert '"value": 42.50' in out
+    assert main(["explain", "--variant", "klaviyo_ecommerce", message]) == 0
+    assert '"name": "Placed Order"' in capsys.readouterr().out
+
+
+def test_explain_bad_message_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """explain names the field when the message breaks a rule."""
+    assert main(["explain", '{"type": "track", "event": "X"}']) == 2
+    assert "no profile identifier" in capsys.readouterr().err
+
+
+def test_blueprint_show_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """blueprint show prints a loadable file; validate lists every problem with its path."""
+    assert main(["blueprint", "show", "--variant", "klaviyo_ecommerce"]) == 0
+    shown = capsys.readouterr().out
+    good = tmp_path / "good.json"
+    good.write_text(shown)
+    assert main(["blueprint", "validate", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rules": {"X": {"metric": 12}}, "colour": 1}')
+    assert main(["blueprint", "validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "2 problems" in err
+    assert "colour: unknown key" in err
+    assert 'rules["X"].metric' in err
