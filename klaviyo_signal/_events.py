@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import cast
 
 from ._errors import ValidationError
 from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
@@ -138,7 +139,9 @@ def build_events(
         properties = clean_properties(mapped, f"mapper {getattr(mapper, '__qualname__', mapper)!s}")
     else:
         properties = apply_properties(rule.properties, message.properties, view)
-    consent: dict[str, JSON] = dict(message.consent)
+    # The Message's own dict, built fresh for this call: shared by its events, not copied
+    # (every byte here is held per queued event).
+    consent = cast(dict[str, JSON], message.consent)
     properties["consent"] = consent
     event = Event(
         metric=rule.metric,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import TypeAlias
 
 import attrs
@@ -15,6 +16,8 @@ import attrs
 from ._identity import Identity
 from ._json import JSON
 from ._subscriptions import Subscription
+
+_NO_PROPERTIES: Mapping[str, JSON] = MappingProxyType({})
 
 __all__ = ["Event", "KlaviyoObject", "Location", "Profile"]
 
@@ -45,7 +48,9 @@ class Profile:
     image: str | None = None
     locale: str | None = None
     location: Location | None = None
-    properties: Mapping[str, JSON] = attrs.field(factory=dict)
+    # Most event profiles carry only identifiers: share one empty, read-only mapping
+    # rather than hold an empty dict per queued event.
+    properties: Mapping[str, JSON] = _NO_PROPERTIES
 
 
 @attrs.frozen
