@@ -498,6 +498,10 @@ def read(path: str | Path) -> object:
         text = file.read_text("utf-8")
     except OSError as exc:
         raise BlueprintError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise BlueprintError(
+            source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]
+        ) from None
     if file.suffix == ".toml":
         return _toml(text, source)
     try:

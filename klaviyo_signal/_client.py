@@ -36,6 +36,9 @@ __all__ = ["Client"]
 
 log = logging.getLogger("klaviyo_signal")
 
+# Klaviyo answers bulk jobs at once (202, processed later); 2 s is ample for an answer.
+_MIN_ANSWER_TIMEOUT = 2.0
+
 
 def _request(obj: KlaviyoObject) -> tuple[str, bytes]:
     if isinstance(obj, Event):
@@ -150,9 +153,13 @@ class Client:
             max_queue_bytes=c.max_queue_bytes,
             block_on_full=c.block_on_full,
             max_retries=c.max_retries,
+            # A request's answer may not keep close() waiting much past shutdown_timeout;
+            # a timed-out request is retried (safe: unique_id), so this costs little.
+            answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
         )
-        # A Client dropped without close() still sends what it queued, then its thread ends.
-        weakref.finalize(self, self._worker.detach)
+        # A Client dropped without close() still sends what it queued (by exit at the
+        # latest, within shutdown_timeout), then its thread ends.
+        weakref.finalize(self, self._worker.detach, c.shutdown_timeout)
 
     # -- construction helpers ------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import threading
 import weakref
 from typing import Protocol
 
-__all__ = ["Managed", "forget", "manage"]
+__all__ = ["Managed", "Orphan", "adopt", "forget", "manage", "release"]
 
 
 class Managed(Protocol):
@@ -31,9 +31,18 @@ class Managed(Protocol):
         """Drop the parent's queue, worker, session and counters (in the child)."""
 
 
+class Orphan(Protocol):
+    """A worker whose Client was collected without close(): still owed a bounded flush."""
+
+    def close(self, timeout: float) -> int:
+        """Send what is queued for up to ``timeout`` seconds, then stop."""
+
+
 class _Registry:
     def __init__(self) -> None:
         self.clients: weakref.WeakSet[Managed] = weakref.WeakSet()
+        # Held strongly: nobody else references an orphan, yet its calls must still go.
+        self.orphans: dict[int, tuple[Orphan, float]] = {}
         self.lock = threading.Lock()
         self.installed = False
 
@@ -59,16 +68,34 @@ def forget(client: Managed) -> None:
         _registry.clients.discard(client)
 
 
+def adopt(worker: Orphan, shutdown_timeout: float) -> None:
+    """Keep a collected Client's worker until it drains, and close it at exit."""
+    with _registry.lock:
+        _registry.orphans[id(worker)] = (worker, shutdown_timeout)
+
+
+def release(worker: Orphan) -> None:
+    """Forget an orphaned worker that has sent everything."""
+    with _registry.lock:
+        _registry.orphans.pop(id(worker), None)
+
+
 def _at_exit() -> None:
     with _registry.lock:
         clients = list(_registry.clients)
+        orphans = list(_registry.orphans.values())
+        _registry.orphans.clear()
     for client in clients:
         client.close()
+    for worker, timeout in orphans:
+        worker.close(timeout)
 
 
 def _after_fork_in_child() -> None:
     # Another parent thread may have held the lock at fork time; in the child it never
     # would be released.
     _registry.lock = threading.Lock()
+    # The parent's orphans are the parent's to send.
+    _registry.orphans.clear()
     for client in list(_registry.clients):
         client._reset_after_fork()

@@ -178,14 +178,16 @@ class Transport:
         limit = self._timeout
         if timeout is not None and timeout < limit[1]:
             limit = (min(limit[0], timeout), timeout)
+        error: TransportError | None = None
         try:
             response = self._session.post(self._base_url + path, data=body, timeout=limit)
         except requests.exceptions.RequestException as exc:
-            # The requests exception holds the prepared request, headers (key) included;
-            # drop it so error reporters that walk __cause__ never see the key.
-            exc.request = None
-            exc.response = None
-            raise self._translate(exc, path) from exc
+            error = self._translate(exc, path)
+        if error is not None:
+            # Raised outside the except block, so neither __cause__ nor __context__ links
+            # the requests/urllib3 exceptions: their tracebacks' frames hold the request
+            # headers (the private key), which error reporters capture with the chain.
+            raise error
         history = getattr(getattr(response.raw, "retries", None), "history", ())
         payload = _parse(response)
         if response.status_code >= 400:

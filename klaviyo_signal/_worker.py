@@ -14,21 +14,24 @@ Nothing starts before the first call, and ``close()`` leaves no thread behind.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import attrs
+
 from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
 from ._delivery import DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
+from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Entry, Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
 from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
-from ._subscriptions import Subscription
 from ._transport import SERVER_ERROR_STATUSES, Transport
 from ._wire import encode, profile_body
 
@@ -43,7 +46,9 @@ _CHUNK = 200
 # max_queue_bytes; exact sizes are only known once the worker encodes.
 _BASE_BYTES = 1024
 _BYTES_PER_VALUE = 64
+_PROFILE_TEXT = ("first_name", "last_name", "organization", "title", "image", "locale")
 _JOIN_GRACE = 1.0
+_MAX_BACKOFF = 30.0
 # The shortest timeout a request sent during close() gets, so it can still connect.
 _MIN_TIMEOUT = 0.5
 _SHUTDOWN_REASON = "shutdown: not sent before the client closed (shutdown_timeout passed)"
@@ -79,15 +84,26 @@ def _size(value: object) -> int:
     return _BYTES_PER_VALUE
 
 
+def _profile_size(profile: Profile) -> int:
+    size = _size(profile.properties)
+    for name in _PROFILE_TEXT:
+        value = getattr(profile, name)
+        if value is not None:
+            size += len(value)
+    if profile.location is not None:
+        size += sum(len(str(v)) for v in attrs.astuple(profile.location) if v is not None)
+    return size
+
+
 def _estimate(objects: Sequence[KlaviyoObject]) -> int:
     # Measured on what the blueprint kept (usually a few properties), not on the input;
     # strings count by length so a 100 kB value cannot slip under max_queue_bytes.
     size = _BASE_BYTES * len(objects)
     for obj in objects:
-        if not isinstance(obj, Subscription):
-            size += _size(obj.properties)
-            if isinstance(obj, Event):
-                size += _size(obj.profile.properties)
+        if isinstance(obj, Event):
+            size += _size(obj.properties) + _profile_size(obj.profile)
+        elif isinstance(obj, Profile):
+            size += _profile_size(obj)
     return size
 
 
@@ -106,6 +122,8 @@ class Worker:
         max_queue_bytes: Estimated bytes those calls may hold before new ones are refused.
         block_on_full: Wait for room instead of refusing a call.
         max_retries: Attempts after a 5xx or an unanswered request before a call fails.
+        answer_timeout: The longest any request waits for its answer, so ``close()``
+            ends the thread within the shutdown timeout plus this.
         clock: Monotonic seconds (tests may pass another).
     """
 
@@ -122,6 +140,7 @@ class Worker:
         max_queue_bytes: int,
         block_on_full: bool,
         max_retries: int = 5,
+        answer_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make_transport = make_transport
@@ -132,6 +151,7 @@ class Worker:
         self._max_bytes = max_queue_bytes
         self._block = block_on_full
         self._max_retries = max_retries
+        self._answer_timeout = answer_timeout
         self._clock = clock
         self._limits = limits
         self._outcomes = Outcomes(stats, signal, on_delivery, self._settled)
@@ -172,6 +192,8 @@ class Worker:
     def submit(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Ticket | str:
         """Queue one call's objects; return its Ticket, or why it was refused."""
         entry = Entry(message_id, objects, Ticket(self._signal), _estimate(objects))
+        if entry.size > self._max_bytes:
+            return "call larger than max_queue_bytes"
         with self._lock:
             if self._closed:
                 return "client is closed"
@@ -258,34 +280,54 @@ class Worker:
         """
         deadline = self._clock() + timeout
         with self._lock:
-            if self._closed:
+            # A detached worker (its Client was collected) is closed once, by the exit hook.
+            if self._closed and not self._detached:
                 return 0
             self._closed = True
+            self._detached = False
             self._deadline = deadline
             self._space.notify_all()
             thread = self._thread
+        if thread is threading.current_thread():
+            # close() from on_delivery: this thread cannot wait for itself. Stop after the
+            # current request and end every other call now.
+            self._stop_thread()
+            return self._abandon()
         if thread is None:
             if self._pending:
                 # No thread could start (interpreter shutdown): send from this one.
                 self._run(deadline)
         else:
             self.flush(max(deadline - self._clock(), 0.0))
-            with self._lock:
-                self._stop = True
-            self._wake.set()
-            # A request in flight is bounded by the deadline (see _send_next); the grace
-            # covers its connect timeout and the thread's last bookkeeping.
-            thread.join(max(deadline - self._clock(), 0.0) + _JOIN_GRACE)
+            self._stop_thread()
+            # Any request, even one sent before close(), waits at most answer_timeout for
+            # its answer (see _send_next); the grace covers the thread's last bookkeeping.
+            thread.join(max(deadline - self._clock(), 0.0) + self._answer_timeout + _JOIN_GRACE)
         left = self._abandon()
-        if self._transport is not None:
+        if self._transport is not None and not (thread is not None and thread.is_alive()):
             self._transport.close()
         return left
 
-    def detach(self) -> None:
-        """Let the thread finish what is queued, then end (the Client was collected)."""
+    def detach(self, shutdown_timeout: float) -> None:
+        """Let the thread finish what is queued, then end (the Client was collected).
+
+        Until then the worker is held by the exit hook, which closes it like a Client.
+        """
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._detached = True
+            idle = self._pending == 0
+        if idle:
+            self._stop_thread()
+            return
+        adopt(self, shutdown_timeout)
+        self._wake.set()
+
+    def _stop_thread(self) -> None:
+        with self._lock:
+            self._stop = True
         self._wake.set()
 
     def _abandon(self, failure: Failure = _SHUTDOWN) -> int:
@@ -328,6 +370,8 @@ class Worker:
             with self._lock:
                 if self._stop or (self._detached and self._pending == 0):
                     self._thread = None
+                    if self._detached:
+                        release(self)
                     return
                 chunk = [self._inbox.popleft() for _ in range(min(_CHUNK, len(self._inbox)))]
                 backlog = bool(self._inbox)
@@ -421,9 +465,9 @@ class Worker:
         if self._transport is None:
             self._transport = self._make_transport()
         body = unit.body()
-        timeout = None
+        timeout = self._answer_timeout
         if self._deadline is not None:
-            timeout = max(self._deadline - self._clock(), _MIN_TIMEOUT)
+            timeout = min(timeout, max(self._deadline - self._clock(), _MIN_TIMEOUT))
         limiter.begin()
         self._in_flight = unit
         try:
@@ -472,6 +516,10 @@ class Worker:
         self._head_failures += 1
         self._maybe_sent = self._outbox[0]
         self._stats.retry()
+        if retry_after is None:
+            # Exponential backoff with jitter, as urllib3 would: 0.5 s, 1 s, 2 s... up to 30 s.
+            backoff = min(_MAX_BACKOFF, 0.5 * 2 ** (self._head_failures - 1))
+            retry_after = backoff * (0.5 + random.random() / 2)  # jitter, not a secret
         limiter.throttle(retry_after)
         return True
 

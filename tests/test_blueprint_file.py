@@ -261,3 +261,11 @@ def test_to_dict_refuses_a_lambda_mapper() -> None:
     blueprint = default_blueprint().enable("X", mapper=lambda message: {})
     with pytest.raises(ValidationError, match=r'rules\["X"\]\.mapper: .*module\'s top level'):
         blueprint.to_dict()
+
+
+def test_file_that_is_not_utf8_is_a_blueprint_error(tmp_path: Path) -> None:
+    """A file in another encoding is reported as a problem, not a UnicodeDecodeError."""
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(BlueprintError, match="not UTF-8 text"):
+        Blueprint.from_file(bad)

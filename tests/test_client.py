@@ -272,7 +272,7 @@ def test_private_key_with_whitespace_is_refused(padding: str) -> None:
 
 
 def test_transport_errors_do_not_carry_the_key() -> None:
-    """No exception in the chain of a network error holds the request headers."""
+    """No exception chain, traceback frame or local of a network error holds the key."""
     client = Client(
         PUBLIC_KEY, PRIVATE_KEY, base_url="http://127.0.0.1:9", sync_mode=True, max_retries=0
     )
@@ -285,6 +285,10 @@ def test_transport_errors_do_not_carry_the_key() -> None:
         seen.append(repr(vars(error)))
         request = getattr(error, "request", None)
         assert request is None or PRIVATE_KEY not in repr(getattr(request, "headers", ""))
+        tb = error.__traceback__
+        while tb is not None:
+            seen.extend(repr(value) for value in tb.tb_frame.f_locals.values())
+            tb = tb.tb_next
         error = error.__cause__ or error.__context__
     assert all(PRIVATE_KEY not in text for text in seen)
 

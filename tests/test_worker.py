@@ -385,3 +385,84 @@ def test_queue_bytes_count_string_sizes() -> None:
         assert outcomes.count(DeliveryStatus.DROPPED) >= 15
         assert client.stats.queue_bytes <= 1_000_000
         client.close()
+
+
+def test_client_dropped_before_exit_still_delivers(fake: FakeKlaviyo) -> None:
+    """A Client built in a handler and dropped without close() is flushed at exit."""
+    script = (
+        _PRELUDE
+        + f"""
+import gc
+def handler():
+    c = Client({PUBLIC_KEY!r}, {PRIVATE_KEY!r}, base_url=os.environ["FAKE_URL"],
+               blueprint=default_blueprint().enable("Signed Up"), flush_interval=60.0)
+    c.track("Signed Up", {{"from": "handler"}}, user_id="h-1")
+handler()
+gc.collect()
+"""
+    )
+    done = _run(script, fake)
+    assert done.returncode == 0, done.stderr
+    assert [e.properties["from"] for e in fake.events] == ["handler"]
+
+
+def test_close_from_on_delivery_ends_every_call() -> None:
+    """close() called inside on_delivery does not hang and leaves no call queued."""
+    with FakeKlaviyo() as fake:
+        seen: list[Delivery] = []
+        holder: list[Client] = []
+
+        def callback(delivery: Delivery) -> None:
+            seen.append(delivery)
+            if len(seen) == 1:
+                holder[0].close()
+
+        client = client_for(fake, on_delivery=callback, flush_interval=0.05)
+        holder.append(client)
+        calls = [client.identify(f"u-{i}") for i in range(3)]
+        finals = [call.wait(timeout=10) for call in calls]
+        assert DeliveryStatus.QUEUED not in {f.status for f in finals}
+        assert len(seen) == 3
+
+
+def test_call_bigger_than_the_byte_budget_is_refused_at_once() -> None:
+    """With block_on_full, a call larger than max_queue_bytes is dropped, not waited on."""
+    with FakeKlaviyo() as fake:
+        client = client_for(fake, max_queue_bytes=100_000, block_on_full=True)
+        started = time.monotonic()
+        delivery = client.identify("u-1", {"bio": "x" * 99_500})
+        assert time.monotonic() - started < 2
+        assert delivery.status is DeliveryStatus.DROPPED
+        assert delivery.reason == "call larger than max_queue_bytes"
+        client.close()
+
+
+def test_server_error_retries_back_off() -> None:
+    """Repeated 503s are retried with growing pauses, then the call fails."""
+    with FakeKlaviyo() as fake:
+        fake.fail_next(503, times=10)
+        client = client_for(fake, max_retries=3, flush_interval=0.01)
+        started = time.monotonic()
+        delivery = client.track("Signed Up", user_id="u-1")
+        final = delivery.wait(timeout=30)
+        elapsed = time.monotonic() - started
+        client.close()
+        assert final.status is DeliveryStatus.FAILED
+        assert final.http_status == 503
+        assert [r.status for r in fake.requests] == [503] * 4
+        assert elapsed >= 1.5  # pauses of 0.25-0.5 s, 0.5-1 s and 1-2 s
+
+
+def test_request_sent_before_close_cannot_outlive_it() -> None:
+    """A slow answer to a request sent before close() still lets close() end the thread."""
+    with FakeKlaviyo(latency=8.0) as fake:
+        client = client_for(fake, shutdown_timeout=0.5, flush_interval=0.01)
+        delivery = client.track("Signed Up", user_id="u-1")
+        deadline = time.monotonic() + 5
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < 6
+        assert workers() == []
+        assert delivery.wait(timeout=1).status is DeliveryStatus.FAILED
