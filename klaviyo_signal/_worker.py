@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -75,13 +75,17 @@ class _Batches(Protocol):
 
 def _size(value: object) -> int:
     """Roughly the bytes a cleaned JSON value holds: strings by length, others flat."""
-    if isinstance(value, str):
+    # Runs on the caller's thread for every call: plain loops, no generators.
+    if type(value) is str:
         return _BYTES_PER_VALUE + len(value)
-    if isinstance(value, dict):
-        return _BYTES_PER_VALUE + sum(len(k) + _size(v) for k, v in value.items())
-    if isinstance(value, list):
-        return _BYTES_PER_VALUE + sum(_size(v) for v in value)
-    return _BYTES_PER_VALUE
+    size = _BYTES_PER_VALUE
+    if type(value) is dict or isinstance(value, Mapping):
+        for key, item in value.items():
+            size += len(key) + (_BYTES_PER_VALUE + len(item) if type(item) is str else _size(item))
+    elif type(value) is list:
+        for item in value:
+            size += _BYTES_PER_VALUE + len(item) if type(item) is str else _size(item)
+    return size
 
 
 def _profile_size(profile: Profile) -> int:
