@@ -195,7 +195,7 @@ class Worker:
 
     def submit(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Ticket | str:
         """Queue one call's objects; return its Ticket, or why it was refused."""
-        entry = Entry(message_id, objects, Ticket(self._signal), _estimate(objects))
+        entry = Entry(message_id, objects, self._signal, _estimate(objects))
         if entry.size > self._max_bytes:
             return "call larger than max_queue_bytes"
         with self._lock:
@@ -219,7 +219,7 @@ class Worker:
             self._start()
         if wake:
             self._wake.set()
-        return entry.ticket
+        return entry
 
     def _wait_for_space(self, size: int) -> bool:
         """Block (holding the Condition) until a call of ``size`` fits; False if closed."""
