@@ -159,7 +159,8 @@ class Client:
         )
         # A Client dropped without close() still sends what it queued (by exit at the
         # latest, within shutdown_timeout), then its thread ends.
-        weakref.finalize(self, self._worker.detach, c.shutdown_timeout)
+        finalizer = weakref.finalize(self, self._worker.detach, c.shutdown_timeout)
+        finalizer.atexit = False  # at exit, the lifecycle hook closes live clients instead
 
     # -- construction helpers ------------------------------------------------------------
 

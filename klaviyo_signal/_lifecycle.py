@@ -43,7 +43,9 @@ class _Registry:
         self.clients: weakref.WeakSet[Managed] = weakref.WeakSet()
         # Held strongly: nobody else references an orphan, yet its calls must still go.
         self.orphans: dict[int, tuple[Orphan, float]] = {}
-        self.lock = threading.Lock()
+        # Re-entrant: a garbage collection inside a locked section may finalize a Client,
+        # whose worker then registers itself here from the same thread.
+        self.lock = threading.RLock()
         self.installed = False
 
 
@@ -94,7 +96,7 @@ def _at_exit() -> None:
 def _after_fork_in_child() -> None:
     # Another parent thread may have held the lock at fork time; in the child it never
     # would be released.
-    _registry.lock = threading.Lock()
+    _registry.lock = threading.RLock()
     # The parent's orphans are the parent's to send.
     _registry.orphans.clear()
     for client in list(_registry.clients):

@@ -13,6 +13,7 @@ Nothing starts before the first call, and ``close()`` leaves no thread behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -316,12 +317,25 @@ class Worker:
         """Let the thread finish what is queued, then end (the Client was collected).
 
         Until then the worker is held by the exit hook, which closes it like a Client.
+        This runs from a finalizer, possibly inside a garbage collection on a thread that
+        holds this worker's locks: it takes none itself and leaves the rest to a thread.
         """
+        if self._closed:
+            return
+        # Plain assignments: atomic under the GIL, no lock needed.
+        self._closed = True
+        self._detached = True
+        # RuntimeError: the interpreter is shutting down, and the exit hook has run.
+        with contextlib.suppress(RuntimeError):
+            threading.Thread(
+                target=self._finish_detach,
+                args=(shutdown_timeout,),
+                name="klaviyo-signal-detach",
+                daemon=True,
+            ).start()
+
+    def _finish_detach(self, shutdown_timeout: float) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._detached = True
             idle = self._pending == 0
         if idle:
             self._stop_thread()

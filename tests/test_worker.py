@@ -466,3 +466,26 @@ def test_request_sent_before_close_cannot_outlive_it() -> None:
         assert time.monotonic() - started < 6
         assert workers() == []
         assert delivery.wait(timeout=1).status is DeliveryStatus.FAILED
+
+
+def test_client_in_a_reference_cycle_is_collected_and_delivers(fake: FakeKlaviyo) -> None:
+    """A dropped client whose on_delivery refers to it (a cycle) still delivers its call."""
+    import gc
+
+    def build() -> None:
+        holder: dict[str, Client] = {}
+        seen: list[Delivery] = []
+
+        def callback(delivery: Delivery) -> None:
+            seen.append(delivery)
+            holder.get("client")  # the closure refers to the client: a reference cycle
+
+        holder["client"] = client_for(fake, on_delivery=callback, flush_interval=0.05)
+        holder["client"].track("Signed Up", user_id="cycle-1")
+
+    build()
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while not fake.events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e.profile.external_id for e in fake.events] == ["cycle-1"]
