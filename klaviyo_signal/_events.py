@@ -51,6 +51,8 @@ def _currency(view: Mapping[str, JSON], paths: tuple[str, ...]) -> str | None:
 
 
 def _unique_id(view: Mapping[str, JSON], path: str, message: Message) -> str:
+    if path == "message_id":  # the default: no lookup on the caller's hot path
+        return message.message_id
     found = first_present(view, (path,))
     if found is None:
         return message.message_id

@@ -23,6 +23,7 @@ __all__ = [
     "check_path",
     "lookup",
     "message_view",
+    "split_path",
 ]
 
 # The parts of a call a path may start from; ``item`` only inside a line-item rule.
@@ -94,8 +95,8 @@ def message_view(message: Message) -> dict[str, JSON]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parts(path: str) -> tuple[str, ...]:
-    # Paths come from blueprints, so there are few of them: split each once.
+def split_path(path: str) -> tuple[str, ...]:
+    """Return a dotted path's keys; paths come from blueprints, so each is split once."""
     return tuple(path.split("."))
 
 
@@ -105,7 +106,7 @@ _ABSENT = Found(MISSING)
 def lookup(view: Mapping[str, JSON], path: str) -> Found:
     """Follow ``path`` through ``view``; a missing key or a non-object step gives MISSING."""
     current: object = view
-    parts = _parts(path)
+    parts = split_path(path)
     for index, part in enumerate(parts):
         if type(current) is not dict and not isinstance(current, Mapping):
             return Found(MISSING, ".".join(parts[:index]), current)  # type: ignore[arg-type]

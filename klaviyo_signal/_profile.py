@@ -69,6 +69,9 @@ class _Plan:
     """A ProfileMap prepared once: which traits each target can read, what is consumed."""
 
     consumed: frozenset[str]
+    # Every source reads traits and the properties map adds nothing of its own: a call
+    # whose traits are only identifiers then maps to the bare identity.
+    traits_only: bool
     # target -> (sources, the top-level traits they read or None if any reads elsewhere)
     attributes: tuple[tuple[str, tuple[str, ...], frozenset[str] | None], ...]
     location: tuple[tuple[str, tuple[str, ...], frozenset[str] | None], ...]
@@ -92,8 +95,12 @@ def _plan(mapping: ProfileMap) -> _Plan:
     cached = _PLANS.get(id(mapping))
     if cached is not None and cached[0] is mapping:
         return cached[1]
+    targets = (*mapping.attributes.values(), *mapping.location.values())
+    pmap = mapping.properties
     plan = _Plan(
         consumed=consumed_traits(mapping),
+        traits_only=all(_roots(sources) is not None for sources in targets)
+        and not (pmap.sources or pmap.defaults or pmap.constants),
         attributes=tuple((t, s, _roots(s)) for t, s in mapping.attributes.items()),
         location=tuple((t, s, _roots(s)) for t, s in mapping.location.items()),
     )
@@ -142,6 +149,8 @@ def profile_from(
     mapping = mapping or _DEFAULT
     plan = _plan(mapping)
     traits = message.traits
+    if plan.traits_only and traits.keys() <= _IDENTIFIERS:
+        return Profile(identity=message.identity)
     view = message_view(message) if view is None else view
     attributes = _values(view, traits, plan.attributes)
     fields = _values(view, traits, plan.location)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from ._errors import ValidationError
 from ._json import JSON
-from ._paths import MISSING, lookup
+from ._paths import MISSING, split_path
 from ._rules import PropertyMap
 
 __all__ = ["apply_properties", "first_present"]
@@ -19,17 +19,26 @@ def first_present(view: Mapping[str, JSON], paths: tuple[str, ...]) -> tuple[str
         ValidationError: No path holds a value and one was blocked by a non-object on the
             way (``context.page`` given as a string), which would otherwise vanish silently.
     """
-    blocked = None
+    blocked: tuple[str, object] | None = None
     for path in paths:
-        found = lookup(view, path)
-        if found.value is not MISSING and found.value is not None:
-            return path, found.value  # type: ignore[return-value]
-        if blocked is None and found.blocked_at is not None:
-            blocked = found
+        # The walk of ``lookup``, inlined: this runs for every mapped field of every call.
+        current: object = view
+        parts = split_path(path)
+        for index, part in enumerate(parts):
+            if type(current) is not dict and not isinstance(current, Mapping):
+                if blocked is None:
+                    blocked = (".".join(parts[:index]), current)
+                current = MISSING
+                break
+            current = current.get(part, MISSING)
+            if current is MISSING:
+                break
+        if current is not MISSING and current is not None:
+            return path, current  # type: ignore[return-value]
     if blocked is not None:
         raise ValidationError(
-            f"{blocked.blocked_at}: must be an object to read {paths[0].rpartition('.')[2]!r} "
-            f"from it, got {blocked.blocker!r}"
+            f"{blocked[0]}: must be an object to read {paths[0].rpartition('.')[2]!r} "
+            f"from it, got {blocked[1]!r}"
         )
     return None
 
