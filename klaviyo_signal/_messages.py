@@ -219,6 +219,11 @@ def parse_iso(value: str, path: str = "timestamp") -> datetime:
         ) from None
 
 
+# RFC 4122 version 4: version nibble 0100 (bits 76-79), variant 10 (bits 62-63).
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET = (0x4 << 76) | (0x2 << 62)
+
+
 class _Ids:
     """uuid4 strings from a per-process generator seeded by the OS.
 
@@ -236,7 +241,10 @@ class _Ids:
         self.random.seed(os.urandom(32))
 
     def new(self) -> str:
-        return str(uuid.UUID(int=self.random.getrandbits(128), version=4))
+        # uuid.UUID(int=..., version=4) formatted by hand: the same string, a third the cost.
+        bits = self.random.getrandbits(128) & _UUID_CLEAR | _UUID_SET
+        h = f"{bits:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _IDS = _Ids()

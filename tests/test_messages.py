@@ -307,3 +307,16 @@ def test_any_properties_build_or_fail_cleanly(properties: dict[str, Any]) -> Non
 def test_naive_now_is_utc() -> None:
     """A naive now= is taken as UTC, like naive timestamps."""
     assert track(now=NOW.replace(tzinfo=None)).timestamp == NOW
+
+
+def test_generated_message_ids_are_uuid4() -> None:
+    """Ids made for calls without one are distinct RFC 4122 version 4 UUID strings."""
+    import uuid as uuid_module
+
+    from klaviyo_signal._messages import new_message_id
+
+    ids = [new_message_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid_module.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid_module.RFC_4122, text)
