@@ -90,7 +90,7 @@ def _size(value: object) -> int:
 
 
 def _profile_size(profile: Profile) -> int:
-    size = _size(profile.properties)
+    size = _size(profile.properties) if profile.properties else 0
     for name in _PROFILE_TEXT:
         value = getattr(profile, name)
         if value is not None:
