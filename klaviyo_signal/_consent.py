@@ -8,14 +8,16 @@ from the call's ``consent=`` argument and from Segment's
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from ._errors import ValidationError
 from ._json import JSON
 
-__all__ = ["MARKETING", "consent_drop_reason", "resolve_consent"]
+__all__ = ["MARKETING", "NO_CONSENT", "consent_drop_reason", "resolve_consent"]
 
 MARKETING = "marketing"
 _CONTEXT_PATH = "context.consent.categoryPreferences"
+NO_CONSENT: Mapping[str, bool] = MappingProxyType({})
 _DENIED = "consent: marketing denied; Klaviyo is in the marketing category, so nothing was sent"
 _NOT_GRANTED = "consent: no marketing grant and require_consent=True; nothing was sent"
 
@@ -61,7 +63,7 @@ def _from_context(context: Mapping[str, JSON]) -> dict[str, bool]:
 
 def resolve_consent(
     consent: Mapping[str, object] | None, context: Mapping[str, JSON]
-) -> dict[str, bool]:
+) -> Mapping[str, bool]:
     """Return the call's consent by category, merging ``consent=`` over the context's.
 
     The explicit ``consent`` wins category by category, with category names compared
@@ -74,7 +76,9 @@ def resolve_consent(
     """
     merged = _from_context(context)
     if consent is None:
-        return merged
+        # Most calls carry no consent: share one read-only empty mapping rather than keep
+        # an empty dict alive per queued event.
+        return merged or NO_CONSENT
     explicit = _categories(consent, "consent")
     if merged:
         overridden = {key.casefold() for key in explicit}

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
+from types import MappingProxyType
 from typing import TypeAlias
 from uuid import UUID
 
@@ -259,10 +260,13 @@ def clean_properties(
     return _clean_mapping(value, path, 1)  # type: ignore[arg-type]
 
 
-def _sentinel_for(value: object) -> str:
-    """Stand a Decimal in as a marked string, which dumps() swaps for the exact number."""
+def _sentinel_for(value: object) -> str | dict[str, JSON]:
+    """Stand a Decimal in as a marked string, which dumps() swaps for the exact number;
+    write a read-only mapping as the object it is."""
     if isinstance(value, Decimal):
         return f"{_DECIMAL_MARK}{value}"
+    if isinstance(value, MappingProxyType):  # the shared read-only empties (NO_CONSENT...)
+        return dict(value)
     raise TypeError(f"a value of type {_type_name(value)} is not JSON; clean it first")
 
 

@@ -8,6 +8,7 @@ until ``encode`` writes the bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from types import MappingProxyType
 
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn
@@ -38,8 +39,14 @@ def _profile_resource(profile: Profile) -> dict[str, JSON]:
 
 
 def _event_attributes(event: Event, *, with_profile: bool) -> dict[str, JSON]:
+    properties = dict(event.properties)
+    consent: object = properties.get("consent")
+    if type(consent) is MappingProxyType:
+        # The shared read-only "no consent" mapping becomes a plain dict in every body, so
+        # bodies (explain's too) are plain JSON data a user can json.dumps.
+        properties["consent"] = dict(consent)
     attributes: dict[str, JSON] = {
-        "properties": dict(event.properties),
+        "properties": properties,
         "time": event.time.isoformat(),
         "unique_id": event.unique_id,
         "metric": {"data": {"type": "metric", "attributes": {"name": event.metric}}},

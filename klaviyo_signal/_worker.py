@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Protocol
 
 import attrs
@@ -80,7 +81,7 @@ def _size(value: object) -> int:
     if type(value) is str:
         return _BYTES_PER_VALUE + len(value)
     size = _BYTES_PER_VALUE
-    if type(value) is dict or isinstance(value, Mapping):
+    if type(value) is dict or type(value) is MappingProxyType or isinstance(value, Mapping):
         for key, item in value.items():
             size += len(key) + (_BYTES_PER_VALUE + len(item) if type(item) is str else _size(item))
     elif type(value) is list:

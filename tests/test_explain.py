@@ -164,3 +164,10 @@ def test_explain_agrees_with_fake_klaviyo() -> None:
         for r in explanation.requests
     ]  # type: ignore[index, call-overload]
     assert recorded == explained == ["Placed Order", "Ordered Product"]
+
+
+def test_explained_bodies_are_plain_json() -> None:
+    """Explained bodies are plain data: json.dumps works on them as they are."""
+    explanation = run("track", "Product Viewed", {"product_id": "p"}, user_id="u")
+    (request,) = explanation.requests
+    assert json.loads(json.dumps(request.body)) == request.body
