@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from ._identity import Identity
 from ._models import Event, Profile
-from ._wire import bulk_event, bulk_events_body, encode
+from ._wire import bulk_event_bytes, bulk_events_body, bulk_item_frame, encode
 
 __all__ = [
     "MAX_JOB_BYTES",
@@ -36,7 +36,6 @@ MAX_JOB_EVENTS = 1000
 MAX_JOB_BYTES = 5_000_000 - 4096
 _ITEM_POINTER = re.compile(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/|$)")
 _FRAME_CACHE = 4096
-# Any profile will do: only the bytes of the event inside the body are kept.
 
 
 def _cut(body: bytes) -> tuple[bytes, bytes]:
@@ -50,15 +49,9 @@ def _envelope() -> tuple[bytes, bytes]:
     return _cut(encode(bulk_events_body(())))
 
 
-def _item_frame(profile: Profile) -> tuple[bytes, bytes]:
-    head, tail = _envelope()
-    item = encode(bulk_events_body(((profile, ()),)))[len(head) : -len(tail)]
-    return _cut(item)
-
-
 def encode_event(event: Event) -> bytes:
     """Return the bytes of one event as an element of a bulk item's events array."""
-    return encode(bulk_event(event))
+    return bulk_event_bytes(event)
 
 
 def identifiers(identity: Identity) -> Iterator[tuple[str, str]]:
@@ -165,7 +158,7 @@ class OpenJob:
             return cached[1]
         if len(self._frames) >= _FRAME_CACHE:
             self._frames.clear()
-        frame = _item_frame(profile)
+        frame = bulk_item_frame(profile)
         self._frames[profile.identity] = (profile, frame)
         return frame
 

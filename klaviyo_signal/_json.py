@@ -12,10 +12,11 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from types import MappingProxyType
 from typing import TypeAlias
 from uuid import UUID
@@ -31,6 +32,8 @@ __all__ = [
     "clean_properties",
     "clean_value",
     "dumps",
+    "dumps_text",
+    "finish",
     "pretty",
 ]
 
@@ -286,12 +289,44 @@ def dumps(value: JSON) -> bytes:
     ``Decimal("1E+2")`` -> ``1E+2``, both valid JSON numbers), never through float.
     Without Decimals this costs one ``json.dumps`` plus a substring check.
     """
-    text = _ENCODER.encode(value)
+    return finish(_encode(value))
+
+
+def _one_shot_encoder() -> Callable[[object], str]:
+    """Return the C encoder, built once, as a function of one value.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs as much as
+    encoding a small event. Without a markers dict it skips the cycle check: cleaned
+    values are trees (the depth limit would have refused a cycle).
+    """
+    if c_make_encoder is None:  # an interpreter without the _json accelerator
+        return _ENCODER.encode
+    encoder = c_make_encoder(
+        None, _sentinel_for, encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(value: object) -> str:
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+def dumps_text(value: object) -> str:
+    """Return ``value`` as a JSON fragment for a body assembled from pieces.
+
+    Decimals are still marked: pass the assembled text through ``finish`` once.
+    """
+    return _encode(value)
+
+
+def finish(text: str) -> bytes:
+    """Return text assembled from ``dumps_text`` pieces as bytes, each Decimal written exactly."""
     if _DECIMAL_MARK in text:
         text = _DECIMAL_SENTINEL.sub(r"\1", text)
     return text.encode("utf-8")
 
 
+_encode = _one_shot_encoder()
 _PRETTY = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=2, default=_sentinel_for)
 
 

@@ -1,0 +1,115 @@
+"""The worker's template encoders write the same bytes as the dict route, byte for byte.
+
+``bulk_event_bytes`` and ``bulk_item_frame`` (through ``OpenJob``) skip building JSON:API
+dicts on the worker's hot path; ``encode(bulk_event(...))`` and ``bulk_events_body`` are
+the reference they must match, for every event the corpus makes and for the values JSON
+treats specially.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from klaviyo_signal import ValidationError
+from klaviyo_signal._batcher import OpenJob
+from klaviyo_signal._blueprint import Blueprint
+from klaviyo_signal._identity import Identity
+from klaviyo_signal._messages import build_message
+from klaviyo_signal._models import Event, Location, Profile
+from klaviyo_signal._wire import (
+    bulk_event,
+    bulk_event_bytes,
+    bulk_events_body,
+    encode,
+)
+
+from .conftest import assert_valid
+from .test_corpus import CASES, _forward_everything
+
+
+def _events(blueprint: Blueprint) -> list[Event]:
+    events: list[Event] = []
+    for case in CASES:
+        message = case["message"]
+        kind = message.get("type")
+        if kind == "screen":
+            kind = "page"
+        if kind not in ("track", "page"):
+            continue
+        try:
+            built = build_message(
+                kind,
+                event=message.get("event") if kind == "track" else None,
+                name=message.get("name") if kind == "page" else None,
+                properties=message.get("properties"),
+                traits=message.get("traits") if kind == "track" else None,
+                context=message.get("context"),
+                user_id=message.get("userId"),
+                anonymous_id=message.get("anonymousId"),
+                timestamp=message.get("timestamp") or message.get("originalTimestamp"),
+                message_id=message.get("messageId"),
+            )
+        except ValidationError:
+            continue
+        events += [obj for obj in blueprint.decide(built).objects if isinstance(obj, Event)]
+    return events
+
+
+def _check(event: Event) -> None:
+    assert bulk_event_bytes(event) == encode(bulk_event(event))
+    job = OpenJob()
+    assert job.add(bulk_event_bytes(event), event.profile, object(), 0.0)
+    body = job.seal().body()
+    assert body == encode(bulk_events_body([(event.profile, [event])]))
+    assert_valid("/api/event-bulk-create-jobs", json.loads(body))
+
+
+def test_corpus_events_encode_identically() -> None:
+    events = _events(_forward_everything())
+    assert len(events) > 100
+    for event in events:
+        _check(event)
+
+
+def _event(**changes: Any) -> Event:
+    fields: dict[str, Any] = {
+        "metric": "purchase",
+        "profile": Profile(Identity(email="ana@example.com", external_id="u-1")),
+        "properties": {"order_id": "A-1", "consent": {}},
+        "time": datetime(2026, 11, 27, 9, 30, 1, 250, tzinfo=timezone.utc),
+        "unique_id": "m-1",
+        "value": 19.99,
+        "value_currency": "USD",
+    }
+    fields.update(changes)
+    return Event(**fields)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"value": None, "value_currency": None},
+        {"value": Decimal("19.990"), "properties": {"total": Decimal("1E+2"), "consent": {}}},
+        {"value": 10**20},
+        {"value": 1e-7},
+        {"metric": 'Größe "quoted" \\ \u2028', "unique_id": "ü\n\t"},
+        {"properties": {"emoji": "\U0001f600", "nested": [{"a": None, "b": True}]}},
+        {
+            "profile": Profile(
+                Identity(phone_number="+447700900123"),
+                first_name="Zoë",
+                location=Location(city="Köln", latitude=50.9),
+                properties={"tier": "gold", "n": Decimal("2.50")},
+            )
+        },
+    ],
+    ids=["plain", "no-value", "decimal", "big-int", "small-float", "escapes", "unicode", "profile"],
+)
+def test_special_values_encode_identically(changes: dict[str, Any]) -> None:
+    _check(_event(**changes))
