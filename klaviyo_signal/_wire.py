@@ -156,9 +156,10 @@ def _number_text(value: int | float | Decimal) -> str:
 def bulk_event_bytes(event: Event) -> bytes:
     """Return ``encode(bulk_event(event))``, written from a template."""
     properties = event.properties
-    if type(properties.get("consent")) is MappingProxyType:
+    consent: object = properties.get("consent")
+    if type(consent) is MappingProxyType:
         # The shared "no consent" mapping: a plain dict encodes without the fallback hook.
-        properties = {**properties, "consent": dict(properties["consent"])}
+        properties = {**properties, "consent": dict(consent)}
     parts = [
         _EVENT_HEAD,
         dumps_text(properties),
