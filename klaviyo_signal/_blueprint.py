@@ -19,12 +19,13 @@ import attrs
 from ._blueprint_file import dump, parse, read
 from ._consent import consent_drop_reason
 from ._errors import ValidationError
-from ._events import build_events
-from ._json import JSON
+from ._events import build_events, check_simple, simple_extra
+from ._json import JSON, MAX_EVENT_PROPERTIES
 from ._messages import Message
 from ._models import KlaviyoObject
 from ._paths import message_view
-from ._profile import profile_from
+from ._profile import bare, profile_from
+from ._reads import ALL, rule_paths, rule_reads
 from ._rules import (
     CatchAll,
     IdentifyRule,
@@ -37,6 +38,8 @@ from ._rules import (
 )
 from ._subscriptions import Subscription, implied_subscription
 from ._variants import variant_data
+
+_PLANS_CACHE = 1024
 
 __all__ = [
     "Blueprint",
@@ -60,6 +63,20 @@ class Decision:
     drop_reason: str | None = None
     rule: str | None = None
     """Which rule decided: an event name, ``"page"``, ``"identify"`` or ``"catch_all"``."""
+
+
+@attrs.frozen
+class _CallPlan:
+    """What calls of one kind and event name need from the caller's thread."""
+
+    rule: Rule | None
+    rule_name: str
+    reads: tuple[str, ...] | None
+    """The top-level properties the rule reads (None: all)."""
+    timestamp_in_view: bool
+    """Whether a path reads ``timestamp`` (as an ISO string) from the call."""
+    extra: int | None = None
+    """For a simple rule (see ``_events.simple_extra``), the properties it adds."""
 
 
 def _subscriptions(rule: SubscribeRule | None, message: Message) -> tuple[Subscription, ...]:
@@ -109,6 +126,10 @@ class Blueprint:
     catch_all: CatchAll = attrs.field(factory=CatchAll)
     profile: ProfileMap = attrs.field(factory=ProfileMap)
     mapper: Mapper | None = None
+    # (kind, event name) -> what such a call needs; see ``_plan``. Not part of the value.
+    _plans: dict[tuple[str, str], _CallPlan] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False, hash=False
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "blueprint") -> Blueprint:
@@ -181,12 +202,13 @@ class Blueprint:
             profile = profile_from(message, full=True, mapping=self.profile)
             subscriptions = _subscriptions(self.identify.subscribe, message)
             return Decision((profile, *subscriptions), rule="identify")
-        rule, rule_name = self._rule_for(message)
+        plan = self._plan(message.kind, message.event)
+        rule, rule_name = plan.rule, plan.rule_name
         if rule is None:
             return Decision((), _no_rule(message.event or ""))
         if not rule.enabled:
             return Decision((), f"{rule_name!r} is disabled in the blueprint", rule=rule_name)
-        view = message_view(message)
+        view = message_view(message, timestamp=plan.timestamp_in_view)
         profile = profile_from(message, full=bool(message.traits), mapping=self.profile, view=view)
         events = build_events(rule, message, profile, self.mapper, view=view)
         if events is None:
@@ -195,10 +217,73 @@ class Blueprint:
             )
         return Decision(events, rule=rule_name)
 
-    def _rule_for(self, message: Message) -> tuple[Rule | None, str]:
-        if message.kind == "page":
+    def check(self, message: Message) -> Decision | None:
+        """Decide now, or only check: None means ``decide`` will send the call and can't fail.
+
+        Background mode calls this on the caller's thread and leaves ``decide`` (building
+        the profile and event objects) to the worker for the common, simple calls: a rule
+        without mapper, items or source paths, and an event profile that is just the
+        identity. Every check ``decide`` would make still happens here, so bad input fails
+        on the caller's line all the same. Other calls are decided here in full.
+
+        Raises:
+            ValidationError: The call's data breaks a rule (see ``decide``).
+        """
+        if message.kind == "identify":
+            return self.decide(message)
+        plan = self._plan(message.kind, message.event)
+        rule = plan.rule
+        if (
+            rule is None
+            or not rule.enabled
+            or plan.extra is None
+            or len(message.properties) + plan.extra > MAX_EVENT_PROPERTIES
+            or not bare(message, self.profile)
+        ):
+            return self.decide(message)
+        check_simple(rule, message_view(message, timestamp=plan.timestamp_in_view))
+        return None
+
+    def reads(self, kind: str, event: object) -> tuple[str, ...] | None:
+        """Return the top-level properties a call's rule reads, or None for all of them.
+
+        The caller's thread cleans only these (see ``_reads``); a dropped call reads none.
+        """
+        if type(event) is not str and kind == "track":
+            return ALL  # build_message refuses the name; nothing to look up
+        return self._plan(kind, event).reads  # type: ignore[arg-type]
+
+    def _plan(self, kind: str, event: str | None) -> _CallPlan:
+        """What a call of this kind and name needs, worked out once per event name."""
+        key = (kind, event if kind == "track" and event is not None else "")
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        rule, name = (None, "identify") if kind == "identify" else self._rule_named(kind, key[1])
+        if kind == "identify":
+            plan = _CallPlan(rule, name, ALL, timestamp_in_view=True)
+        elif rule is None or not rule.enabled:
+            plan = _CallPlan(rule, name, (), timestamp_in_view=False)
+        else:
+            paths = list(rule_paths(rule, self.profile))
+            if rule.time == "timestamp":
+                paths.remove("timestamp")  # the default time is read without the view
+            plan = _CallPlan(
+                rule,
+                name,
+                rule_reads(rule, self.mapper, self.profile),
+                timestamp_in_view=any(p.partition(".")[0] == "timestamp" for p in paths),
+                extra=simple_extra(rule, self.mapper),
+            )
+        if len(self._plans) >= _PLANS_CACHE:
+            self._plans.clear()  # event names are the caller's: keep the cache bounded
+        self._plans[key] = plan
+        return plan
+
+    def _rule_named(self, kind: str, event: str) -> tuple[Rule | None, str]:
+        if kind == "page":
             return self.page, "page"
-        event = message.event or ""
         found = self.rules.get(event)
         if found is not None:
             return found, event

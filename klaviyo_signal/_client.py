@@ -145,6 +145,7 @@ class Client:
             # the config, not the Client, so a dropped Client can be collected.
             make_transport=functools.partial(_transport, c, max_retries=0, pool_size=1),
             limits=c.rate_limits,
+            decide=c.blueprint.decide,
             stats=self._stats,
             signal=self._signal,
             on_delivery=c.on_delivery,
@@ -278,6 +279,7 @@ class Client:
                 "track",
                 event=event,
                 properties=properties,
+                reads=self._config.blueprint.reads("track", event),
                 user_id=user_id,
                 anonymous_id=anonymous_id,
                 traits=traits,
@@ -313,6 +315,7 @@ class Client:
                 "page",
                 name=name,
                 properties=properties,
+                reads=self._config.blueprint.reads("page", name),
                 user_id=user_id,
                 anonymous_id=anonymous_id,
                 traits=traits,
@@ -403,10 +406,17 @@ class Client:
     def _call(self, message: Message) -> Delivery:
         # The call methods build the Message themselves: forwarding **kwargs through two
         # more frames cost the caller measurably on every call.
-        reason = consent_drop_reason(message.consent, require_consent=self._config.require_consent)
+        config = self._config
+        reason = consent_drop_reason(message.consent, require_consent=config.require_consent)
         decision = None
         if reason is None:
-            decision = self._config.blueprint.decide(message)
+            if config.sync_mode:
+                decision = config.blueprint.decide(message)
+            else:
+                # Checked here, built on the worker when the call is a simple one.
+                decision = config.blueprint.check(message)
+                if decision is None:
+                    return self._queued(message.message_id, (), message)
             reason = decision.drop_reason
         if reason is not None or decision is None:
             return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, reason))
@@ -425,7 +435,13 @@ class Client:
         if self._config.sync_mode:
             return self._send_now(Job(message_id, tuple(_request(obj) for obj in objects)))
         # Background: hand over the objects; the worker encodes them, off the caller's time.
-        ticket = self._worker.submit(message_id, objects)
+        return self._queued(message_id, objects, None)
+
+    def _queued(
+        self, message_id: str, objects: Sequence[KlaviyoObject], later: Message | None
+    ) -> Delivery:
+        """Queue a call: its objects, or the checked ``later`` message to map on the worker."""
+        ticket = self._worker.submit(message_id, objects, later)
         if isinstance(ticket, str):
             return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))
         return Delivery(message_id, DeliveryStatus.QUEUED, ticket=ticket)

@@ -21,7 +21,7 @@ from ._paths import MISSING, lookup, message_view
 from ._properties import apply_properties, first_present
 from ._rules import ItemRule, Mapper, Rule
 
-__all__ = ["build_events"]
+__all__ = ["build_events", "check_simple", "simple_extra"]
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -157,3 +157,33 @@ def build_events(
     if rule.items is None:
         return (event,)
     return (event, *_item_events(rule.items, view, event, consent))
+
+
+def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
+    """Return how many properties a simple rule adds to the call's own, or None.
+
+    A rule is simple when ``build_events`` can only fail in ``check_simple``'s checks (and
+    on the property count): no mapper, no per-item events, no source paths, the default
+    time and unique_id. Its calls are checked on the caller's thread and built later.
+    """
+    pmap = rule.properties
+    if (
+        mapper is not None
+        or rule.mapper is not None
+        or rule.items is not None
+        or pmap.sources
+        or rule.time != "timestamp"
+        or rule.unique_id != "message_id"
+    ):
+        return None
+    return len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
+
+
+def check_simple(rule: Rule, view: Mapping[str, JSON]) -> None:
+    """Raise what ``build_events`` would raise for a simple rule's call, building nothing.
+
+    Raises:
+        ValidationError: The value is not a number, or the currency not an ISO 4217 code.
+    """
+    _number(view, rule.value)
+    _currency(view, rule.value_currency)

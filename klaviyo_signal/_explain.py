@@ -130,7 +130,13 @@ def explain(
         ValidationError: The input breaks a rule, exactly as the call would raise.
     """
     fields = _fields(kind, args, kwargs)
-    message = build_message(kind, default_phone_region=default_phone_region, **fields)
+    named = fields.get("event") if kind == "track" else fields.get("name")
+    message = build_message(
+        kind,
+        default_phone_region=default_phone_region,
+        reads=blueprint.reads(kind, named),
+        **fields,
+    )
     reason = consent_drop_reason(message.consent, require_consent=require_consent)
     if reason is not None:
         return Explanation("drop", reason, None)

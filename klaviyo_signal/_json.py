@@ -52,6 +52,7 @@ _SAFE_STR_CHARS = MAX_STRING_BYTES // 4
 # Python refuses to write ints of more than ~4300 digits (sys.int_info.str_digits_check_threshold
 # applies to json too); reject them here rather than fail in dumps() on a worker thread.
 _MAX_INT = 10**4000
+_isfinite = math.isfinite
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -107,7 +108,18 @@ def _clean_mapping(value: Mapping[object, object], path: str, level: int) -> dic
                 raise ValidationError(
                     f"{path}: key {key!r} contains a lone surrogate and is not valid Unicode"
                 ) from None
-        out[key] = _clean(item, key, path, level)
+        # _clean's first cases, inlined: a call per value was a third of the cost.
+        kind = type(item)
+        if (
+            (kind is str and len(item) <= _SAFE_STR_CHARS and item.isascii())  # type: ignore[arg-type,attr-defined]
+            or (kind is int and -_MAX_INT < item < _MAX_INT)  # type: ignore[operator]
+            or (kind is float and _isfinite(item))  # type: ignore[arg-type]
+            or item is None
+            or kind is bool
+        ):
+            out[key] = item  # type: ignore[assignment]
+        else:
+            out[key] = _clean(item, key, path, level)
     return out
 
 
@@ -233,7 +245,11 @@ def _convert(value: object, path: str, depth: int) -> JSON:
 
 
 def clean_properties(
-    value: Mapping[str, object] | None, path: str, *, max_keys: int | None = None
+    value: Mapping[str, object] | None,
+    path: str,
+    *,
+    max_keys: int | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> dict[str, JSON]:
     """Return a cleaned copy of a top-level mapping (event properties, traits, context).
 
@@ -243,6 +259,8 @@ def clean_properties(
         value: The caller's mapping.
         path: Its name in error messages (``properties``).
         max_keys: The most top-level keys allowed (300 for event properties), or None.
+        only: Clean and copy just these top-level keys (the ones the blueprint reads;
+            the others are never sent), or None for all of them.
 
     Raises:
         ValidationError: ``value`` is not a mapping, has too many keys, or a value fails
@@ -250,7 +268,7 @@ def clean_properties(
     """
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise ValidationError(
             f"{path}: must be a mapping (a dict) of str keys to values, "
             f"got a value of type {_type_name(value)}"
@@ -260,7 +278,9 @@ def clean_properties(
             f"{path}: {len(value)} keys is over the limit of {max_keys}; "
             f"Klaviyo rejects over {max_keys} event properties"
         )
-    return _clean_mapping(value, path, 1)  # type: ignore[arg-type]
+    if only is None:
+        return _clean_mapping(value, path, 1)  # type: ignore[arg-type]
+    return _clean_mapping({k: value[k] for k in only if k in value}, path, 1)
 
 
 def _sentinel_for(value: object) -> str | dict[str, JSON]:

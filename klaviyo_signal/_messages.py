@@ -70,6 +70,7 @@ def build_message(
     message_id: object = None,
     default_phone_region: str | None = None,
     now: datetime | None = None,
+    reads: tuple[str, ...] | None = None,
 ) -> Message:
     """Check and clean one call into a Message.
 
@@ -88,6 +89,8 @@ def build_message(
         message_id: A str or UUID that makes retries idempotent; default a new uuid4.
         default_phone_region: Region for phone numbers not in E.164 form (``'GB'``).
         now: The current time, for tests; default the clock.
+        reads: The top-level properties the blueprint reads (``Blueprint.reads``): only
+            these are checked and copied, the rest is never sent. None: all of them.
 
     Raises:
         ValidationError: Any input breaks a rule; the message names the field and the rule.
@@ -98,13 +101,26 @@ def build_message(
         now = datetime.now(timezone.utc)
     elif now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
-    clean_event = _metric_name("event", event, takes_it="track", kind=kind)
-    clean_name = _metric_name("name", name, takes_it="page", kind=kind)
+    clean_event: str | None
+    clean_name: str | None
+    if (
+        kind == "track"
+        and name is None
+        and type(event) is str
+        and 0 < len(event) < _MAX_NAME
+        and not event.isspace()
+    ):
+        clean_event, clean_name = event, None  # the common case, checked in one test
+    else:
+        clean_event = _metric_name("event", event, takes_it="track", kind=kind)
+        clean_name = _metric_name("name", name, takes_it="page", kind=kind)
     if kind == "identify" and properties:
         raise ValidationError(
             "properties: identify calls take traits, not properties; pass them as traits="
         )
-    clean_props = clean_properties(properties, "properties", max_keys=MAX_EVENT_PROPERTIES)
+    clean_props = clean_properties(
+        properties, "properties", max_keys=MAX_EVENT_PROPERTIES, only=reads
+    )
     clean_context = clean_properties(context, "context")
     clean_traits = _traits(traits, clean_context)
     uid = None if user_id is None else normalize_id(user_id, "user_id")

@@ -19,7 +19,7 @@ from ._paths import MISSING, lookup, message_view
 from ._properties import apply_properties
 from ._rules import ProfileMap
 
-__all__ = ["consumed_traits", "profile_from"]
+__all__ = ["bare", "consumed_traits", "profile_from"]
 
 # Traits that are identifiers: mapped by ``_identity.py``, never repeated in properties.
 _IDENTIFIERS = frozenset({"email", "phone", "phone_number"})
@@ -127,6 +127,16 @@ def _values(
 _DEFAULT = ProfileMap()
 
 
+def bare(message: Message, mapping: ProfileMap) -> bool:
+    """Whether an event's profile is just the identity (``profile_from`` then cannot fail).
+
+    True when the call has no traits, or only identifier traits and every source of the
+    mapping reads traits: the case of most events.
+    """
+    traits = message.traits
+    return not traits or (_plan(mapping).traits_only and traits.keys() <= _IDENTIFIERS)
+
+
 def profile_from(
     message: Message,
     *,
@@ -147,8 +157,8 @@ def profile_from(
     if not full:
         return Profile(identity=message.identity)
     mapping = mapping or _DEFAULT
-    plan = _plan(mapping)
     traits = message.traits
+    plan = _plan(mapping)
     if plan.traits_only and traits.keys() <= _IDENTIFIERS:
         return Profile(identity=message.identity)
     view = message_view(message) if view is None else view

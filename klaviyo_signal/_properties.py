@@ -12,6 +12,17 @@ from ._rules import PropertyMap
 __all__ = ["apply_properties", "first_present"]
 
 
+# Paths come from blueprints, so this stays small; a dict lookup is cheaper than a call.
+_SPLIT: dict[str, tuple[str, ...]] = {}
+
+
+def _split(path: str) -> tuple[str, ...]:
+    if len(_SPLIT) >= 4096:
+        _SPLIT.clear()
+    parts = _SPLIT[path] = split_path(path)
+    return parts
+
+
 def first_present(view: Mapping[str, JSON], paths: tuple[str, ...]) -> tuple[str, JSON] | None:
     """Return the first path (and its value) that holds something other than null.
 
@@ -23,7 +34,7 @@ def first_present(view: Mapping[str, JSON], paths: tuple[str, ...]) -> tuple[str
     for path in paths:
         # The walk of ``lookup``, inlined: this runs for every mapped field of every call.
         current: object = view
-        parts = split_path(path)
+        parts = _SPLIT.get(path) or _split(path)
         for index, part in enumerate(parts):
             if type(current) is not dict and not isinstance(current, Mapping):
                 if blocked is None:
@@ -51,12 +62,14 @@ def apply_properties(
         selected = dict(base)
     else:
         selected = {name: base[name] for name in pmap.keep if name in base}
-    for source in pmap.rename:
+    rename = pmap.rename
+    for source in rename:
         if source in base:
             selected[source] = base[source]
     for name in pmap.drop:
         selected.pop(name, None)
-    out = {pmap.rename.get(name, name): value for name, value in selected.items()}
+    # selected is already a new dict; most maps rename nothing.
+    out = {rename.get(k, k): v for k, v in selected.items()} if rename else selected
     for target, paths in pmap.sources.items():
         found = first_present(view, paths)
         if found is not None:

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -29,6 +29,7 @@ from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
 from ._delivery import DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
 from ._lifecycle import adopt, release
+from ._messages import Message
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Entry, Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
@@ -36,6 +37,9 @@ from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Transport
 from ._wire import encode, profile_body
+
+if TYPE_CHECKING:
+    from ._blueprint import Decision
 
 __all__ = ["Worker"]
 
@@ -83,7 +87,13 @@ def _size(value: object) -> int:
     size = _BYTES_PER_VALUE
     if type(value) is dict or type(value) is MappingProxyType or isinstance(value, Mapping):
         for key, item in value.items():
-            size += len(key) + (_BYTES_PER_VALUE + len(item) if type(item) is str else _size(item))
+            kind = type(item)
+            if kind is str:
+                size += _BYTES_PER_VALUE + len(key) + len(item)
+            elif kind is int or kind is float or kind is bool or item is None:
+                size += _BYTES_PER_VALUE + len(key)
+            else:
+                size += len(key) + _size(item)
     elif type(value) is list:
         for item in value:
             size += _BYTES_PER_VALUE + len(item) if type(item) is str else _size(item)
@@ -92,12 +102,12 @@ def _size(value: object) -> int:
 
 def _profile_size(profile: Profile) -> int:
     size = _size(profile.properties) if profile.properties else 0
+    if profile.location is not None:
+        size += sum(len(str(v)) for v in attrs.astuple(profile.location) if v is not None)
     for name in _PROFILE_TEXT:
         value = getattr(profile, name)
         if value is not None:
             size += len(value)
-    if profile.location is not None:
-        size += sum(len(str(v)) for v in attrs.astuple(profile.location) if v is not None)
     return size
 
 
@@ -106,10 +116,20 @@ def _estimate(objects: Sequence[KlaviyoObject]) -> int:
     # strings count by length so a 100 kB value cannot slip under max_queue_bytes.
     size = _BASE_BYTES * len(objects)
     for obj in objects:
-        if isinstance(obj, Event):
+        if type(obj) is Event:
             size += _size(obj.properties) + _profile_size(obj.profile)
-        elif isinstance(obj, Profile):
+        elif type(obj) is Profile:
             size += _profile_size(obj)
+    return size
+
+
+def _message_size(message: Message) -> int:
+    # A checked call waits as its Message: what it holds is the cleaned input.
+    size = _BASE_BYTES + _size(message.properties)
+    if message.traits:
+        size += _size(message.traits)
+    if message.context:
+        size += _size(message.context)
     return size
 
 
@@ -120,6 +140,7 @@ class Worker:
         make_transport: Builds the worker's HTTP transport (on the worker thread, lazily).
         limits: Per-endpoint (burst per second, steady per minute), or None for no
             client-side limit.
+        decide: The blueprint's ``decide``: maps calls queued as checked messages.
         stats: The counters to update.
         signal: The Condition every Ticket of this client shares.
         on_delivery: Called with every final Delivery, on the worker thread.
@@ -138,6 +159,7 @@ class Worker:
         *,
         make_transport: Callable[[], Transport],
         limits: RateLimits | None,
+        decide: Callable[[Message], Decision],
         stats: Counters,
         signal: threading.Condition,
         on_delivery: OnDelivery | None,
@@ -160,6 +182,7 @@ class Worker:
         self._answer_timeout = answer_timeout
         self._clock = clock
         self._limits = limits
+        self._decide = decide
         self._outcomes = Outcomes(stats, signal, on_delivery, self._settled)
         self._stats = stats
         self._lock = threading.Lock()
@@ -195,9 +218,19 @@ class Worker:
 
     # -- the caller's side ---------------------------------------------------------------
 
-    def submit(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Ticket | str:
-        """Queue one call's objects; return its Ticket, or why it was refused."""
-        entry = Entry(message_id, objects, self._signal, _estimate(objects))
+    def submit(
+        self, message_id: str, objects: Sequence[KlaviyoObject], later: Message | None = None
+    ) -> Ticket | str:
+        """Queue one call's objects; return its Ticket, or why it was refused.
+
+        Args:
+            message_id: The call's id.
+            objects: What the blueprint made of the call.
+            later: Instead of objects, the checked call, for the worker to map (see
+                ``Blueprint.check``).
+        """
+        size = _estimate(objects) if later is None else _message_size(later)
+        entry = Entry(message_id, objects, self._signal, size, later)
         if entry.size > self._max_bytes:
             return "call larger than max_queue_bytes"
         with self._lock:
@@ -427,6 +460,9 @@ class Worker:
 
     def _absorb(self, entry: Entry, now: float) -> None:
         """Put one call's objects into an open job or the outbox."""
+        message = entry.message
+        if message is not None and not self._map(entry, message):
+            return
         for obj in entry.objects:
             try:
                 if isinstance(obj, Event):
@@ -442,6 +478,26 @@ class Worker:
         # Only bytes are needed from here on; letting go of the objects keeps the garbage
         # collector's passes (which stall every thread) short while jobs wait.
         entry.objects = ()
+
+    def _map(self, entry: Entry, message: Message) -> bool:
+        """Make a checked call's objects; False when it ended here instead (never expected:
+        ``Blueprint.check`` made every check ``decide`` makes)."""
+        entry.message = None
+        try:
+            decision = self._decide(message)
+        except (KlaviyoSignalError, ValueError, TypeError) as exc:
+            log.exception("klaviyo-signal: a checked call could not be mapped")
+            reason = f"could not map the call: {exc}"
+            self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None), whole=True)
+            return False
+        if decision.drop_reason is not None:
+            reason = decision.drop_reason
+            failure = Failure(DeliveryStatus.DROPPED, reason, None, reason)
+            self._outcomes.settle([entry], failure, whole=True)
+            return False
+        entry.objects = decision.objects
+        entry.parts = len(decision.objects)
+        return True
 
     def _add_identify(self, entry: Entry, profile: Profile) -> None:
         if self._open.mentions(profile.identity):

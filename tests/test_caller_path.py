@@ -1,0 +1,155 @@
+"""The caller's thread checks and copies what is sent, and only that; the worker maps later.
+
+Background mode checks a call in full on the caller's line (``Blueprint.check``) but, for
+simple rules, leaves building the Klaviyo objects to the worker; and it cleans only the
+properties the call's rule reads. These tests pin what a user can see of that: errors
+still come at the call, later changes to the caller's dicts never reach Klaviyo, and
+values that are never sent are neither checked nor held.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from klaviyo_signal import (
+    Blueprint,
+    Client,
+    DeliveryStatus,
+    Rule,
+    ValidationError,
+    default_blueprint,
+)
+from klaviyo_signal.testing import FakeKlaviyo
+
+from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
+
+BULK = "/api/event-bulk-create-jobs"
+
+
+def client_for(fake: FakeKlaviyo, blueprint: Blueprint | None = None) -> Client:
+    return Client(
+        PUBLIC_KEY,
+        PRIVATE_KEY,
+        base_url=fake.url,
+        blueprint=blueprint or default_blueprint(),
+        flush_interval=60.0,
+    )
+
+
+def order(price: Any = 10.0) -> dict[str, Any]:
+    return {
+        "order_id": "A-1",
+        "revenue": 20.0,
+        "currency": "USD",
+        "products": [{"sku": "S-1", "price": price}],
+    }
+
+
+def sent_properties(fake: FakeKlaviyo) -> list[dict[str, Any]]:
+    for request in fake.requests:
+        assert_valid(request.path, request.body)
+    return [event.properties for event in fake.events]
+
+
+def test_later_changes_to_the_callers_dicts_are_not_sent(fake: FakeKlaviyo) -> None:
+    client = client_for(fake)
+    properties = order()
+    traits = {"email": "ana@example.com"}
+    track = client.track("Order Completed", properties, traits=traits, user_id="u-1")
+    page_props = {"url": "https://shop.example.com/a", "title": "A"}
+    page = client.page("Home", page_props, user_id="u-1")
+    properties["revenue"] = 999.0
+    properties["order_id"] = "CHANGED"
+    traits["email"] = "someone-else@example.com"
+    page_props["url"] = "https://changed.example.com"
+    assert client.flush(timeout=30)
+    client.close()
+    assert track.wait(10).status is DeliveryStatus.DELIVERED
+    assert page.wait(10).status is DeliveryStatus.DELIVERED
+    page_view, purchase = sorted(fake.events, key=lambda e: e.metric)
+    assert purchase.properties["order_id"] == "A-1"
+    assert purchase.value == 20.0
+    assert purchase.profile.email == "ana@example.com"
+    assert page_view.properties["url"] == "https://shop.example.com/a"
+
+
+def test_values_the_rule_does_not_send_are_not_checked(fake: FakeKlaviyo) -> None:
+    """The default Order Completed rule sends order_id, revenue and currency only."""
+    client = client_for(fake)
+    delivery = client.track("Order Completed", order(price=math.nan), user_id="u-1")
+    assert client.flush(timeout=30)
+    client.close()
+    assert delivery.wait(10).status is DeliveryStatus.DELIVERED
+    (properties,) = sent_properties(fake)
+    assert set(properties) == {"order_id", "revenue", "currency", "consent"}
+
+
+def test_values_the_rule_sends_are_checked_at_the_call(fake: FakeKlaviyo) -> None:
+    keep_all = Blueprint(rules={"Order Completed": Rule(metric="purchase")})
+    client = client_for(fake, keep_all)
+    with pytest.raises(ValidationError, match=r"properties\.products\[0\]\.price: nan"):
+        client.track("Order Completed", order(price=math.nan), user_id="u-1")
+    client.close()
+    assert fake.requests == []
+
+
+def test_a_dropped_event_is_dropped_whatever_its_properties(fake: FakeKlaviyo) -> None:
+    client = client_for(fake)
+    delivery = client.track("Coupon Clipped", {"bad": math.inf}, user_id="u-1")
+    client.close()
+    assert delivery.status is DeliveryStatus.DROPPED
+    assert "no rule" in (delivery.reason or "")
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"revenue": "twenty"}, r"properties\.revenue: must be a number"),
+        ({"currency": "usd"}, r"properties\.currency: must be an ISO 4217 currency code"),
+    ],
+)
+def test_bad_values_fail_at_the_call_in_background_mode(
+    fake: FakeKlaviyo, changes: dict[str, Any], error: str
+) -> None:
+    client = client_for(fake)
+    with pytest.raises(ValidationError, match=error):
+        client.track("Order Completed", {**order(), **changes}, user_id="u-1")
+    assert client.flush(timeout=10)
+    client.close()
+    assert fake.requests == []
+    assert client.stats.queued == 0
+
+
+def test_traits_beyond_identifiers_are_mapped_on_the_callers_thread(fake: FakeKlaviyo) -> None:
+    client = client_for(fake)
+    with pytest.raises(ValidationError, match=r"traits\.firstName: must be a string"):
+        client.track("Order Completed", order(), traits={"firstName": 7}, user_id="u-1")
+    delivery = client.track("Order Completed", order(), traits={"firstName": "Ana"}, user_id="u-1")
+    assert client.flush(timeout=30)
+    client.close()
+    assert delivery.wait(10).status is DeliveryStatus.DELIVERED
+    (event,) = fake.events
+    assert event.profile.attributes["first_name"] == "Ana"
+
+
+def test_a_call_the_worker_cannot_map_fails_with_the_reason(
+    fake: FakeKlaviyo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Never expected (check makes every check decide makes), but never silent either."""
+    client = client_for(fake)
+
+    def broken(message: object) -> Any:
+        raise ValidationError("revenue: broken on purpose")
+
+    client._worker._decide = broken  # type: ignore[method-assign]
+    delivery = client.track("Order Completed", order(), user_id="u-1")
+    final = delivery.wait(10)
+    client.close()
+    assert final.status is DeliveryStatus.FAILED
+    assert final.reason == "could not map the call: revenue: broken on purpose"
+    assert client.stats.failed == 1
+    assert "could not be mapped" in caplog.text
+    assert fake.requests == []
