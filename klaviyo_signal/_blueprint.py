@@ -19,7 +19,7 @@ import attrs
 from ._blueprint_file import dump, parse, read
 from ._consent import consent_drop_reason
 from ._errors import ValidationError
-from ._events import build_events, check_simple, simple_extra
+from ._events import Pending, build_events, pending, simple_extra
 from ._json import JSON, MAX_EVENT_PROPERTIES
 from ._messages import Message
 from ._models import KlaviyoObject
@@ -217,14 +217,14 @@ class Blueprint:
             )
         return Decision(events, rule=rule_name)
 
-    def check(self, message: Message) -> Decision | None:
-        """Decide now, or only check: None means ``decide`` will send the call and can't fail.
+    def prepare(self, message: Message) -> Decision | Pending:
+        """Decide now, or check only and return the ``Pending`` event to build later.
 
-        Background mode calls this on the caller's thread and leaves ``decide`` (building
-        the profile and event objects) to the worker for the common, simple calls: a rule
-        without mapper, items or source paths, and an event profile that is just the
-        identity. Every check ``decide`` would make still happens here, so bad input fails
-        on the caller's line all the same. Other calls are decided here in full.
+        Background mode calls this on the caller's thread and leaves building the common,
+        simple calls' events to the worker (``_events.build_pending``): a rule without
+        mapper, items or source paths, and an event profile that is just the identity.
+        Every check ``decide`` would make still happens here, so bad input fails on the
+        caller's line all the same. Other calls are decided here in full.
 
         Raises:
             ValidationError: The call's data breaks a rule (see ``decide``).
@@ -241,8 +241,7 @@ class Blueprint:
             or not bare(message, self.profile)
         ):
             return self.decide(message)
-        check_simple(rule, message_view(message, timestamp=plan.timestamp_in_view))
-        return None
+        return pending(rule, message, message_view(message, timestamp=plan.timestamp_in_view))
 
     def reads(self, kind: str, event: object) -> tuple[str, ...] | None:
         """Return the top-level properties a call's rule reads, or None for all of them.

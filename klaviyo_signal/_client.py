@@ -21,6 +21,7 @@ from ._config import PUBLISHED, Config, mask
 from ._consent import consent_drop_reason
 from ._delivery import Delivery, DeliveryStatus, Job, OnDelivery, send_job
 from ._errors import ConfigurationError
+from ._events import Pending
 from ._explain import Explanation, explain
 from ._lifecycle import forget, manage
 from ._messages import Kind, Message, build_message
@@ -145,7 +146,6 @@ class Client:
             # the config, not the Client, so a dropped Client can be collected.
             make_transport=functools.partial(_transport, c, max_retries=0, pool_size=1),
             limits=c.rate_limits,
-            decide=c.blueprint.decide,
             stats=self._stats,
             signal=self._signal,
             on_delivery=c.on_delivery,
@@ -408,18 +408,20 @@ class Client:
         # more frames cost the caller measurably on every call.
         config = self._config
         reason = consent_drop_reason(message.consent, require_consent=config.require_consent)
-        decision = None
-        if reason is None:
-            if config.sync_mode:
-                decision = config.blueprint.decide(message)
-            else:
-                # Checked here, built on the worker when the call is a simple one.
-                decision = config.blueprint.check(message)
-                if decision is None:
-                    return self._queued(message.message_id, (), message)
-            reason = decision.drop_reason
-        if reason is not None or decision is None:
+        if reason is not None:
             return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, reason))
+        if config.sync_mode:
+            decision = config.blueprint.decide(message)
+        else:
+            # Checked here; a simple call's event is built on the worker.
+            prepared = config.blueprint.prepare(message)
+            if isinstance(prepared, Pending):
+                return self._queued(message.message_id, (), prepared)
+            decision = prepared
+        if decision.drop_reason is not None:
+            return self._final(
+                Delivery(message.message_id, DeliveryStatus.DROPPED, decision.drop_reason)
+            )
         return self._deliver(message.message_id, decision.objects)
 
     def _subscription(self, action: Action, **fields: Any) -> Delivery:
@@ -438,9 +440,9 @@ class Client:
         return self._queued(message_id, objects, None)
 
     def _queued(
-        self, message_id: str, objects: Sequence[KlaviyoObject], later: Message | None
+        self, message_id: str, objects: Sequence[KlaviyoObject], later: Pending | None
     ) -> Delivery:
-        """Queue a call: its objects, or the checked ``later`` message to map on the worker."""
+        """Queue a call: its objects, or its checked ``Pending`` event for the worker."""
         ticket = self._worker.submit(message_id, objects, later)
         if isinstance(ticket, str):
             return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))

@@ -11,9 +11,10 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import cast
+from typing import NamedTuple, cast
 
 from ._errors import ValidationError
+from ._identity import Identity
 from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
 from ._messages import Message, _timestamp
 from ._models import Event, Profile
@@ -21,7 +22,7 @@ from ._paths import MISSING, lookup, message_view
 from ._properties import apply_properties, first_present
 from ._rules import ItemRule, Mapper, Rule
 
-__all__ = ["build_events", "check_simple", "simple_extra"]
+__all__ = ["Pending", "build_events", "build_pending", "pending", "simple_extra"]
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -162,9 +163,9 @@ def build_events(
 def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
     """Return how many properties a simple rule adds to the call's own, or None.
 
-    A rule is simple when ``build_events`` can only fail in ``check_simple``'s checks (and
-    on the property count): no mapper, no per-item events, no source paths, the default
-    time and unique_id. Its calls are checked on the caller's thread and built later.
+    A rule is simple when ``build_events`` can only fail in ``pending``'s checks (and on
+    the property count): no mapper, no per-item events, no source paths, the default time
+    and unique_id. Its calls are checked on the caller's thread and built later.
     """
     pmap = rule.properties
     if (
@@ -179,11 +180,53 @@ def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
     return len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
 
 
-def check_simple(rule: Rule, view: Mapping[str, JSON]) -> None:
-    """Raise what ``build_events`` would raise for a simple rule's call, building nothing.
+class Pending(NamedTuple):
+    """A simple rule's call, checked on the caller's thread, waiting for the worker to build.
+
+    A tuple of what the event needs, not the call: a queued call holds only this (and the
+    properties the rule reads), so tens of thousands of waiting calls take little memory.
+    """
+
+    rule: Rule
+    identity: Identity
+    properties: Mapping[str, JSON]
+    time: datetime
+    unique_id: str
+    consent: Mapping[str, bool]
+    value: int | float | Decimal | None
+    value_currency: str | None
+
+
+def pending(rule: Rule, message: Message, view: Mapping[str, JSON]) -> Pending:
+    """Check a simple rule's call as ``build_events`` would and keep what it needs.
 
     Raises:
         ValidationError: The value is not a number, or the currency not an ISO 4217 code.
     """
-    _number(view, rule.value)
-    _currency(view, rule.value_currency)
+    return Pending(
+        rule,
+        message.identity,
+        message.properties,
+        message.timestamp,
+        message.message_id,
+        message.consent,
+        _number(view, rule.value),
+        _currency(view, rule.value_currency),
+    )
+
+
+def build_pending(call: Pending) -> Event:
+    """Return the event of a checked simple call (on the worker; nothing here can fail)."""
+    rule = call.rule
+    # A simple rule has no source paths, so no view is needed.
+    properties = apply_properties(rule.properties, call.properties, {})
+    properties["consent"] = cast(dict[str, JSON], call.consent)
+    return Event(
+        metric=rule.metric,
+        profile=Profile(identity=call.identity),
+        properties=properties,
+        time=call.time,
+        unique_id=call.unique_id,
+        value=call.value,
+        value_currency=call.value_currency,
+    )

@@ -19,7 +19,7 @@ import attrs
 from ._batcher import BulkJob, failed_items
 from ._delivery import Delivery, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, AuthenticationError, PermissionDeniedError, TransportError
-from ._messages import Message
+from ._events import Pending
 from ._models import KlaviyoObject
 from ._stats import Counters, failure_key
 from ._subscription_batcher import SubscriptionJob
@@ -36,7 +36,7 @@ class Entry(Ticket):
     queued call instead of two, which matters when tens of thousands wait.
     """
 
-    __slots__ = ("done", "failure", "message", "message_id", "objects", "parts", "size", "status")
+    __slots__ = ("done", "failure", "later", "message_id", "objects", "parts", "size", "status")
 
     def __init__(
         self,
@@ -44,16 +44,15 @@ class Entry(Ticket):
         objects: Sequence[KlaviyoObject],
         signal: threading.Condition,
         size: int,
-        message: Message | None = None,
+        later: Pending | None = None,
     ) -> None:
         # Ticket's fields, set here: a super() call per queued call is measurable.
         self._signal = signal
         self._final = None
         self.message_id = message_id
         self.objects = objects
-        # A call checked but not mapped yet: the worker's blueprint.decide() makes its
-        # objects (and the number of parts) when it takes the call.
-        self.message = message
+        # A simple call, checked but not built yet: the worker builds its one event.
+        self.later = later
         self.size = size
         self.parts = len(objects) or 1
         self.failure: Failure | None = None

@@ -21,15 +21,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import attrs
 
 from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
 from ._delivery import DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
+from ._events import Pending, build_pending
 from ._lifecycle import adopt, release
-from ._messages import Message
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Entry, Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
@@ -37,9 +37,6 @@ from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Transport
 from ._wire import encode, profile_body
-
-if TYPE_CHECKING:
-    from ._blueprint import Decision
 
 __all__ = ["Worker"]
 
@@ -123,16 +120,6 @@ def _estimate(objects: Sequence[KlaviyoObject]) -> int:
     return size
 
 
-def _message_size(message: Message) -> int:
-    # A checked call waits as its Message: what it holds is the cleaned input.
-    size = _BASE_BYTES + _size(message.properties)
-    if message.traits:
-        size += _size(message.traits)
-    if message.context:
-        size += _size(message.context)
-    return size
-
-
 class Worker:
     """Queues calls and sends them from one background thread.
 
@@ -140,7 +127,6 @@ class Worker:
         make_transport: Builds the worker's HTTP transport (on the worker thread, lazily).
         limits: Per-endpoint (burst per second, steady per minute), or None for no
             client-side limit.
-        decide: The blueprint's ``decide``: maps calls queued as checked messages.
         stats: The counters to update.
         signal: The Condition every Ticket of this client shares.
         on_delivery: Called with every final Delivery, on the worker thread.
@@ -159,7 +145,6 @@ class Worker:
         *,
         make_transport: Callable[[], Transport],
         limits: RateLimits | None,
-        decide: Callable[[Message], Decision],
         stats: Counters,
         signal: threading.Condition,
         on_delivery: OnDelivery | None,
@@ -182,7 +167,6 @@ class Worker:
         self._answer_timeout = answer_timeout
         self._clock = clock
         self._limits = limits
-        self._decide = decide
         self._outcomes = Outcomes(stats, signal, on_delivery, self._settled)
         self._stats = stats
         self._lock = threading.Lock()
@@ -219,17 +203,17 @@ class Worker:
     # -- the caller's side ---------------------------------------------------------------
 
     def submit(
-        self, message_id: str, objects: Sequence[KlaviyoObject], later: Message | None = None
+        self, message_id: str, objects: Sequence[KlaviyoObject], later: Pending | None = None
     ) -> Ticket | str:
         """Queue one call's objects; return its Ticket, or why it was refused.
 
         Args:
             message_id: The call's id.
             objects: What the blueprint made of the call.
-            later: Instead of objects, the checked call, for the worker to map (see
-                ``Blueprint.check``).
+            later: Instead of objects, a simple call's checked event, to build on the
+                worker (see ``Blueprint.prepare``).
         """
-        size = _estimate(objects) if later is None else _message_size(later)
+        size = _estimate(objects) if later is None else _BASE_BYTES + _size(later.properties)
         entry = Entry(message_id, objects, self._signal, size, later)
         if entry.size > self._max_bytes:
             return "call larger than max_queue_bytes"
@@ -460,8 +444,8 @@ class Worker:
 
     def _absorb(self, entry: Entry, now: float) -> None:
         """Put one call's objects into an open job or the outbox."""
-        message = entry.message
-        if message is not None and not self._map(entry, message):
+        later = entry.later
+        if later is not None and not self._build(entry, later):
             return
         for obj in entry.objects:
             try:
@@ -479,24 +463,17 @@ class Worker:
         # collector's passes (which stall every thread) short while jobs wait.
         entry.objects = ()
 
-    def _map(self, entry: Entry, message: Message) -> bool:
-        """Make a checked call's objects; False when it ended here instead (never expected:
-        ``Blueprint.check`` made every check ``decide`` makes)."""
-        entry.message = None
+    def _build(self, entry: Entry, later: Pending) -> bool:
+        """Build a checked simple call's event; False when the call ended here instead
+        (never expected: ``Blueprint.prepare`` made every check)."""
+        entry.later = None
         try:
-            decision = self._decide(message)
+            entry.objects = (build_pending(later),)
         except (KlaviyoSignalError, ValueError, TypeError) as exc:
-            log.exception("klaviyo-signal: a checked call could not be mapped")
-            reason = f"could not map the call: {exc}"
+            log.exception("klaviyo-signal: a checked call could not be built")
+            reason = f"could not build the call's event: {exc}"
             self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None), whole=True)
             return False
-        if decision.drop_reason is not None:
-            reason = decision.drop_reason
-            failure = Failure(DeliveryStatus.DROPPED, reason, None, reason)
-            self._outcomes.settle([entry], failure, whole=True)
-            return False
-        entry.objects = decision.objects
-        entry.parts = len(decision.objects)
         return True
 
     def _add_identify(self, entry: Entry, profile: Profile) -> None:

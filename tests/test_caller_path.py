@@ -1,6 +1,6 @@
 """The caller's thread checks and copies what is sent, and only that; the worker maps later.
 
-Background mode checks a call in full on the caller's line (``Blueprint.check``) but, for
+Background mode checks a call in full on the caller's line (``Blueprint.prepare``) but, for
 simple rules, leaves building the Klaviyo objects to the worker; and it cleans only the
 properties the call's rule reads. These tests pin what a user can see of that: errors
 still come at the call, later changes to the caller's dicts never reach Klaviyo, and
@@ -10,6 +10,7 @@ values that are never sent are neither checked nor held.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -22,6 +23,9 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
+from klaviyo_signal._events import Pending
+from klaviyo_signal._identity import Identity
+from klaviyo_signal._rules import PropertyMap
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
@@ -135,21 +139,20 @@ def test_traits_beyond_identifiers_are_mapped_on_the_callers_thread(fake: FakeKl
     assert event.profile.attributes["first_name"] == "Ana"
 
 
-def test_a_call_the_worker_cannot_map_fails_with_the_reason(
+def test_a_call_the_worker_cannot_build_fails_with_the_reason(
     fake: FakeKlaviyo, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Never expected (check makes every check decide makes), but never silent either."""
+    """Never expected (prepare makes every check), but never silent either."""
     client = client_for(fake)
-
-    def broken(message: object) -> Any:
-        raise ValidationError("revenue: broken on purpose")
-
-    client._worker._decide = broken  # type: ignore[method-assign]
-    delivery = client.track("Order Completed", order(), user_id="u-1")
-    final = delivery.wait(10)
+    rule = Rule(metric="purchase", properties=PropertyMap(keep=("revenue",)))
+    # Properties that are not a mapping: Blueprint.prepare never queues such a call.
+    broken = Pending(
+        rule, Identity(external_id="u-1"), None, datetime.now(timezone.utc), "m-1", {}, None, None
+    )  # type: ignore[arg-type]
+    final = client._queued("m-1", (), broken).wait(10)
     client.close()
     assert final.status is DeliveryStatus.FAILED
-    assert final.reason == "could not map the call: revenue: broken on purpose"
+    assert (final.reason or "").startswith("could not build the call's event: ")
     assert client.stats.failed == 1
-    assert "could not be mapped" in caplog.text
+    assert "could not be built" in caplog.text
     assert fake.requests == []
