@@ -64,7 +64,7 @@ class Item:
 
     __slots__ = ("events", "frame", "owners", "profile", "size")
 
-    def __init__(self, profile: Profile, frame: tuple[bytes, bytes]) -> None:
+    def __init__(self, profile: Profile | Identity, frame: tuple[bytes, bytes]) -> None:
         self.profile = profile
         self.frame = frame
         self.events: list[bytes] = []
@@ -107,7 +107,7 @@ class OpenJob:
         head, tail = _envelope()
         self._base = len(head) + len(tail)
         # Encoded profile frames, kept across jobs: the same visitors come back job after job.
-        self._frames: dict[Identity, tuple[Profile, tuple[bytes, bytes]]] = {}
+        self._frames: dict[Identity, tuple[Profile | Identity, tuple[bytes, bytes]]] = {}
         self._clear()
 
     def _clear(self) -> None:
@@ -121,15 +121,21 @@ class OpenJob:
     def __len__(self) -> int:
         return self.events
 
-    def add(self, event_bytes: bytes, profile: Profile, owner: object, now: float) -> bool:
+    def add(
+        self, event_bytes: bytes, profile: Profile | Identity, owner: object, now: float
+    ) -> bool:
         """Add one encoded event for ``profile``, tagged with ``owner``.
+
+        An ``Identity`` stands for the profile of just those identifiers (no Profile
+        object is built for the events of most calls).
 
         Returns:
             False, changing nothing, when the event does not fit (1,000 events or the size).
         """
         if self.events >= MAX_JOB_EVENTS:
             return False
-        item = self._by_identity.get(profile.identity)
+        identity = profile if type(profile) is Identity else profile.identity  # type: ignore[union-attr]
+        item = self._by_identity.get(identity)
         new = item is None or item.profile != profile
         if item is None or new:
             # The same person with other profile attributes (traits) gets an item of its own,
@@ -141,9 +147,9 @@ class OpenJob:
         if self.size + grown > MAX_JOB_BYTES:
             return False
         if new:
-            self._by_identity[profile.identity] = item
+            self._by_identity[identity] = item
             self.items.append(item)
-            self._who.update(identifiers(profile.identity))
+            self._who.update(identity.as_attributes().items())
         self.size += grown
         item.events.append(event_bytes)
         item.owners.append(owner)
@@ -152,14 +158,16 @@ class OpenJob:
             self.oldest = now
         return True
 
-    def _frame(self, profile: Profile) -> tuple[bytes, bytes]:
-        cached = self._frames.get(profile.identity)
+    def _frame(self, profile: Profile | Identity) -> tuple[bytes, bytes]:
+        if type(profile) is Identity:
+            return bulk_item_frame(profile)  # cheap: a few identifiers
+        cached = self._frames.get(profile.identity)  # type: ignore[union-attr]
         if cached is not None and cached[0] == profile:
             return cached[1]
         if len(self._frames) >= _FRAME_CACHE:
             self._frames.clear()
         frame = bulk_item_frame(profile)
-        self._frames[profile.identity] = (profile, frame)
+        self._frames[profile.identity] = (profile, frame)  # type: ignore[union-attr]
         return frame
 
     def mentions(self, identity: Identity) -> bool:

@@ -22,7 +22,7 @@ from ._paths import MISSING, lookup, message_view
 from ._properties import apply_properties, first_present
 from ._rules import ItemRule, Mapper, Rule
 
-__all__ = ["Pending", "build_events", "build_pending", "pending", "simple_extra"]
+__all__ = ["Pending", "build_events", "pending", "pending_properties", "simple_extra"]
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -215,18 +215,12 @@ def pending(rule: Rule, message: Message, view: Mapping[str, JSON]) -> Pending:
     )
 
 
-def build_pending(call: Pending) -> Event:
-    """Return the event of a checked simple call (on the worker; nothing here can fail)."""
-    rule = call.rule
+def pending_properties(call: Pending) -> dict[str, JSON]:
+    """Return the properties of a checked simple call's event (on the worker).
+
+    The event's other fields are the Pending's own; its profile is the bare identity.
+    """
     # A simple rule has no source paths, so no view is needed.
-    properties = apply_properties(rule.properties, call.properties, {})
+    properties = apply_properties(call.rule.properties, call.properties, {})
     properties["consent"] = cast(dict[str, JSON], call.consent)
-    return Event(
-        metric=rule.metric,
-        profile=Profile(identity=call.identity),
-        properties=properties,
-        time=call.time,
-        unique_id=call.unique_id,
-        value=call.value,
-        value_currency=call.value_currency,
-    )
+    return properties

@@ -278,9 +278,9 @@ def clean_properties(
             f"{path}: {len(value)} keys is over the limit of {max_keys}; "
             f"Klaviyo rejects over {max_keys} event properties"
         )
-    if only is None:
-        return _clean_mapping(value, path, 1)  # type: ignore[arg-type]
-    return _clean_mapping({k: value[k] for k in only if k in value}, path, 1)
+    if only is not None:
+        value = {k: value[k] for k in only if k in value}
+    return _clean_mapping(value, path, 1)  # type: ignore[arg-type]
 
 
 def _sentinel_for(value: object) -> str | dict[str, JSON]:

@@ -258,9 +258,8 @@ class _Ids:
 
     def new(self) -> str:
         # uuid.UUID(int=..., version=4) formatted by hand: the same string, a third the cost.
-        bits = self.random.getrandbits(128) & _UUID_CLEAR | _UUID_SET
-        h = f"{bits:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        h = "%032x" % (self.random.getrandbits(128) & _UUID_CLEAR | _UUID_SET)
+        return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])  # noqa: UP031
 
 
 _IDS = _Ids()

@@ -33,8 +33,16 @@ def first_present(view: Mapping[str, JSON], paths: tuple[str, ...]) -> tuple[str
     blocked: tuple[str, object] | None = None
     for path in paths:
         # The walk of ``lookup``, inlined: this runs for every mapped field of every call.
-        current: object = view
         parts = _SPLIT.get(path) or _split(path)
+        if len(parts) == 2:
+            # properties.revenue and the like: one object, one key.
+            current: object = view.get(parts[0], MISSING)
+            if type(current) is dict:
+                current = current.get(parts[1])
+                if current is not None:
+                    return path, current
+                continue
+        current = view
         for index, part in enumerate(parts):
             if type(current) is not dict and not isinstance(current, Mapping):
                 if blocked is None:

@@ -7,7 +7,9 @@ until ``encode`` writes the bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from json.encoder import encode_basestring
 from types import MappingProxyType
@@ -15,6 +17,7 @@ from types import MappingProxyType
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn
 
+from ._identity import Identity
 from ._json import JSON, dumps, dumps_text, finish
 from ._models import Event, Location, Profile
 
@@ -25,6 +28,7 @@ __all__ = [
     "bulk_item_frame",
     "encode",
     "event_body",
+    "event_bytes",
     "profile_body",
 ]
 
@@ -142,6 +146,7 @@ _EVENT_HEAD = '{"type":"event","attributes":{"properties":'
 _METRIC_HEAD = ',"metric":{"data":{"type":"metric","attributes":{"name":'
 _ITEM_HEAD = '{"type":"event-bulk-create","attributes":{"profile":'
 _ITEM_TAIL = b"]}}}"
+_BARE_HEAD = _ITEM_HEAD + '{"data":{"type":"profile","attributes":'
 
 
 def _number_text(value: int | float | Decimal) -> str:
@@ -155,7 +160,26 @@ def _number_text(value: int | float | Decimal) -> str:
 
 def bulk_event_bytes(event: Event) -> bytes:
     """Return ``encode(bulk_event(event))``, written from a template."""
-    properties = event.properties
+    return event_bytes(
+        event.metric,
+        event.properties,
+        event.time,
+        event.unique_id,
+        value=event.value,
+        value_currency=event.value_currency,
+    )
+
+
+def event_bytes(
+    metric: str,
+    properties: Mapping[str, JSON],
+    time: datetime,
+    unique_id: str,
+    *,
+    value: int | float | Decimal | None,
+    value_currency: str | None,
+) -> bytes:
+    """Return the bytes of one bulk event from its fields (no ``Event`` object needed)."""
     consent: object = properties.get("consent")
     if type(consent) is MappingProxyType:
         # The shared "no consent" mapping: a plain dict encodes without the fallback hook.
@@ -164,25 +188,35 @@ def bulk_event_bytes(event: Event) -> bytes:
         _EVENT_HEAD,
         dumps_text(properties),
         ',"time":"',
-        event.time.isoformat(),
+        time.isoformat(),
         '","unique_id":',
-        encode_basestring(event.unique_id),
+        encode_basestring(unique_id),
         _METRIC_HEAD,
-        encode_basestring(event.metric),
-        "}}}",
+        _metric_text(metric),
     ]
-    if event.value is not None:
-        parts += (',"value":', _number_text(event.value))
-    if event.value_currency is not None:
-        parts += (',"value_currency":', encode_basestring(event.value_currency))
+    if value is not None:
+        parts += (',"value":', _number_text(value))
+    if value_currency is not None:
+        parts += (',"value_currency":', encode_basestring(value_currency))
     parts.append("}}")
     return finish("".join(parts))
 
 
-def bulk_item_frame(profile: Profile) -> tuple[bytes, bytes]:
+@functools.lru_cache(maxsize=256)
+def _metric_text(metric: str) -> str:
+    return encode_basestring(metric) + "}}}"
+
+
+def bulk_item_frame(profile: Profile | Identity) -> tuple[bytes, bytes]:
     """Return what goes before and after a bulk item's events: its profile, the array's ends.
 
-    ``head + b",".join(events) + tail`` is the item ``bulk_events_body`` would write.
+    ``head + b",".join(events) + tail`` is the item ``bulk_events_body`` would write. An
+    ``Identity`` stands for the profile of just those identifiers (most events').
     """
-    head = finish(f'{_ITEM_HEAD}{dumps_text(_profile_resource(profile))},"events":{{"data":[')
+    if type(profile) is Identity:
+        resource = dumps_text(profile.as_attributes())
+        head = finish(f'{_BARE_HEAD}{resource}}}}},"events":{{"data":[')
+    else:
+        resource = dumps_text(_profile_resource(profile))  # type: ignore[arg-type]
+        head = finish(f'{_ITEM_HEAD}{resource},"events":{{"data":[')
     return head, _ITEM_TAIL

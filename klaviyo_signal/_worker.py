@@ -28,7 +28,8 @@ import attrs
 from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
 from ._delivery import DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
-from ._events import Pending, build_pending
+from ._events import Pending, pending_properties
+from ._identity import Identity
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Entry, Failure, Identify, Outcomes, Unit
@@ -36,7 +37,7 @@ from ._ratelimit import EndpointLimiter, RateLimits
 from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Transport
-from ._wire import encode, profile_body
+from ._wire import encode, event_bytes, profile_body
 
 __all__ = ["Worker"]
 
@@ -445,12 +446,29 @@ class Worker:
     def _absorb(self, entry: Entry, now: float) -> None:
         """Put one call's objects into an open job or the outbox."""
         later = entry.later
-        if later is not None and not self._build(entry, later):
+        if later is not None:
+            entry.later = None
+            try:
+                data = event_bytes(
+                    later.rule.metric,
+                    pending_properties(later),
+                    later.time,
+                    later.unique_id,
+                    value=later.value,
+                    value_currency=later.value_currency,
+                )
+            except (KlaviyoSignalError, ValueError, TypeError) as exc:
+                # Never expected (Blueprint.prepare made every check), never silent either.
+                log.exception("klaviyo-signal: a checked call could not be built")
+                reason = f"could not build the call's event: {exc}"
+                self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None))
+                return
+            self._add_event(entry, data, later.identity, now)
             return
         for obj in entry.objects:
             try:
                 if isinstance(obj, Event):
-                    self._add_event(entry, obj, now)
+                    self._add_event(entry, encode_event(obj), obj.profile, now)
                 elif isinstance(obj, Profile):
                     self._add_identify(entry, obj)
                 else:
@@ -463,19 +481,6 @@ class Worker:
         # collector's passes (which stall every thread) short while jobs wait.
         entry.objects = ()
 
-    def _build(self, entry: Entry, later: Pending) -> bool:
-        """Build a checked simple call's event; False when the call ended here instead
-        (never expected: ``Blueprint.prepare`` made every check)."""
-        entry.later = None
-        try:
-            entry.objects = (build_pending(later),)
-        except (KlaviyoSignalError, ValueError, TypeError) as exc:
-            log.exception("klaviyo-signal: a checked call could not be built")
-            reason = f"could not build the call's event: {exc}"
-            self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None), whole=True)
-            return False
-        return True
-
     def _add_identify(self, entry: Entry, profile: Profile) -> None:
         if self._open.mentions(profile.identity):
             # Events of this person queued before the identify go first, so a later
@@ -483,15 +488,16 @@ class Worker:
             self._outbox.append(self._open.seal())
         self._outbox.append(Identify(entry, encode(profile_body(profile))))
 
-    def _add_event(self, entry: Entry, event: Event, now: float) -> None:
-        data = encode_event(event)
-        if self._open.add(data, event.profile, entry, now):
+    def _add_event(
+        self, entry: Entry, data: bytes, profile: Profile | Identity, now: float
+    ) -> None:
+        if self._open.add(data, profile, entry, now):
             if self._open.events >= MAX_JOB_EVENTS:
                 self._outbox.append(self._open.seal())
             return
         if self._open.events:
             self._outbox.append(self._open.seal())
-            if self._open.add(data, event.profile, entry, now):
+            if self._open.add(data, profile, entry, now):
                 return
         reason = "the event alone is over Klaviyo's 5 MB request limit"
         self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None))

@@ -18,22 +18,25 @@ import pytest
 from klaviyo_signal import ValidationError
 from klaviyo_signal._batcher import OpenJob
 from klaviyo_signal._blueprint import Blueprint
+from klaviyo_signal._events import Pending, pending_properties
 from klaviyo_signal._identity import Identity
-from klaviyo_signal._messages import build_message
+from klaviyo_signal._messages import Message, build_message
 from klaviyo_signal._models import Event, Location, Profile
 from klaviyo_signal._wire import (
     bulk_event,
     bulk_event_bytes,
     bulk_events_body,
     encode,
+    event_bytes,
 )
 
 from .conftest import assert_valid
 from .test_corpus import CASES, _forward_everything
 
 
-def _events(blueprint: Blueprint) -> list[Event]:
-    events: list[Event] = []
+def _messages() -> list[Message]:
+    """The corpus's track and page calls that pass the SDK's checks, as Messages."""
+    messages: list[Message] = []
     for case in CASES:
         message = case["message"]
         kind = message.get("type")
@@ -42,22 +45,32 @@ def _events(blueprint: Blueprint) -> list[Event]:
         if kind not in ("track", "page"):
             continue
         try:
-            built = build_message(
-                kind,
-                event=message.get("event") if kind == "track" else None,
-                name=message.get("name") if kind == "page" else None,
-                properties=message.get("properties"),
-                traits=message.get("traits") if kind == "track" else None,
-                context=message.get("context"),
-                user_id=message.get("userId"),
-                anonymous_id=message.get("anonymousId"),
-                timestamp=message.get("timestamp") or message.get("originalTimestamp"),
-                message_id=message.get("messageId"),
+            messages.append(
+                build_message(
+                    kind,
+                    event=message.get("event") if kind == "track" else None,
+                    name=message.get("name") if kind == "page" else None,
+                    properties=message.get("properties"),
+                    traits=message.get("traits") if kind == "track" else None,
+                    context=message.get("context"),
+                    user_id=message.get("userId"),
+                    anonymous_id=message.get("anonymousId"),
+                    timestamp=message.get("timestamp") or message.get("originalTimestamp"),
+                    message_id=message.get("messageId"),
+                )
             )
         except ValidationError:
             continue
-        events += [obj for obj in blueprint.decide(built).objects if isinstance(obj, Event)]
-    return events
+    return messages
+
+
+def _events(blueprint: Blueprint) -> list[Event]:
+    return [
+        obj
+        for message in _messages()
+        for obj in blueprint.decide(message).objects
+        if isinstance(obj, Event)
+    ]
 
 
 def _check(event: Event) -> None:
@@ -113,3 +126,29 @@ def _event(**changes: Any) -> Event:
 )
 def test_special_values_encode_identically(changes: dict[str, Any]) -> None:
     _check(_event(**changes))
+
+
+def test_pending_calls_encode_like_decided_ones() -> None:
+    """The worker's route for simple calls (Pending, bare identity) writes decide's bytes."""
+    blueprint = _forward_everything()
+    deferred = 0
+    for message in _messages():
+        prepared = blueprint.prepare(message)
+        if not isinstance(prepared, Pending):
+            continue
+        deferred += 1
+        (event,) = blueprint.decide(message).objects
+        assert isinstance(event, Event)
+        data = event_bytes(
+            prepared.rule.metric,
+            pending_properties(prepared),
+            prepared.time,
+            prepared.unique_id,
+            value=prepared.value,
+            value_currency=prepared.value_currency,
+        )
+        assert data == bulk_event_bytes(event)
+        job = OpenJob()
+        assert job.add(data, prepared.identity, object(), 0.0)
+        assert job.seal().body() == encode(bulk_events_body([(event.profile, [event])]))
+    assert deferred > 50
