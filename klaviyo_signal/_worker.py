@@ -44,8 +44,11 @@ __all__ = ["Worker"]
 log = logging.getLogger("klaviyo_signal")
 
 # Calls taken from the queue per lock acquisition: enough to amortise the lock, few enough
-# that the worker gets back to sending (and to the GIL's other users) between chunks.
-_CHUNK = 200
+# (about half a millisecond of work) that the worker lets callers have the GIL between them.
+_CHUNK = 50
+# While callers keep queueing, the worker pauses this long after each chunk: a thread that
+# waits for the GIL otherwise waits out the whole switch interval (5 ms) on the worker.
+_YIELD = 0.0001
 # A cheap guess at the memory one queued call holds (its objects and properties), for
 # max_queue_bytes; exact sizes are only known once the worker encodes.
 _BASE_BYTES = 1024
@@ -177,6 +180,8 @@ class Worker:
         self._inbox: deque[Entry] = deque()
         self._live: set[Entry] = set()
         self._pending = 0
+        self._arrivals = 0  # calls ever queued; the thread compares it with what it saw
+        self._seen = 0
         self._bytes = 0
         self._flushers = 0
         self._waiting_for_space = 0
@@ -227,6 +232,7 @@ class Worker:
                 if not self._wait_for_space(entry.size):
                     return "client is closed"
             self._pending += 1
+            self._arrivals += 1
             self._bytes += entry.size
             self._live.add(entry)
             self._inbox.append(entry)
@@ -412,12 +418,16 @@ class Worker:
                     return
                 chunk = [self._inbox.popleft() for _ in range(min(_CHUNK, len(self._inbox)))]
                 backlog = bool(self._inbox)
+                callers_busy = self._arrivals != self._seen
+                self._seen = self._arrivals
                 hurry = self._flushers > 0 or self._closed
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
                 return
             for entry in chunk:
                 self._absorb(entry, now)
+            if backlog and callers_busy:
+                time.sleep(_YIELD)  # let a calling thread in (it would wait 5 ms otherwise)
             # A partial job is sealed only once the backlog has joined it, so a flush of a
             # long queue still sends full jobs.
             if not backlog:
