@@ -116,7 +116,8 @@ class OpenJob:
         self.size = self._base
         self.oldest: float | None = None
         self._by_identity: dict[Identity, Item] = {}
-        self._who: set[tuple[str, str]] = set()
+        # Every identifier in the job, built only once an identify asks (see mentions).
+        self._who: set[tuple[str, str]] | None = None
 
     def __len__(self) -> int:
         return self.events
@@ -149,7 +150,8 @@ class OpenJob:
         if new:
             self._by_identity[identity] = item
             self.items.append(item)
-            self._who.update(identity.as_attributes().items())
+            if self._who is not None:
+                self._who.update(identity.as_attributes().items())
         self.size += grown
         item.events.append(event_bytes)
         item.owners.append(owner)
@@ -172,6 +174,8 @@ class OpenJob:
 
     def mentions(self, identity: Identity) -> bool:
         """Whether any event here is for a profile sharing an identifier with ``identity``."""
+        if self._who is None:
+            self._who = {pair for known in self._by_identity for pair in identifiers(known)}
         return any(pair in self._who for pair in identifiers(identity))
 
     def seal(self) -> BulkJob:

@@ -74,6 +74,8 @@ def resolve_consent(
         ValidationError: a source is not a mapping, a category name is not a str, a value is
             not a bool, or one source gives one category two different values.
     """
+    if consent is None and not context:
+        return NO_CONSENT  # the common call: no consent anywhere
     merged = _from_context(context)
     if consent is None:
         # Most calls carry no consent: share one read-only empty mapping rather than keep

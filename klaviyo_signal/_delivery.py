@@ -54,18 +54,23 @@ class Ticket:
             self._signal.notify_all()
 
     @staticmethod
-    def resolve_all(signal: threading.Condition, finals: Sequence[tuple[Ticket, Delivery]]) -> None:
-        """Record many final outcomes at once and wake the waiters once."""
+    def wake_all(signal: threading.Condition) -> None:
+        """Wake every waiter of ``signal`` after tickets became final (see ``outcome``)."""
         with signal:
-            for ticket, final in finals:
-                ticket._final = final
             signal.notify_all()
+
+    def outcome(self) -> Delivery | None:
+        """Return the final outcome, or None while there is none yet.
+
+        A subclass may make it on demand: most calls' outcome is never asked for.
+        """
+        return self._final
 
     def wait(self, timeout: float | None) -> Delivery | None:
         """Return the final outcome, or None if ``timeout`` passes first."""
         with self._signal:
-            self._signal.wait_for(lambda: self._final is not None, timeout)
-            return self._final
+            self._signal.wait_for(lambda: self.outcome() is not None, timeout)
+            return self.outcome()
 
 
 @attrs.frozen

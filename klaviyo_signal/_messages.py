@@ -187,7 +187,7 @@ def _traits(traits: Mapping[str, object] | None, context: Mapping[str, JSON]) ->
 
 def _timestamp(value: object, now: datetime) -> datetime:
     if value is None:
-        return now.astimezone(timezone.utc)
+        return now if now.tzinfo is timezone.utc else now.astimezone(timezone.utc)
     if isinstance(value, datetime):
         when = value
     elif isinstance(value, str):

@@ -59,6 +59,12 @@ class Entry(Ticket):
         self.status: int | None = None
         self.done = False
 
+    def outcome(self) -> Delivery | None:
+        """The final Delivery, made when first asked for (after ``settle`` ends the call)."""
+        if self._final is None and self.done:
+            self._final = _delivery(self)
+        return self._final
+
 
 @attrs.frozen
 class Failure:
@@ -201,14 +207,15 @@ class Outcomes:
                     finals.append(entry)
         if not finals:
             return
-        deliveries = [_delivery(entry) for entry in finals]
-        Ticket.resolve_all(self._signal, list(zip(finals, deliveries, strict=True)))
+        # Waiters make their Delivery when they wake (Entry.outcome): most calls' final
+        # Delivery is never asked for, and making one per event cost the worker.
+        Ticket.wake_all(self._signal)
         self._count(finals)
         callback = self._on_delivery
         if callback is not None:
-            for delivery in deliveries:
+            for entry in finals:
                 try:
-                    callback(delivery)
+                    callback(entry.outcome())  # type: ignore[arg-type]
                 except Exception:
                     log.exception("klaviyo-signal: the on_delivery callback raised")
         self._settled(finals)
