@@ -59,21 +59,70 @@ def identifiers(identity: Identity) -> Iterator[tuple[str, str]]:
     yield from identity.as_attributes().items()
 
 
+_Key = tuple[str | None, str | None, str | None, str | None]
+_NAMES = ("email", "phone_number", "external_id", "anonymous_id")
+
+
+def _pairs(key: _Key) -> Iterator[tuple[str, str]]:
+    for name, value in zip(_NAMES, key, strict=True):
+        if value is not None:
+            yield name, value
+
+
+def _key(identity: Identity) -> _Key:
+    # A tuple of strings: the garbage collector stops visiting it after its first pass,
+    # unlike the Identity object, and tens of thousands wait in open jobs.
+    return (identity.email, identity.phone_number, identity.external_id, identity.anonymous_id)
+
+
+class _Owners(list[object]):
+    """An item's owners once it has more than one (one owner is kept bare)."""
+
+    __slots__ = ()
+
+
 class Item:
-    """One profile and its events, each event tagged with who is waiting for it."""
+    """One profile and its events, each event tagged with who is waiting for it.
 
-    __slots__ = ("events", "frame", "owners", "profile", "size")
+    Lean on purpose: an open job holds one Item per profile (often one per event), so the
+    events are one growing ``bytearray`` (which the garbage collector never visits) and a
+    single owner is kept without a list around it.
+    """
 
-    def __init__(self, profile: Profile | Identity, frame: tuple[bytes, bytes]) -> None:
+    __slots__ = ("_owners", "events", "frame", "profile", "size")
+
+    def __init__(self, profile: Profile | None, frame: tuple[bytes, bytes]) -> None:
         self.profile = profile
+        """The profile, or None for just the identifiers (the frame has them)."""
         self.frame = frame
-        self.events: list[bytes] = []
-        self.owners: list[object] = []
+        self.events = bytearray()
+        self._owners: object = None
         self.size = len(self.frame[0]) + len(self.frame[1])
+
+    def append(self, event_bytes: bytes, owner: object) -> None:
+        """Add one encoded event and who waits for it."""
+        if self.events:
+            self.events += b","
+        self.events += event_bytes
+        owners = self._owners
+        if owners is None:
+            self._owners = owner
+        elif type(owners) is _Owners:
+            owners.append(owner)
+        else:
+            self._owners = _Owners((owners, owner))
+
+    @property
+    def owners(self) -> list[object]:
+        """Who waits for each event, in order."""
+        owners = self._owners
+        if owners is None:
+            return []
+        return list(owners) if isinstance(owners, _Owners) else [owners]
 
     def encoded(self) -> bytes:
         """Return the item's bytes."""
-        return self.frame[0] + b",".join(self.events) + self.frame[1]
+        return self.frame[0] + self.events + self.frame[1]
 
 
 class BulkJob:
@@ -107,7 +156,7 @@ class OpenJob:
         head, tail = _envelope()
         self._base = len(head) + len(tail)
         # Encoded profile frames, kept across jobs: the same visitors come back job after job.
-        self._frames: dict[Identity, tuple[Profile | Identity, tuple[bytes, bytes]]] = {}
+        self._frames: dict[Identity, tuple[Profile, tuple[bytes, bytes]]] = {}
         self._clear()
 
     def _clear(self) -> None:
@@ -115,7 +164,7 @@ class OpenJob:
         self.events = 0
         self.size = self._base
         self.oldest: float | None = None
-        self._by_identity: dict[Identity, Item] = {}
+        self._by_key: dict[_Key, Item] = {}
         # Every identifier in the job, built only once an identify asks (see mentions).
         self._who: set[tuple[str, str]] | None = None
 
@@ -135,47 +184,51 @@ class OpenJob:
         """
         if self.events >= MAX_JOB_EVENTS:
             return False
-        identity = profile if type(profile) is Identity else profile.identity  # type: ignore[union-attr]
-        item = self._by_identity.get(identity)
-        new = item is None or item.profile != profile
+        rich: Profile | None
+        if isinstance(profile, Identity):
+            identity, rich = profile, None
+        else:
+            identity, rich = profile.identity, profile
+        key = _key(identity)
+        item = self._by_key.get(key)
+        new = item is None or item.profile != rich
         if item is None or new:
             # The same person with other profile attributes (traits) gets an item of its own,
             # so neither version's attributes are lost.
-            item = Item(profile, self._frame(profile))
+            item = Item(rich, self._frame(identity, rich))
         grown = len(event_bytes) + (1 if item.events else 0)
         if new:
             grown += item.size + (1 if self.items else 0)
         if self.size + grown > MAX_JOB_BYTES:
             return False
         if new:
-            self._by_identity[identity] = item
+            self._by_key[key] = item
             self.items.append(item)
             if self._who is not None:
-                self._who.update(identity.as_attributes().items())
+                self._who.update(_pairs(key))
         self.size += grown
-        item.events.append(event_bytes)
-        item.owners.append(owner)
+        item.append(event_bytes, owner)
         self.events += 1
         if self.oldest is None:
             self.oldest = now
         return True
 
-    def _frame(self, profile: Profile | Identity) -> tuple[bytes, bytes]:
-        if type(profile) is Identity:
-            return bulk_item_frame(profile)  # cheap: a few identifiers
-        cached = self._frames.get(profile.identity)  # type: ignore[union-attr]
+    def _frame(self, identity: Identity, profile: Profile | None) -> tuple[bytes, bytes]:
+        if profile is None:
+            return bulk_item_frame(identity)  # cheap: a few identifiers
+        cached = self._frames.get(identity)
         if cached is not None and cached[0] == profile:
             return cached[1]
         if len(self._frames) >= _FRAME_CACHE:
             self._frames.clear()
         frame = bulk_item_frame(profile)
-        self._frames[profile.identity] = (profile, frame)  # type: ignore[union-attr]
+        self._frames[identity] = (profile, frame)
         return frame
 
     def mentions(self, identity: Identity) -> bool:
         """Whether any event here is for a profile sharing an identifier with ``identity``."""
         if self._who is None:
-            self._who = {pair for known in self._by_identity for pair in identifiers(known)}
+            self._who = {pair for key in self._by_key for pair in _pairs(key)}
         return any(pair in self._who for pair in identifiers(identity))
 
     def seal(self) -> BulkJob:

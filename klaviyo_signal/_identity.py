@@ -47,13 +47,12 @@ def _optional_identifier(
         raise ValidationError(f"{attribute.name}: must be a non-empty str or None, got {value!r}")
 
 
-@attrs.frozen(cache_hash=True)
+@attrs.frozen
 class Identity:
     """The four profile identifiers Klaviyo accepts; at least one is set.
 
     Built by ``identity_from``, which normalizes each one; building it directly only checks
-    that the set ones are non-empty strings. The hash is cached: the worker looks every
-    queued event's identity up to group it by profile.
+    that the set ones are non-empty strings.
     """
 
     email: str | None = attrs.field(default=None, validator=_optional_identifier)
