@@ -163,6 +163,15 @@ class Transport:
                 "User-Agent": f"klaviyo-signal/{VERSION}",
             }
         )
+        # Read the environment (HTTPS_PROXY/NO_PROXY, REQUESTS_CA_BUNDLE) once, for the one
+        # host this session talks to. requests otherwise reads it again on every request
+        # (a fifth of a sync call's time), and could swap the Authorization header for a
+        # ~/.netrc entry.
+        found = self._session.merge_environment_settings(self._base_url, {}, None, None, None)
+        self._session.proxies = found["proxies"]
+        self._session.verify = found["verify"]
+        self._session.cert = found["cert"]
+        self._session.trust_env = False
 
     def __repr__(self) -> str:
         return f"<Transport {self._base_url}>"

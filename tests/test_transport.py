@@ -168,3 +168,39 @@ def test_unreachable_klaviyo_raises_network_error() -> None:
     # No chained requests/urllib3 exception: their frames hold the Authorization header.
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None
+
+
+def test_proxy_from_the_environment_is_used(
+    capture: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP(S)_PROXY is honoured (read once, when the Client is built)."""
+    monkeypatch.setenv("HTTP_PROXY", capture.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = Client(PUBLIC_KEY, PRIVATE_KEY, base_url="http://localhost:9", sync_mode=True)
+    track(client)
+    ((path, headers, _),) = capture.requests
+    assert path == "http://localhost:9/api/events"  # the proxy form of the request line
+    assert headers["Authorization"] == f"Klaviyo-API-Key {PRIVATE_KEY}"
+
+
+def test_no_proxy_is_honoured(capture: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    client = Client(PUBLIC_KEY, PRIVATE_KEY, base_url=capture.url, sync_mode=True)
+    track(client)
+    ((path, _, _),) = capture.requests
+    assert path == "/api/events"
+
+
+def test_a_netrc_entry_never_replaces_the_api_key(
+    capture: Capture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    client = Client(PUBLIC_KEY, PRIVATE_KEY, base_url=capture.url, sync_mode=True)
+    track(client)
+    ((_, headers, _),) = capture.requests
+    assert headers["Authorization"] == f"Klaviyo-API-Key {PRIVATE_KEY}"
