@@ -34,7 +34,6 @@ __all__ = [
 MAX_JOB_EVENTS = 1000
 # Klaviyo's limit is 5 MB per request; stay a little under it (and under 5 MiB as well).
 MAX_JOB_BYTES = 5_000_000 - 4096
-_ITEM_POINTER = re.compile(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/|$)")
 _FRAME_CACHE = 4096
 
 
@@ -130,9 +129,19 @@ class BulkJob:
 
     __slots__ = ("items",)
     endpoint = "POST /api/event-bulk-create-jobs"
+    ITEMS = "/data/attributes/events-bulk-create/data"
+    """Where Klaviyo's error pointers find the items (one per profile)."""
 
     def __init__(self, items: Sequence[Item]) -> None:
         self.items = list(items)
+
+    def item_count(self) -> int:
+        """How many items (profiles) the job carries."""
+        return len(self.items)
+
+    def owners_of(self, index: int) -> list[object]:
+        """Who waits for the events of one item."""
+        return self.items[index].owners
 
     def body(self) -> bytes:
         """Return the request body."""
@@ -251,14 +260,24 @@ class OpenJob:
         return [self.seal()]
 
 
-def failed_items(pointers: Iterable[str | None]) -> set[int] | None:
+@functools.cache
+def _item_pointer(items: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(items)}/(\d+)(?:/|$)")
+
+
+def failed_items(pointers: Iterable[str | None], items: str) -> set[int] | None:
     """Return the indexes of the items Klaviyo's error pointers name.
+
+    Args:
+        pointers: The ``source.pointer`` of each error.
+        items: The JSON pointer of the job's items array (a job class's ``ITEMS``).
 
     Returns None when any error names no item (then the whole job failed).
     """
+    pattern = _item_pointer(items)
     found: set[int] = set()
     for pointer in pointers:
-        match = _ITEM_POINTER.match(pointer or "")
+        match = pattern.match(pointer or "")
         if match is None:
             return None
         found.add(int(match.group(1)))

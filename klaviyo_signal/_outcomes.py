@@ -128,24 +128,24 @@ class Outcomes:
         """Klaviyo took the whole request."""
         self.settle(_entries(unit), None, http_status=http_status)
 
-    def refused(self, unit: Unit, exc: APIError) -> BulkJob | None:
+    def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
         """Klaviyo answered with an error other than 429; return what to send again."""
-        if isinstance(unit, BulkJob) and exc.status == 400:
-            bad = failed_items(err.pointer for err in exc.errors)
-            if bad is not None and max(bad) < len(unit.items):
+        if isinstance(unit, (BulkJob, SubscriptionJob)) and exc.status == 400:
+            bad = failed_items((err.pointer for err in exc.errors), unit.ITEMS)
+            if bad is not None and max(bad) < unit.item_count():
                 for index in sorted(bad):
-                    reason = _detail_for(exc, index)
+                    reason = _detail_for(exc, unit.ITEMS, index)
                     failure = Failure(DeliveryStatus.FAILED, reason, 400)
-                    self.settle(_cast(unit.items[index].owners), failure)
+                    self.settle(_cast(unit.owners_of(index)), failure)
                 self._once(
                     "item",
                     logging.WARNING,
-                    "klaviyo-signal: Klaviyo refused some events of a bulk job (HTTP 400); "
+                    "klaviyo-signal: Klaviyo refused some items of a bulk job (HTTP 400); "
                     "the rest is sent again and each refused call's Delivery says why "
                     "(logged once)",
                 )
                 rest = unit.without(bad)
-                return rest if rest.items else None
+                return rest if rest.item_count() else None
         if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
             # Once per set of scopes: a key may lack the subscription scopes only.
             self._once(f"auth {' '.join(exc.scopes)}", logging.ERROR, "klaviyo-signal: %s", exc)
@@ -251,13 +251,13 @@ def _cast(owners: Sequence[object]) -> list[Entry]:
     return [owner for owner in owners if isinstance(owner, Entry)]
 
 
-def _detail_for(exc: APIError, index: int) -> str:
+def _detail_for(exc: APIError, items: str, index: int) -> str:
     """Return Klaviyo's words about one item: the detail of each error that names it."""
-    prefix = f"/data/attributes/events-bulk-create/data/{index}"
+    prefix = f"{items}/{index}"
     details = [
         err.detail or err.title or "refused"
         for err in exc.errors
         if err.pointer is not None
         and (err.pointer == prefix or err.pointer.startswith(prefix + "/"))
     ]
-    return "; ".join(dict.fromkeys(details)) or "Klaviyo refused this event"
+    return "; ".join(dict.fromkeys(details)) or "Klaviyo refused this item"

@@ -12,7 +12,7 @@ profile twice.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 from ._subscriptions import MAX_PROFILES, Subscription, subscription_body
 from ._wire import encode
@@ -33,6 +33,8 @@ class SubscriptionJob:
     """A sealed subscription job: the calls it carries, ready to send."""
 
     __slots__ = ("_body", "endpoint", "subs", "waiting")
+    ITEMS = "/data/attributes/profiles/data"
+    """Where Klaviyo's error pointers find the items (one per profile)."""
 
     def __init__(self, subs: list[Subscription], waiting: list[object]) -> None:
         self.subs = subs
@@ -49,6 +51,20 @@ class SubscriptionJob:
     def owners(self) -> list[object]:
         """Return who waits for each profile, one entry per profile."""
         return list(self.waiting)
+
+    def item_count(self) -> int:
+        """How many profiles the job carries."""
+        return len(self.subs)
+
+    def owners_of(self, index: int) -> list[object]:
+        """Who waits for one profile of the job."""
+        return [self.waiting[index]]
+
+    def without(self, indexes: Iterable[int]) -> SubscriptionJob:
+        """Return this job minus the profiles at ``indexes``."""
+        gone = set(indexes)
+        keep = [i for i in range(len(self.subs)) if i not in gone]
+        return SubscriptionJob([self.subs[i] for i in keep], [self.waiting[i] for i in keep])
 
 
 class _Open:

@@ -534,3 +534,43 @@ def test_explain_shows_the_subscription_request(fake: FakeKlaviyo) -> None:
     assert_valid(SUBSCRIBE_PATH, explanation.requests[1].body)
     client.close()
     assert fake.requests == []
+
+
+def test_partial_400_fails_only_the_named_profile(
+    fake: FakeKlaviyo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 400 naming one profile of a subscription job fails that call; the rest is resent."""
+    pointer = "/data/attributes/profiles/data/1/attributes/email"
+    fake.fail_next(
+        400,
+        body={
+            "errors": [
+                {
+                    "id": "e1",
+                    "status": 400,
+                    "code": "invalid",
+                    "title": "Invalid input.",
+                    "detail": "This email address is not deliverable.",
+                    "source": {"pointer": pointer},
+                }
+            ]
+        },
+    )
+    client = client_for(fake)
+    calls = [client.subscribe(email=f"p{i}@example.com", list_id="News") for i in range(3)]
+    client.close()
+    finals = [call.wait(timeout=10) for call in calls]
+    assert [f.status for f in finals] == [
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.DELIVERED,
+    ]
+    assert finals[1].reason == "This email address is not deliverable."
+    assert finals[1].http_status == 400
+    requests = sent(fake, SUBSCRIBE_PATH)
+    assert [r.status for r in requests] == [400, 202]
+    assert job_sizes(requests) == [3, 2]
+    assert fake.profile_for(email="p1@example.com") is None
+    assert fake.profile_for(email="p2@example.com").lists == ("News",)  # type: ignore[union-attr]
+    assert client.stats.failed_by_reason == {"HTTP 400": 1}
+    assert caplog.text.count("refused some items") == 1
