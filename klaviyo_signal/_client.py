@@ -22,9 +22,9 @@ from ._consent import consent_drop_reason
 from ._delivery import Delivery, DeliveryStatus, Job, OnDelivery, send_job
 from ._errors import ConfigurationError
 from ._events import Pending
-from ._explain import Explanation, explain
+from ._explain import ExplainKind, Explanation, explain
 from ._lifecycle import forget, manage
-from ._messages import Kind, Message, build_message
+from ._messages import Message, build_message
 from ._models import Event, KlaviyoObject, Profile
 from ._ratelimit import RateLimits
 from ._stats import Counters, Stats, failure_key
@@ -475,11 +475,12 @@ class Client:
 
     # -- lifetime ------------------------------------------------------------------------
 
-    def explain(self, kind: Kind, *args: Any, **kwargs: Any) -> Explanation:
+    def explain(self, kind: ExplainKind, *args: Any, **kwargs: Any) -> Explanation:
         """Return what a call with these arguments would send, without sending it.
 
         Args:
-            kind: ``"identify"``, ``"track"`` or ``"page"``.
+            kind: ``"identify"``, ``"track"``, ``"page"``, ``"subscribe"`` or
+                ``"unsubscribe"``.
             *args: The same positional arguments as that method.
             **kwargs: The same keyword arguments as that method.
 

@@ -14,13 +14,13 @@ import attrs
 from ._blueprint import Blueprint
 from ._consent import consent_drop_reason
 from ._json import JSON
-from ._messages import Kind, build_message
+from ._messages import build_message
 from ._models import Event, KlaviyoObject, Profile
-from ._subscriptions import subscription_body
+from ._subscriptions import build_subscription, subscription_body
 from ._version import VERSION
 from ._wire import event_body, profile_body
 
-__all__ = ["ExplainedRequest", "Explanation", "explain"]
+__all__ = ["ExplainKind", "ExplainedRequest", "Explanation", "explain"]
 
 # The positional parameters of identify, track and page, in order.
 _POSITIONAL: dict[str, tuple[str, ...]] = {
@@ -31,6 +31,23 @@ _POSITIONAL: dict[str, tuple[str, ...]] = {
 _KEYWORDS = frozenset(
     {"user_id", "anonymous_id", "traits", "context", "consent", "timestamp", "message_id"}
 )
+# subscribe and unsubscribe take keywords only.
+_SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
+    "subscribe": frozenset(
+        {
+            "email",
+            "phone",
+            "list_id",
+            "channels",
+            "custom_source",
+            "consented_at",
+            "consent",
+            "message_id",
+        }
+    ),
+    "unsubscribe": frozenset({"email", "phone", "list_id", "channels", "message_id"}),
+}
+ExplainKind = Literal["identify", "track", "page", "subscribe", "unsubscribe"]
 # The private key never leaves the client, not even in an explanation.
 _MASKED_AUTHORIZATION = "Klaviyo-API-Key pk_***"
 
@@ -66,7 +83,10 @@ class Explanation:
 def _fields(kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Bind ``args``/``kwargs`` the way ``Client.<kind>`` would, with its TypeErrors."""
     if kind not in _POSITIONAL:
-        raise TypeError(f"explain: kind must be 'identify', 'track' or 'page', got {kind!r}")
+        raise TypeError(
+            "explain: kind must be 'identify', 'track', 'page', 'subscribe' or "
+            f"'unsubscribe', got {kind!r}"
+        )
     positional = _POSITIONAL[kind]
     if len(args) > len(positional):
         raise TypeError(
@@ -110,7 +130,7 @@ def explain(
     require_consent: bool,
     default_phone_region: str | None,
     revision: str,
-    kind: Kind,
+    kind: ExplainKind,
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
 ) -> Explanation:
@@ -121,7 +141,8 @@ def explain(
         require_consent: The client's ``require_consent``.
         default_phone_region: The client's ``default_phone_region``.
         revision: The API revision the requests carry.
-        kind: ``"identify"``, ``"track"`` or ``"page"``.
+        kind: ``"identify"``, ``"track"``, ``"page"``, ``"subscribe"`` or
+            ``"unsubscribe"``.
         args: The positional arguments of that call.
         kwargs: Its keyword arguments.
 
@@ -129,10 +150,18 @@ def explain(
         TypeError: The arguments do not fit the call, as the method itself would raise.
         ValidationError: The input breaks a rule, exactly as the call would raise.
     """
+    if kind in {"subscribe", "unsubscribe"}:
+        return _explain_subscription(
+            kind,
+            args,
+            kwargs,
+            default_phone_region,
+            revision,
+        )
     fields = _fields(kind, args, kwargs)
     named = fields.get("event") if kind == "track" else fields.get("name")
     message = build_message(
-        kind,
+        kind,  # type: ignore[arg-type]  # a subscription kind returned above
         default_phone_region=default_phone_region,
         reads=blueprint.reads(kind, named),
         **fields,
@@ -146,3 +175,24 @@ def explain(
     headers = _headers(revision)
     requests = tuple(_request(obj, headers) for obj in decision.objects)
     return Explanation("send", None, decision.rule, requests)
+
+
+def _explain_subscription(
+    kind: Literal["subscribe", "unsubscribe"],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    default_phone_region: str | None,
+    revision: str,
+) -> Explanation:
+    """Explain a subscribe/unsubscribe: the job sync mode would send for it alone.
+
+    In background mode the same profile goes out in a job with other calls for the same
+    list and source; the profile's entry in that job is the one shown here.
+    """
+    if args:
+        raise TypeError(f"{kind}() takes 0 positional arguments but {len(args)} were given")
+    for name in kwargs:
+        if name not in _SUBSCRIPTION_KEYWORDS[kind]:
+            raise TypeError(f"{kind}() got an unexpected keyword argument {name!r}")
+    sub = build_subscription(kind, default_phone_region=default_phone_region, **kwargs)
+    return Explanation("send", None, None, (_request(sub, _headers(revision)),))

@@ -107,7 +107,9 @@ def test_require_consent_applies() -> None:
         ("track", ("a", {}, "x"), {}, "takes at most 2 positional arguments"),
         ("page", ("Home",), {"name": "Home"}, "multiple values for argument 'name'"),
         ("identify", (), {"event": "x"}, "unexpected keyword argument 'event'"),
-        ("alias", (), {}, "kind must be 'identify', 'track' or 'page'"),
+        ("alias", (), {}, "kind must be 'identify', 'track', 'page', 'subscribe' or"),
+        ("subscribe", ("a@example.com",), {}, "takes 0 positional arguments"),
+        ("unsubscribe", (), {"custom_source": "x"}, "unexpected keyword argument"),
     ],
 )
 def test_bad_arguments_raise_type_error(
@@ -171,3 +173,23 @@ def test_explained_bodies_are_plain_json() -> None:
     explanation = run("track", "Product Viewed", {"product_id": "p"}, user_id="u")
     (request,) = explanation.requests
     assert json.loads(json.dumps(request.body)) == request.body
+
+
+@pytest.mark.parametrize("kind", ["subscribe", "unsubscribe"])
+def test_subscriptions_show_the_job_sync_mode_sends(kind: str, capture: Capture) -> None:
+    """subscribe/unsubscribe explain the very job a sync call sends."""
+    call = {"email": "ann@example.com", "list_id": "News", "message_id": "m-1"}
+    explanation = run(kind, **call)
+    client = Client(PUBLIC_KEY, PRIVATE_KEY, base_url=capture.url, sync_mode=True)
+    getattr(client, kind)(**call)
+    ((path, _, body),) = capture.requests
+    (request,) = explanation.requests
+    assert (explanation.status, explanation.reason, explanation.rule) == ("send", None, None)
+    assert (request.method, request.path) == ("POST", path)
+    assert dumps(request.body) == body
+    assert request.headers["Authorization"] == "Klaviyo-API-Key pk_***"
+
+
+def test_a_bad_subscription_raises_like_the_call() -> None:
+    with pytest.raises(ValidationError, match="pass email= or phone="):
+        run("subscribe", list_id="News")
