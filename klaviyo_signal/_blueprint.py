@@ -25,7 +25,7 @@ from ._messages import Message
 from ._models import KlaviyoObject
 from ._paths import message_view
 from ._profile import bare, profile_from
-from ._reads import ALL, rule_paths, rule_reads
+from ._reads import ALL, Reads, context_reads, profile_paths, rule_paths, rule_reads
 from ._rules import (
     CatchAll,
     IdentifyRule,
@@ -40,6 +40,7 @@ from ._subscriptions import Subscription, implied_subscription
 from ._variants import variant_data
 
 _PLANS_CACHE = 1024
+_READS_ALL = Reads()
 
 __all__ = [
     "Blueprint",
@@ -71,8 +72,8 @@ class _CallPlan:
 
     rule: Rule | None
     rule_name: str
-    reads: tuple[str, ...] | None
-    """The top-level properties the rule reads (None: all)."""
+    reads: Reads
+    """What of the call's properties and context the mapping reads."""
     timestamp_in_view: bool
     """Whether a path reads ``timestamp`` (as an ISO string) from the call."""
     extra: int | None = None
@@ -243,13 +244,14 @@ class Blueprint:
             return self.decide(message)
         return pending(rule, message, message_view(message, timestamp=plan.timestamp_in_view))
 
-    def reads(self, kind: str, event: object) -> tuple[str, ...] | None:
-        """Return the top-level properties a call's rule reads, or None for all of them.
+    def reads(self, kind: str, event: object) -> Reads:
+        """Return what of a call's properties and context its mapping reads.
 
-        The caller's thread cleans only these (see ``_reads``); a dropped call reads none.
+        The caller's thread cleans only these (see ``_reads``); a dropped call reads no
+        properties.
         """
         if type(event) is not str and kind == "track":
-            return ALL  # build_message refuses the name; nothing to look up
+            return _READS_ALL  # build_message refuses the name; nothing to look up
         return self._plan(kind, event).reads  # type: ignore[arg-type]
 
     def _plan(self, kind: str, event: str | None) -> _CallPlan:
@@ -261,17 +263,22 @@ class Blueprint:
             pass
         rule, name = (None, "identify") if kind == "identify" else self._rule_named(kind, key[1])
         if kind == "identify":
-            plan = _CallPlan(rule, name, ALL, timestamp_in_view=True)
+            reads = Reads(ALL, context_reads(profile_paths(self.profile), None))
+            plan = _CallPlan(rule, name, reads, timestamp_in_view=True)
         elif rule is None or not rule.enabled:
-            plan = _CallPlan(rule, name, (), timestamp_in_view=False)
+            plan = _CallPlan(rule, name, Reads((), context_reads((), None)), False)
         else:
             paths = list(rule_paths(rule, self.profile))
+            reads = Reads(
+                rule_reads(rule, self.mapper, self.profile),
+                context_reads(paths, rule.mapper or self.mapper),
+            )
             if rule.time == "timestamp":
                 paths.remove("timestamp")  # the default time is read without the view
             plan = _CallPlan(
                 rule,
                 name,
-                rule_reads(rule, self.mapper, self.profile),
+                reads,
                 timestamp_in_view=any(p.partition(".")[0] == "timestamp" for p in paths),
                 extra=simple_extra(rule, self.mapper),
             )

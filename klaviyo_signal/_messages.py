@@ -20,7 +20,7 @@ from ._errors import ValidationError
 from ._identity import Identity, identity_from, normalize_id
 from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
 
-__all__ = ["Kind", "Message", "build_message"]
+__all__ = ["Kind", "Message", "Reads", "build_message"]
 
 Kind = Literal["identify", "track", "page"]
 
@@ -55,6 +55,20 @@ class Message:
     identity: Identity
 
 
+@attrs.frozen
+class Reads:
+    """The top-level keys of a call's properties and context its blueprint can read.
+
+    ``build_message`` checks and copies only these (``_reads`` works them out); None: all.
+    """
+
+    properties: tuple[str, ...] | None = None
+    context: tuple[str, ...] | None = None
+
+
+_ALL = Reads()
+
+
 def build_message(
     kind: Kind,
     *,
@@ -70,7 +84,7 @@ def build_message(
     message_id: object = None,
     default_phone_region: str | None = None,
     now: datetime | None = None,
-    reads: tuple[str, ...] | None = None,
+    reads: Reads | None = None,
 ) -> Message:
     """Check and clean one call into a Message.
 
@@ -89,8 +103,9 @@ def build_message(
         message_id: A str or UUID that makes retries idempotent; default a new uuid4.
         default_phone_region: Region for phone numbers not in E.164 form (``'GB'``).
         now: The current time, for tests; default the clock.
-        reads: The top-level properties the blueprint reads (``Blueprint.reads``): only
-            these are checked and copied, the rest is never sent. None: all of them.
+        reads: What of the properties and context the blueprint reads
+            (``Blueprint.reads``): only that is checked and copied, the rest is never
+            sent. None: all of it.
 
     Raises:
         ValidationError: Any input breaks a rule; the message names the field and the rule.
@@ -118,10 +133,12 @@ def build_message(
         raise ValidationError(
             "properties: identify calls take traits, not properties; pass them as traits="
         )
+    if reads is None:
+        reads = _ALL
     clean_props = clean_properties(
-        properties, "properties", max_keys=MAX_EVENT_PROPERTIES, only=reads
+        properties, "properties", max_keys=MAX_EVENT_PROPERTIES, only=reads.properties
     )
-    clean_context = clean_properties(context, "context")
+    clean_context = clean_properties(context, "context", only=reads.context)
     clean_traits = _traits(traits, clean_context)
     uid = None if user_id is None else normalize_id(user_id, "user_id")
     aid = None if anonymous_id is None else normalize_id(anonymous_id, "anonymous_id")

@@ -156,3 +156,48 @@ def test_a_call_the_worker_cannot_build_fails_with_the_reason(
     assert client.stats.failed == 1
     assert "could not be built" in caplog.text
     assert fake.requests == []
+
+
+def test_context_keys_no_mapping_reads_are_not_checked(fake: FakeKlaviyo) -> None:
+    """Segment's context (library, user agent...) is read for consent, traits and paths only."""
+    client = client_for(fake)
+    context = {
+        "library": {"name": "analytics-python", "ratio": math.nan},
+        "traits": {"email": "ana@example.com"},
+    }
+    delivery = client.track("Order Completed", order(), context=context)
+    assert client.flush(timeout=30)
+    client.close()
+    assert delivery.wait(10).status is DeliveryStatus.DELIVERED
+    (event,) = fake.events
+    assert event.profile.email == "ana@example.com"
+
+
+def test_context_keys_a_rule_reads_are_checked(fake: FakeKlaviyo) -> None:
+    client = client_for(fake)
+    with pytest.raises(ValidationError, match=r"context\.page\.url: nan is not a finite number"):
+        client.page("Home", context={"page": {"url": math.nan}}, user_id="u-1")
+    denied = client.track(
+        "Order Completed",
+        order(),
+        user_id="u-1",
+        context={"consent": {"categoryPreferences": {"marketing": False}}},
+    )
+    client.close()
+    assert denied.status is DeliveryStatus.DROPPED
+    assert fake.requests == []
+
+
+def test_a_mapper_sees_the_whole_context(fake: FakeKlaviyo) -> None:
+    seen: list[Any] = []
+
+    def mapper(message: Any) -> dict[str, Any]:
+        seen.append(dict(message.context))
+        return {"library": message.context["library"]["name"]}
+
+    client = client_for(fake, default_blueprint().enable("Signed Up", mapper=mapper))
+    client.track("Signed Up", user_id="u-1", context={"library": {"name": "x"}, "ip": "1.2.3.4"})
+    client.close()
+    assert seen == [{"library": {"name": "x"}, "ip": "1.2.3.4"}]
+    (event,) = fake.events
+    assert event.properties["library"] == "x"
