@@ -197,7 +197,8 @@ class OpenJob:
         if isinstance(profile, Identity):
             identity, rich = profile, None
         else:
-            identity, rich = profile.identity, profile
+            # A bare Profile is the same item as a bare Identity: one person, one item.
+            identity, rich = profile.identity, None if profile.bare() else profile
         key = _key(identity)
         item = self._by_key.get(key)
         new = item is None or item.profile != rich

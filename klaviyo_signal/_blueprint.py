@@ -40,6 +40,7 @@ from ._subscriptions import Subscription, implied_subscription
 from ._variants import variant_data
 
 _PLANS_CACHE = 1024
+_MAX_NAME = 128  # Klaviyo's metric name limit, as build_message checks it
 _READS_ALL = Reads()
 
 __all__ = [
@@ -222,7 +223,8 @@ class Blueprint:
         """Decide now, or check only and return the ``Pending`` event to build later.
 
         Background mode calls this on the caller's thread and leaves building the common,
-        simple calls' events to the worker (``_events.build_pending``): a rule without
+        simple calls' events to the worker (``_events.pending_properties`` and
+        ``_wire.event_bytes``): a rule without
         mapper, items or source paths, and an event profile that is just the identity.
         Every check ``decide`` would make still happens here, so bad input fails on the
         caller's line all the same. Other calls are decided here in full.
@@ -250,8 +252,10 @@ class Blueprint:
         The caller's thread cleans only these (see ``_reads``); a dropped call reads no
         properties.
         """
-        if type(event) is not str and kind == "track":
-            return _READS_ALL  # build_message refuses the name; nothing to look up
+        if kind == "track" and (
+            type(event) is not str or not 0 < len(event) < _MAX_NAME or event.isspace()
+        ):
+            return _READS_ALL  # build_message refuses the name, with the reason
         return self._plan(kind, event).reads  # type: ignore[arg-type]
 
     def _plan(self, kind: str, event: str | None) -> _CallPlan:

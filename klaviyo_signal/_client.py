@@ -244,6 +244,7 @@ class Client:
         return self._call(
             build_message(
                 "identify",
+                reads=self._config.blueprint.reads("identify", None),
                 user_id=user_id,
                 traits=traits,
                 anonymous_id=anonymous_id,

@@ -52,6 +52,19 @@ class Profile:
     # rather than hold an empty dict per queued event.
     properties: Mapping[str, JSON] = _NO_PROPERTIES
 
+    def bare(self) -> bool:
+        """Whether the profile carries nothing but its identifiers."""
+        return (
+            not self.properties
+            and self.location is None
+            and self.first_name is None
+            and self.last_name is None
+            and self.organization is None
+            and self.title is None
+            and self.image is None
+            and self.locale is None
+        )
+
 
 @attrs.frozen
 class Event:

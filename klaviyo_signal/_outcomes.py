@@ -144,8 +144,9 @@ class Outcomes:
                     "the rest is sent again and each refused call's Delivery says why "
                     "(logged once)",
                 )
-                rest = unit.without(bad)
-                return rest if rest.item_count() else None
+                if len(bad) == unit.item_count():
+                    return None  # every item refused: nothing left to send
+                return unit.without(bad)
         if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
             # Once per set of scopes: a key may lack the subscription scopes only.
             self._once(f"auth {' '.join(exc.scopes)}", logging.ERROR, "klaviyo-signal: %s", exc)

@@ -201,3 +201,41 @@ def test_a_mapper_sees_the_whole_context(fake: FakeKlaviyo) -> None:
     assert seen == [{"library": {"name": "x"}, "ip": "1.2.3.4"}]
     (event,) = fake.events
     assert event.properties["library"] == "x"
+
+
+def test_identify_and_explain_read_the_same_context(fake: FakeKlaviyo) -> None:
+    client = client_for(fake)
+    call = {"context": {"library": {"ratio": math.nan}}, "message_id": "m-1"}
+    explained = client.explain("identify", "u-1", {"email": "ana@example.com"}, **call)
+    delivery = client.identify("u-1", {"email": "ana@example.com"}, **call)
+    client.close()
+    assert explained.status == "send"
+    assert delivery.wait(10).status is DeliveryStatus.DELIVERED
+    with pytest.raises(ValidationError, match=r"context\.traits: must be an object"):
+        client_for(fake).identify("u-1", context={"traits": "ana"})
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [("", "event: must not be empty"), ("x" * 200, "event: 'x.* is 200 characters")],
+)
+def test_bad_event_names_say_so_under_a_forwarding_blueprint(
+    fake: FakeKlaviyo, name: str, error: str
+) -> None:
+    forward = Blueprint.from_dict({"version": 1, "catch_all": {"action": "forward"}})
+    client = client_for(fake, forward)
+    with pytest.raises(ValidationError, match=error):
+        client.track(name, user_id="u-1")
+    client.close()
+
+
+def test_one_persons_events_share_one_bulk_item_whichever_route(fake: FakeKlaviyo) -> None:
+    """Page views (mapped on the caller) and orders (built on the worker) group together."""
+    client = client_for(fake)
+    for _ in range(3):
+        client.page("Home", {"url": "https://shop.example.com/"}, user_id="u-1")
+        client.track("Order Completed", order(), user_id="u-1")
+    client.close()
+    (request,) = [r for r in fake.requests if r.path == BULK]
+    items = request.body["data"]["attributes"]["events-bulk-create"]["data"]  # type: ignore[index,call-overload]
+    assert [len(item["attributes"]["events"]["data"]) for item in items] == [6]

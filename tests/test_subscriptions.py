@@ -574,3 +574,33 @@ def test_partial_400_fails_only_the_named_profile(
     assert fake.profile_for(email="p2@example.com").lists == ("News",)  # type: ignore[union-attr]
     assert client.stats.failed_by_reason == {"HTTP 400": 1}
     assert caplog.text.count("refused some items") == 1
+
+
+def test_a_400_naming_every_profile_fails_that_job_only(fake: FakeKlaviyo) -> None:
+    """Nothing is left to resend; other jobs and the worker carry on."""
+    pointer = "/data/attributes/profiles/data/0/attributes/email"
+    fake.fail_next(
+        400,
+        body={
+            "errors": [
+                {
+                    "id": "e1",
+                    "status": 400,
+                    "code": "invalid",
+                    "title": "Invalid input.",
+                    "detail": "This email address is not deliverable.",
+                    "source": {"pointer": pointer},
+                }
+            ]
+        },
+    )
+    client = client_for(fake)
+    bad = client.subscribe(email="bad@example.com", list_id="A")
+    good = client.subscribe(email="good@example.com", list_id="B")
+    assert client.flush(timeout=10)
+    later = client.subscribe(email="later@example.com", list_id="B")
+    client.close()
+    assert bad.wait(10).reason == "This email address is not deliverable."
+    assert good.wait(10).status is DeliveryStatus.DELIVERED
+    assert later.wait(10).status is DeliveryStatus.DELIVERED
+    assert [r.status for r in sent(fake, SUBSCRIBE_PATH)] == [400, 202, 202]
