@@ -109,3 +109,16 @@ def capture() -> Iterator[Capture]:
     server = Capture()
     yield server
     server.close()
+
+
+def refuse_item(fake: FakeKlaviyo, pointer: str, detail: str) -> None:
+    """Make ``fake`` answer the next request with Klaviyo's 400 naming one item."""
+    error = {
+        "id": "e1",
+        "status": 400,
+        "code": "invalid",
+        "title": "Invalid input.",
+        "detail": detail,
+        "source": {"pointer": pointer},
+    }
+    fake.fail_next(400, body={"errors": [error]})

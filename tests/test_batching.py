@@ -12,7 +12,7 @@ from klaviyo_signal._identity import Identity
 from klaviyo_signal._models import Event, Profile
 from klaviyo_signal.testing import FakeKlaviyo
 
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
+from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid, refuse_item
 
 BULK = "/api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")
@@ -155,21 +155,7 @@ def test_identify_goes_before_later_events_of_the_profile(fake: FakeKlaviyo) -> 
 def test_partial_400_fails_only_the_named_item(fake: FakeKlaviyo) -> None:
     """A 400 naming one item fails only its calls, with Klaviyo's detail; the rest is resent."""
     pointer = "/data/attributes/events-bulk-create/data/1/attributes/profile"
-    fake.fail_next(
-        400,
-        body={
-            "errors": [
-                {
-                    "id": "e1",
-                    "status": 400,
-                    "code": "invalid",
-                    "title": "Invalid input.",
-                    "detail": "This profile is suppressed.",
-                    "source": {"pointer": pointer},
-                }
-            ]
-        },
-    )
+    refuse_item(fake, pointer, "This profile is suppressed.")
     client = client_for(fake)
     calls = [client.track("Signed Up", {"n": i}, user_id=f"user-{i}") for i in range(3)]
     client.close()

@@ -30,7 +30,7 @@ from klaviyo_signal._subscriptions import (
 )
 from klaviyo_signal.testing import FakeKlaviyo, FakeRequest
 
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid, schema_errors
+from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid, refuse_item, schema_errors
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
@@ -541,21 +541,7 @@ def test_partial_400_fails_only_the_named_profile(
 ) -> None:
     """A 400 naming one profile of a subscription job fails that call; the rest is resent."""
     pointer = "/data/attributes/profiles/data/1/attributes/email"
-    fake.fail_next(
-        400,
-        body={
-            "errors": [
-                {
-                    "id": "e1",
-                    "status": 400,
-                    "code": "invalid",
-                    "title": "Invalid input.",
-                    "detail": "This email address is not deliverable.",
-                    "source": {"pointer": pointer},
-                }
-            ]
-        },
-    )
+    refuse_item(fake, pointer, "This email address is not deliverable.")
     client = client_for(fake)
     calls = [client.subscribe(email=f"p{i}@example.com", list_id="News") for i in range(3)]
     client.close()
@@ -579,21 +565,7 @@ def test_partial_400_fails_only_the_named_profile(
 def test_a_400_naming_every_profile_fails_that_job_only(fake: FakeKlaviyo) -> None:
     """Nothing is left to resend; other jobs and the worker carry on."""
     pointer = "/data/attributes/profiles/data/0/attributes/email"
-    fake.fail_next(
-        400,
-        body={
-            "errors": [
-                {
-                    "id": "e1",
-                    "status": 400,
-                    "code": "invalid",
-                    "title": "Invalid input.",
-                    "detail": "This email address is not deliverable.",
-                    "source": {"pointer": pointer},
-                }
-            ]
-        },
-    )
+    refuse_item(fake, pointer, "This email address is not deliverable.")
     client = client_for(fake)
     bad = client.subscribe(email="bad@example.com", list_id="A")
     good = client.subscribe(email="good@example.com", list_id="B")
