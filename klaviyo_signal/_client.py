@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any, Literal
 from ._blueprint import Blueprint, blueprint_for_variant
 from ._config import PUBLISHED, Config, mask
 from ._consent import consent_drop_reason
-from ._delivery import Delivery, DeliveryStatus, Job, OnDelivery, send_job
+from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, send_job
 from ._errors import ConfigurationError
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
@@ -139,7 +138,7 @@ class Client:
         c = self._config
         self._transport = _transport(c, max_retries=c.max_retries)
         self._stats = Counters()
-        self._signal = threading.Condition()
+        self._board = Board()
         self._worker = Worker(
             # The worker retries 429s, 5xx and unanswered requests itself, through its
             # per-endpoint limiter, so its transport retries nothing. The factory holds
@@ -147,7 +146,7 @@ class Client:
             make_transport=functools.partial(_transport, c, max_retries=0, pool_size=1),
             limits=c.rate_limits,
             stats=self._stats,
-            signal=self._signal,
+            board=self._board,
             on_delivery=c.on_delivery,
             flush_interval=c.flush_interval,
             max_queue_size=c.max_queue_size,

@@ -17,7 +17,16 @@ import attrs
 
 from ._errors import APIError, KlaviyoSignalError, TransportError
 
-__all__ = ["Delivery", "DeliveryStatus", "Job", "OnDelivery", "Ticket", "send_job"]
+__all__ = [
+    "Board",
+    "Delivery",
+    "DeliveryStatus",
+    "Final",
+    "Job",
+    "OnDelivery",
+    "Ticket",
+    "send_job",
+]
 
 log = logging.getLogger("klaviyo_signal")
 
@@ -34,43 +43,62 @@ class DeliveryStatus(str, enum.Enum):
         return self.value
 
 
-class Ticket:
-    """The handle a queued Delivery keeps to learn its final outcome.
+Final = tuple["DeliveryStatus", "str | None", "int | None"]
+"""A call's final status, reason and HTTP status: atoms only (see ``Board``)."""
 
-    All tickets of a client share one Condition: a call in the caller's hot path then
-    allocates one small object, not a lock, and the worker wakes waiters once per batch.
+
+class Board:
+    """Where the worker posts final outcomes for the Tickets still held.
+
+    A queued call is known to the worker by a sequence number, not by an object: nothing
+    per queued call is a container the garbage collector has to visit, so a long queue
+    never makes a collection pass (which stalls every thread) longer. Outcomes are kept
+    only for calls whose Delivery someone still holds (``alive``); a Ticket removes its
+    own when it is dropped.
     """
 
-    __slots__ = ("_final", "_signal")
+    __slots__ = ("alive", "finals", "signal")
 
-    def __init__(self, signal: threading.Condition) -> None:
-        self._signal = signal
-        self._final: Delivery | None = None
+    def __init__(self) -> None:
+        self.signal = threading.Condition()
+        self.alive: set[int] = set()
+        self.finals: dict[int, Final] = {}
 
-    def resolve(self, final: Delivery) -> None:
-        """Record the final outcome and wake whoever waits on it."""
-        with self._signal:
-            self._final = final
-            self._signal.notify_all()
+    def post(self, finals: Sequence[tuple[int, Final]]) -> None:
+        """Record the outcomes of calls that became final and wake the waiters once."""
+        alive = self.alive
+        with self.signal:
+            for seq, final in finals:
+                if seq in alive:
+                    self.finals[seq] = final
+            self.signal.notify_all()
 
-    @staticmethod
-    def wake_all(signal: threading.Condition) -> None:
-        """Wake every waiter of ``signal`` after tickets became final (see ``outcome``)."""
-        with signal:
-            signal.notify_all()
 
-    def outcome(self) -> Delivery | None:
-        """Return the final outcome, or None while there is none yet.
+class Ticket:
+    """The handle a queued Delivery keeps to learn its final outcome from the Board."""
 
-        A subclass may make it on demand: most calls' outcome is never asked for.
-        """
-        return self._final
+    __slots__ = ("_board", "_message_id", "_seq")
+
+    def __init__(self, board: Board, seq: int, message_id: str) -> None:
+        self._board = board
+        self._seq = seq
+        self._message_id = message_id
+        board.alive.add(seq)
+
+    def __del__(self) -> None:
+        # Set and dict operations are atomic: no lock, so this is safe on any thread,
+        # inside a garbage collection or at interpreter exit.
+        board = self._board
+        board.alive.discard(self._seq)
+        board.finals.pop(self._seq, None)
 
     def wait(self, timeout: float | None) -> Delivery | None:
         """Return the final outcome, or None if ``timeout`` passes first."""
-        with self._signal:
-            self._signal.wait_for(lambda: self.outcome() is not None, timeout)
-            return self.outcome()
+        board, seq = self._board, self._seq
+        with board.signal:
+            board.signal.wait_for(lambda: seq in board.finals, timeout)
+            final = board.finals.get(seq)
+        return None if final is None else Delivery(self._message_id, *final)
 
 
 @attrs.frozen

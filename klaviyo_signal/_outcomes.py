@@ -12,58 +12,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
 from ._batcher import BulkJob, failed_items
-from ._delivery import Delivery, DeliveryStatus, OnDelivery, Ticket
+from ._delivery import Board, Delivery, DeliveryStatus, Final, OnDelivery
 from ._errors import APIError, AuthenticationError, PermissionDeniedError, TransportError
-from ._events import Pending
-from ._models import KlaviyoObject
 from ._stats import Counters, failure_key
 from ._subscription_batcher import SubscriptionJob
 
-__all__ = ["Entry", "Failure", "Identify", "Outcomes", "Unit"]
+__all__ = ["Failure", "Identify", "Outcomes", "Unit"]
 
 log = logging.getLogger("klaviyo_signal")
-
-
-class Entry(Ticket):
-    """One queued call: its objects, how many of its parts are unsent, and its Ticket.
-
-    The Entry is its own Ticket (the handle its queued Delivery waits on): one object per
-    queued call instead of two, which matters when tens of thousands wait.
-    """
-
-    __slots__ = ("done", "failure", "later", "message_id", "objects", "parts", "size", "status")
-
-    def __init__(
-        self,
-        message_id: str,
-        objects: Sequence[KlaviyoObject],
-        signal: threading.Condition,
-        size: int,
-        later: Pending | None = None,
-    ) -> None:
-        # Ticket's fields, set here: a super() call per queued call is measurable.
-        self._signal = signal
-        self._final = None
-        self.message_id = message_id
-        self.objects = objects
-        # A simple call, checked but not built yet: the worker builds its one event.
-        self.later = later
-        self.size = size
-        self.parts = len(objects) or 1
-        self.failure: Failure | None = None
-        self.status: int | None = None
-        self.done = False
-
-    def outcome(self) -> Delivery | None:
-        """The final Delivery, made when first asked for (after ``settle`` ends the call)."""
-        if self._final is None and self.done:
-            self._final = _delivery(self)
-        return self._final
 
 
 @attrs.frozen
@@ -81,11 +42,11 @@ class Failure:
 class Identify:
     """A profile import waiting in the outbox."""
 
-    __slots__ = ("_body", "entry")
+    __slots__ = ("_body", "owner")
     endpoint = "POST /api/profile-import"
 
-    def __init__(self, entry: Entry, body: bytes) -> None:
-        self.entry = entry
+    def __init__(self, owner: int, body: bytes) -> None:
+        self.owner = owner
         self._body = body
 
     def body(self) -> bytes:
@@ -94,7 +55,7 @@ class Identify:
 
     def owners(self) -> list[object]:
         """Return who waits for this request."""
-        return [self.entry]
+        return [self.owner]
 
 
 Unit = BulkJob | Identify | SubscriptionJob
@@ -103,30 +64,41 @@ Unit = BulkJob | Identify | SubscriptionJob
 class Outcomes:
     """Turns answers into final Deliveries, counters, callbacks and log lines.
 
+    A queued call is a sequence number here (``calls``: its message id and queue bytes),
+    with the few calls of several parts (an identify and its subscription, an order and
+    its line items) counted in ``parts``: plain dicts of numbers and strings, which the
+    garbage collector never visits however long the queue.
+
     Args:
         stats: The counters to update.
-        signal: The Condition the Tickets share.
+        board: Where waiting Deliveries learn their outcome.
         on_delivery: The user's callback, or None.
-        settled: Called with calls that became final, after their Tickets are resolved.
+        settled: Called with the (sequence number, bytes) of calls that became final.
     """
 
     def __init__(
         self,
         stats: Counters,
-        signal: threading.Condition,
+        board: Board,
         on_delivery: OnDelivery | None,
-        settled: Callable[[Sequence[Entry]], None],
+        settled: Callable[[Sequence[tuple[int, int]]], None],
     ) -> None:
         self._stats = stats
-        self._signal = signal
+        self._board = board
         self._on_delivery = on_delivery
         self._settled = settled
         self._lock = threading.Lock()
         self._logged: set[str] = set()
+        self.calls: dict[int, tuple[str, int]] = {}
+        """Every call not final yet: sequence number -> (message_id, estimated bytes)."""
+        self.parts: dict[int, int] = {}
+        """Parts left, for calls of more than one part."""
+        self._failures: dict[int, Failure] = {}
+        self._statuses: dict[int, int] = {}
 
     def accepted(self, unit: Unit, http_status: int) -> None:
         """Klaviyo took the whole request."""
-        self.settle(_entries(unit), None, http_status=http_status)
+        self.settle(_calls(unit.owners()), None, http_status=http_status)
 
     def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
         """Klaviyo answered with an error other than 429; return what to send again."""
@@ -136,7 +108,7 @@ class Outcomes:
                 for index in sorted(bad):
                     reason = _detail_for(exc, unit.ITEMS, index)
                     failure = Failure(DeliveryStatus.FAILED, reason, 400)
-                    self.settle(_cast(unit.owners_of(index)), failure)
+                    self.settle(_calls(unit.owners_of(index)), failure)
                 self._once(
                     "item",
                     logging.WARNING,
@@ -158,13 +130,13 @@ class Outcomes:
                 "(logged once per status)",
                 exc.status,
             )
-        self.settle(_entries(unit), Failure(DeliveryStatus.FAILED, str(exc), exc.status))
+        self.settle(_calls(unit.owners()), Failure(DeliveryStatus.FAILED, str(exc), exc.status))
         return None
 
     def unreachable(self, unit: Unit, exc: TransportError) -> None:
         """No usable answer came back after the transport's retries."""
         self._once("network", logging.WARNING, "klaviyo-signal: %s (logged once)", exc)
-        self.settle(_entries(unit), Failure(DeliveryStatus.FAILED, str(exc), None))
+        self.settle(_calls(unit.owners()), Failure(DeliveryStatus.FAILED, str(exc), None))
 
     def throttled(self, endpoint: str, pause: float) -> None:
         """Klaviyo answered 429; the endpoint pauses for ``pause`` seconds."""
@@ -179,56 +151,62 @@ class Outcomes:
 
     def settle(
         self,
-        entries: Sequence[Entry],
+        seqs: Sequence[int],
         failure: Failure | None,
         *,
         http_status: int | None = None,
         whole: bool = False,
     ) -> None:
-        """Count one part of each entry as done; finish the calls whose parts are all done.
+        """Count one part of each call as done; finish the calls whose parts are all done.
 
         Args:
-            entries: One entry per finished part (an entry may repeat).
+            seqs: One sequence number per finished part (a call may repeat).
             failure: Why these parts failed, or None when delivered.
             http_status: Klaviyo's status for delivered parts.
-            whole: Finish each entry now, whatever parts it has left (shutdown).
+            whole: Finish each call now, whatever parts it has left (shutdown).
         """
-        finals: list[Entry] = []
+        finals: list[tuple[int, str, int, Final, str | None]] = []
         with self._lock:
-            for entry in entries:
-                if entry.done:
-                    continue
-                if failure is not None and entry.failure is None:
-                    entry.failure = failure
-                if http_status is not None:
-                    entry.status = http_status
-                entry.parts = 0 if whole else entry.parts - 1
-                if entry.parts <= 0:
-                    entry.done = True
-                    finals.append(entry)
+            for seq in seqs:
+                info = self.calls.get(seq)
+                if info is None:
+                    continue  # final already: the shutdown sweep and an answer raced
+                left = self.parts.get(seq)
+                if left is not None:
+                    if left > 1 and not whole:
+                        self.parts[seq] = left - 1
+                        if failure is not None:
+                            self._failures.setdefault(seq, failure)  # the first one wins
+                        if http_status is not None:
+                            self._statuses[seq] = http_status
+                        continue
+                    del self.parts[seq]
+                del self.calls[seq]
+                first = self._failures.pop(seq, None) or failure
+                earlier = self._statuses.pop(seq, None)
+                status = http_status if http_status is not None else earlier
+                key = None if first is None else first.key
+                finals.append((seq, info[0], info[1], _final(first, status), key))
         if not finals:
             return
-        # Waiters make their Delivery when they wake (Entry.outcome): most calls' final
-        # Delivery is never asked for, and making one per event cost the worker.
-        Ticket.wake_all(self._signal)
-        self._count(finals)
+        self._board.post([(seq, final) for seq, _, _, final, _ in finals])
+        self._count([(final[0], key) for _, _, _, final, key in finals])
         callback = self._on_delivery
         if callback is not None:
-            for entry in finals:
+            for _, message_id, _, final, _ in finals:
                 try:
-                    callback(entry.outcome())  # type: ignore[arg-type]
+                    callback(Delivery(message_id, *final))
                 except Exception:
                     log.exception("klaviyo-signal: the on_delivery callback raised")
-        self._settled(finals)
+        self._settled([(seq, size) for seq, _, size, _, _ in finals])
 
-    def _count(self, finals: Sequence[Entry]) -> None:
+    def _count(self, finals: Iterable[tuple[DeliveryStatus, str | None]]) -> None:
         by: dict[tuple[str, str | None], int] = {}
-        for entry in finals:
-            failure = entry.failure
-            key = ("delivered", None) if failure is None else (failure.status.value, failure.key)
-            by[key] = by.get(key, 0) + 1
-        for (status, reason), count in by.items():
-            self._stats.outcome(status, reason, count)
+        for status, key in finals:
+            pair = (status.value, key)
+            by[pair] = by.get(pair, 0) + 1
+        for (status_name, reason_key), count in by.items():
+            self._stats.outcome(status_name, reason_key, count)
 
     def _once(self, kind: str, level: int, message: str, *args: object) -> None:
         if kind in self._logged:
@@ -237,19 +215,14 @@ class Outcomes:
         log.log(level, message, *args)
 
 
-def _delivery(entry: Entry) -> Delivery:
-    failure = entry.failure
+def _final(failure: Failure | None, http_status: int | None) -> Final:
     if failure is None:
-        return Delivery(entry.message_id, DeliveryStatus.DELIVERED, None, entry.status)
-    return Delivery(entry.message_id, failure.status, failure.reason, failure.http_status)
+        return (DeliveryStatus.DELIVERED, None, http_status)
+    return (failure.status, failure.reason, failure.http_status)
 
 
-def _entries(unit: Unit) -> list[Entry]:
-    return _cast(unit.owners())
-
-
-def _cast(owners: Sequence[object]) -> list[Entry]:
-    return [owner for owner in owners if isinstance(owner, Entry)]
+def _calls(owners: Sequence[object]) -> list[int]:
+    return [owner for owner in owners if type(owner) is int]
 
 
 def _detail_for(exc: APIError, items: str, index: int) -> str:

@@ -26,13 +26,13 @@ from typing import Protocol
 import attrs
 
 from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
-from ._delivery import DeliveryStatus, OnDelivery, Ticket
+from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
 from ._events import Pending, pending_properties
 from ._identity import Identity
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
-from ._outcomes import Entry, Failure, Identify, Outcomes, Unit
+from ._outcomes import Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
 from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
@@ -132,7 +132,7 @@ class Worker:
         limits: Per-endpoint (burst per second, steady per minute), or None for no
             client-side limit.
         stats: The counters to update.
-        signal: The Condition every Ticket of this client shares.
+        board: Where the Tickets of this client learn their outcomes.
         on_delivery: Called with every final Delivery, on the worker thread.
         flush_interval: Seconds the oldest queued event may wait for its job to fill.
         max_queue_size: Calls queued or in flight before new ones are refused.
@@ -150,7 +150,7 @@ class Worker:
         make_transport: Callable[[], Transport],
         limits: RateLimits | None,
         stats: Counters,
-        signal: threading.Condition,
+        board: Board,
         on_delivery: OnDelivery | None,
         flush_interval: float,
         max_queue_size: int,
@@ -162,7 +162,7 @@ class Worker:
     ) -> None:
         self._make_transport = make_transport
         self._transport: Transport | None = None
-        self._signal = signal
+        self._board = board
         self._interval = flush_interval
         self._max_size = max_queue_size
         self._max_bytes = max_queue_bytes
@@ -171,14 +171,16 @@ class Worker:
         self._answer_timeout = answer_timeout
         self._clock = clock
         self._limits = limits
-        self._outcomes = Outcomes(stats, signal, on_delivery, self._settled)
+        self._outcomes = Outcomes(stats, board, on_delivery, self._settled)
         self._stats = stats
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._space = threading.Condition(self._lock)
         self._wake = threading.Event()
-        self._inbox: deque[Entry] = deque()
-        self._live: set[Entry] = set()
+        # (sequence number, the call's objects or its Pending event), oldest first.
+        self._inbox: deque[tuple[int, Sequence[KlaviyoObject] | Pending]] = deque()
+        self._calls = self._outcomes.calls
+        self._seq = 0
         self._pending = 0
         self._arrivals = 0  # calls ever queued; the thread compares it with what it saw
         self._seen = 0
@@ -220,22 +222,27 @@ class Worker:
                 worker (see ``Blueprint.prepare``).
         """
         size = _estimate(objects) if later is None else _BASE_BYTES + _size(later.properties)
-        entry = Entry(message_id, objects, self._signal, size, later)
-        if entry.size > self._max_bytes:
+        if size > self._max_bytes:
             return "call larger than max_queue_bytes"
         with self._lock:
             if self._closed:
                 return "client is closed"
-            if self._pending >= self._max_size or self._bytes + entry.size > self._max_bytes:
+            if self._pending >= self._max_size or self._bytes + size > self._max_bytes:
                 if not self._block:
                     return "queue full"
-                if not self._wait_for_space(entry.size):
+                if not self._wait_for_space(size):
                     return "client is closed"
+            seq = self._seq
+            self._seq = seq + 1
+            # Registered before the call is queued, so its outcome cannot be missed.
+            ticket = Ticket(self._board, seq, message_id)
+            self._calls[seq] = (message_id, size)
+            if len(objects) > 1:
+                self._outcomes.parts[seq] = len(objects)
             self._pending += 1
             self._arrivals += 1
-            self._bytes += entry.size
-            self._live.add(entry)
-            self._inbox.append(entry)
+            self._bytes += size
+            self._inbox.append((seq, objects if later is None else later))
             # Wake the thread only when it sleeps with nothing to do, or a job's worth
             # waits: an Event.set() per call would cost the caller more than the rest.
             wake = self._idle or len(self._inbox) == MAX_JOB_EVENTS
@@ -245,7 +252,7 @@ class Worker:
             self._start()
         if wake:
             self._wake.set()
-        return entry
+        return ticket
 
     def _wait_for_space(self, size: int) -> bool:
         """Block (holding the Condition) until a call of ``size`` fits; False if closed."""
@@ -381,12 +388,12 @@ class Worker:
         """
         in_flight = self._in_flight or self._maybe_sent
         with self._lock:
-            left = list(self._live)
+            left = list(self._calls)
             self._inbox.clear()
         if in_flight is not None:
-            sent = set(map(id, in_flight.owners()))
-            self._outcomes.settle([e for e in left if id(e) in sent], _IN_FLIGHT, whole=True)
-            left_unsent = [e for e in left if id(e) not in sent]
+            sent = set(in_flight.owners())
+            self._outcomes.settle([s for s in left if s in sent], _IN_FLIGHT, whole=True)
+            left_unsent = [s for s in left if s not in sent]
             self._outcomes.settle(left_unsent, failure, whole=True)
         else:
             self._outcomes.settle(left, failure, whole=True)
@@ -424,8 +431,8 @@ class Worker:
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
                 return
-            for entry in chunk:
-                self._absorb(entry, now)
+            for seq, payload in chunk:
+                self._absorb(seq, payload, now)
             if backlog and callers_busy:
                 time.sleep(_YIELD)  # let a calling thread in (it would wait 5 ms otherwise)
             # A partial job is sealed only once the backlog has joined it, so a flush of a
@@ -453,64 +460,57 @@ class Worker:
             self._wake.clear()
         self._wake.wait(wait)
 
-    def _absorb(self, entry: Entry, now: float) -> None:
-        """Put one call's objects into an open job or the outbox."""
-        later = entry.later
-        if later is not None:
-            entry.later = None
+    def _absorb(self, seq: int, payload: Sequence[KlaviyoObject] | Pending, now: float) -> None:
+        """Put one call's objects (or its Pending event) into an open job or the outbox."""
+        if isinstance(payload, Pending):
             try:
                 data = event_bytes(
-                    later.rule.metric,
-                    pending_properties(later),
-                    later.time,
-                    later.unique_id,
-                    value=later.value,
-                    value_currency=later.value_currency,
+                    payload.rule.metric,
+                    pending_properties(payload),
+                    payload.time,
+                    payload.unique_id,
+                    value=payload.value,
+                    value_currency=payload.value_currency,
                 )
             except (KlaviyoSignalError, ValueError, TypeError) as exc:
                 # Never expected (Blueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")
                 reason = f"could not build the call's event: {exc}"
-                self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None))
+                self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None))
                 return
-            self._add_event(entry, data, later.identity, now)
+            self._add_event(seq, data, payload.identity, now)
             return
-        for obj in entry.objects:
+        for obj in payload:
             try:
                 if isinstance(obj, Event):
-                    self._add_event(entry, encode_event(obj), obj.profile, now)
+                    self._add_event(seq, encode_event(obj), obj.profile, now)
                 elif isinstance(obj, Profile):
-                    self._add_identify(entry, obj)
+                    self._add_identify(seq, obj)
                 else:
-                    self._outbox.extend(self._subscriptions.add(obj, entry, now))
+                    self._outbox.extend(self._subscriptions.add(obj, seq, now))
             except (KlaviyoSignalError, ValueError, TypeError) as exc:
                 # A value the JSON writer refuses fails this call alone, not its batch.
                 reason = f"could not encode the call: {exc}"
-                self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None))
-        # Only bytes are needed from here on; letting go of the objects keeps the garbage
-        # collector's passes (which stall every thread) short while jobs wait.
-        entry.objects = ()
+                self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None))
 
-    def _add_identify(self, entry: Entry, profile: Profile) -> None:
+    def _add_identify(self, seq: int, profile: Profile) -> None:
         if self._open.mentions(profile.identity):
             # Events of this person queued before the identify go first, so a later
             # bulk job cannot overwrite what the identify set.
             self._outbox.append(self._open.seal())
-        self._outbox.append(Identify(entry, encode(profile_body(profile))))
+        self._outbox.append(Identify(seq, encode(profile_body(profile))))
 
-    def _add_event(
-        self, entry: Entry, data: bytes, profile: Profile | Identity, now: float
-    ) -> None:
-        if self._open.add(data, profile, entry, now):
+    def _add_event(self, seq: int, data: bytes, profile: Profile | Identity, now: float) -> None:
+        if self._open.add(data, profile, seq, now):
             if self._open.events >= MAX_JOB_EVENTS:
                 self._outbox.append(self._open.seal())
             return
         if self._open.events:
             self._outbox.append(self._open.seal())
-            if self._open.add(data, profile, entry, now):
+            if self._open.add(data, profile, seq, now):
                 return
         reason = "the event alone is over Klaviyo's 5 MB request limit"
-        self._outcomes.settle([entry], Failure(DeliveryStatus.FAILED, reason, None))
+        self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None))
 
     def _limiter(self, endpoint: str) -> EndpointLimiter:
         limiter = self._limiters.get(endpoint)
@@ -591,13 +591,12 @@ class Worker:
         limiter.throttle(retry_after)
         return True
 
-    def _settled(self, entries: Sequence[Entry]) -> None:
+    def _settled(self, finals: Sequence[tuple[int, int]]) -> None:
         """Release the queue room of calls that just became final (called by Outcomes)."""
         with self._lock:
-            for entry in entries:
-                self._live.discard(entry)
+            for _, size in finals:
                 self._pending -= 1
-                self._bytes -= entry.size
+                self._bytes -= size
             if self._waiting_for_space:
                 self._space.notify_all()
             if self._pending == 0:
