@@ -74,54 +74,18 @@ def _key(identity: Identity) -> _Key:
     return (identity.email, identity.phone_number, identity.external_id, identity.anonymous_id)
 
 
-class _Owners(list[object]):
-    """An item's owners once it has more than one (one owner is kept bare)."""
+Item = tuple["Profile | None", tuple[bytes, bytes], bytearray, tuple[object, ...]]
+"""One profile and its events: the profile (None: just the identifiers, which the frame
+holds), the frame around the events, the events joined by commas, and who waits for each.
 
-    __slots__ = ()
+A tuple of bytes, a bytearray and a tuple of ints, not an object: an open job holds one
+item per profile (often one per event), and the garbage collector stops visiting such a
+tuple after its first pass, so a long queue never lengthens the pauses it makes."""
 
 
-class Item:
-    """One profile and its events, each event tagged with who is waiting for it.
-
-    Lean on purpose: an open job holds one Item per profile (often one per event), so the
-    events are one growing ``bytearray`` (which the garbage collector never visits) and a
-    single owner is kept without a list around it.
-    """
-
-    __slots__ = ("_owners", "events", "frame", "profile", "size")
-
-    def __init__(self, profile: Profile | None, frame: tuple[bytes, bytes]) -> None:
-        self.profile = profile
-        """The profile, or None for just the identifiers (the frame has them)."""
-        self.frame = frame
-        self.events = bytearray()
-        self._owners: object = None
-        self.size = len(self.frame[0]) + len(self.frame[1])
-
-    def append(self, event_bytes: bytes, owner: object) -> None:
-        """Add one encoded event and who waits for it."""
-        if self.events:
-            self.events += b","
-        self.events += event_bytes
-        owners = self._owners
-        if owners is None:
-            self._owners = owner
-        elif type(owners) is _Owners:
-            owners.append(owner)
-        else:
-            self._owners = _Owners((owners, owner))
-
-    @property
-    def owners(self) -> list[object]:
-        """Who waits for each event, in order."""
-        owners = self._owners
-        if owners is None:
-            return []
-        return list(owners) if isinstance(owners, _Owners) else [owners]
-
-    def encoded(self) -> bytes:
-        """Return the item's bytes."""
-        return self.frame[0] + self.events + self.frame[1]
+def _encoded(item: Item) -> bytes:
+    frame = item[1]
+    return frame[0] + item[2] + frame[1]
 
 
 class BulkJob:
@@ -141,16 +105,16 @@ class BulkJob:
 
     def owners_of(self, index: int) -> list[object]:
         """Who waits for the events of one item."""
-        return self.items[index].owners
+        return list(self.items[index][3])
 
     def body(self) -> bytes:
         """Return the request body."""
         head, tail = _envelope()
-        return head + b",".join(item.encoded() for item in self.items) + tail
+        return head + b",".join(_encoded(item) for item in self.items) + tail
 
     def owners(self) -> list[object]:
         """Return who waits for each event, one entry per event."""
-        return [owner for item in self.items for owner in item.owners]
+        return [owner for item in self.items for owner in item[3]]
 
     def without(self, indexes: Iterable[int]) -> BulkJob:
         """Return this job minus the items at ``indexes``."""
@@ -173,7 +137,7 @@ class OpenJob:
         self.events = 0
         self.size = self._base
         self.oldest: float | None = None
-        self._by_key: dict[_Key, Item] = {}
+        self._by_key: dict[_Key, int] = {}  # -> the profile's item in self.items
         # Every identifier in the job, built only once an identify asks (see mentions).
         self._who: set[tuple[str, str]] | None = None
 
@@ -200,24 +164,28 @@ class OpenJob:
             # A bare Profile is the same item as a bare Identity: one person, one item.
             identity, rich = profile.identity, None if profile.bare() else profile
         key = _key(identity)
-        item = self._by_key.get(key)
-        new = item is None or item.profile != rich
-        if item is None or new:
-            # The same person with other profile attributes (traits) gets an item of its own,
-            # so neither version's attributes are lost.
-            item = Item(rich, self._frame(identity, rich))
-        grown = len(event_bytes) + (1 if item.events else 0)
-        if new:
-            grown += item.size + (1 if self.items else 0)
-        if self.size + grown > MAX_JOB_BYTES:
-            return False
-        if new:
-            self._by_key[key] = item
-            self.items.append(item)
+        index = self._by_key.get(key)
+        item = None if index is None else self.items[index]
+        if item is None or item[0] != rich:
+            # A new item; the same person with other profile attributes (traits) gets an
+            # item of its own, so neither version's attributes are lost.
+            frame = self._frame(identity, rich)
+            grown = len(frame[0]) + len(frame[1]) + len(event_bytes) + (1 if self.items else 0)
+            if self.size + grown > MAX_JOB_BYTES:
+                return False
+            self._by_key[key] = len(self.items)
+            self.items.append((rich, frame, bytearray(event_bytes), (owner,)))
             if self._who is not None:
                 self._who.update(_pairs(key))
+        else:
+            grown = len(event_bytes) + 1
+            if self.size + grown > MAX_JOB_BYTES:
+                return False
+            events = item[2]
+            events += b","
+            events += event_bytes
+            self.items[index] = (rich, item[1], events, (*item[3], owner))  # type: ignore[index]
         self.size += grown
-        item.append(event_bytes, owner)
         self.events += 1
         if self.oldest is None:
             self.oldest = now
