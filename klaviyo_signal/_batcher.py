@@ -16,6 +16,7 @@ import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
+from ._events import IdentityKey
 from ._identity import Identity
 from ._models import Event, Profile
 from ._wire import bulk_event_bytes, bulk_events_body, bulk_item_frame, encode
@@ -58,7 +59,7 @@ def identifiers(identity: Identity) -> Iterator[tuple[str, str]]:
     yield from identity.as_attributes().items()
 
 
-_Key = tuple[str | None, str | None, str | None, str | None]
+_Key = IdentityKey
 _NAMES = ("email", "phone_number", "external_id", "anonymous_id")
 
 
@@ -129,7 +130,7 @@ class OpenJob:
         head, tail = _envelope()
         self._base = len(head) + len(tail)
         # Encoded profile frames, kept across jobs: the same visitors come back job after job.
-        self._frames: dict[Identity, tuple[Profile, tuple[bytes, bytes]]] = {}
+        self._frames: dict[IdentityKey, tuple[Profile, tuple[bytes, bytes]]] = {}
         self._clear()
 
     def _clear(self) -> None:
@@ -145,11 +146,11 @@ class OpenJob:
         return self.events
 
     def add(
-        self, event_bytes: bytes, profile: Profile | Identity, owner: object, now: float
+        self, event_bytes: bytes, profile: Profile | IdentityKey, owner: object, now: float
     ) -> bool:
         """Add one encoded event for ``profile``, tagged with ``owner``.
 
-        An ``Identity`` stands for the profile of just those identifiers (no Profile
+        An identifier tuple stands for the profile of just those identifiers (no Profile
         object is built for the events of most calls).
 
         Returns:
@@ -158,18 +159,17 @@ class OpenJob:
         if self.events >= MAX_JOB_EVENTS:
             return False
         rich: Profile | None
-        if isinstance(profile, Identity):
-            identity, rich = profile, None
+        if isinstance(profile, tuple):
+            key, rich = profile, None
         else:
-            # A bare Profile is the same item as a bare Identity: one person, one item.
-            identity, rich = profile.identity, None if profile.bare() else profile
-        key = _key(identity)
+            # A bare Profile is the same item as bare identifiers: one person, one item.
+            key, rich = _key(profile.identity), None if profile.bare() else profile
         index = self._by_key.get(key)
         item = None if index is None else self.items[index]
         if item is None or item[0] != rich:
             # A new item; the same person with other profile attributes (traits) gets an
             # item of its own, so neither version's attributes are lost.
-            frame = self._frame(identity, rich)
+            frame = self._frame(key, rich)
             grown = len(frame[0]) + len(frame[1]) + len(event_bytes) + (1 if self.items else 0)
             if self.size + grown > MAX_JOB_BYTES:
                 return False
@@ -191,16 +191,16 @@ class OpenJob:
             self.oldest = now
         return True
 
-    def _frame(self, identity: Identity, profile: Profile | None) -> tuple[bytes, bytes]:
+    def _frame(self, key: IdentityKey, profile: Profile | None) -> tuple[bytes, bytes]:
         if profile is None:
-            return bulk_item_frame(identity)  # cheap: a few identifiers
-        cached = self._frames.get(identity)
+            return bulk_item_frame(key)  # cheap: a few identifiers
+        cached = self._frames.get(key)
         if cached is not None and cached[0] == profile:
             return cached[1]
         if len(self._frames) >= _FRAME_CACHE:
             self._frames.clear()
         frame = bulk_item_frame(profile)
-        self._frames[identity] = (profile, frame)
+        self._frames[key] = (profile, frame)
         return frame
 
     def mentions(self, identity: Identity) -> bool:

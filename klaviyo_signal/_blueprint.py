@@ -244,7 +244,20 @@ class Blueprint:
             or not bare(message, self.profile)
         ):
             return self.decide(message)
-        return pending(rule, message, message_view(message, timestamp=plan.timestamp_in_view))
+        key = (message.kind, message.event or "")
+        view = message_view(message, timestamp=plan.timestamp_in_view)
+        return pending(key, rule, message, view)
+
+    def rule_for(self, key: tuple[str, str]) -> Rule:
+        """Return the rule of a ``Pending`` call's key (the worker builds its event by it).
+
+        Raises:
+            KeyError: No enabled rule has that key (``prepare`` never makes such a call).
+        """
+        rule = self._plan(*key).rule
+        if rule is None:
+            raise KeyError(key)
+        return rule
 
     def reads(self, kind: str, event: object) -> Reads:
         """Return what of a call's properties and context its mapping reads.

@@ -145,6 +145,7 @@ class Client:
             # the config, not the Client, so a dropped Client can be collected.
             make_transport=functools.partial(_transport, c, max_retries=0, pool_size=1),
             limits=c.rate_limits,
+            rule_for=c.blueprint.rule_for,
             stats=self._stats,
             board=self._board,
             on_delivery=c.on_delivery,

@@ -14,7 +14,6 @@ from decimal import Decimal
 from typing import NamedTuple, cast
 
 from ._errors import ValidationError
-from ._identity import Identity
 from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
 from ._messages import Message, _timestamp
 from ._models import Event, Profile
@@ -22,7 +21,14 @@ from ._paths import MISSING, lookup, message_view
 from ._properties import apply_properties, first_present
 from ._rules import ItemRule, Mapper, Rule
 
-__all__ = ["Pending", "build_events", "pending", "pending_properties", "simple_extra"]
+__all__ = [
+    "IdentityKey",
+    "Pending",
+    "build_events",
+    "pending",
+    "pending_properties",
+    "simple_extra",
+]
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
@@ -180,47 +186,58 @@ def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
     return len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
 
 
+IdentityKey = tuple[str | None, str | None, str | None, str | None]
+"""A profile's identifiers as a tuple: email, phone_number, external_id, anonymous_id."""
+
+
 class Pending(NamedTuple):
     """A simple rule's call, checked on the caller's thread, waiting for the worker to build.
 
-    A tuple of what the event needs, not the call: a queued call holds only this (and the
-    properties the rule reads), so tens of thousands of waiting calls take little memory.
+    What the event needs, as strings, numbers and the flat properties dict the rule reads:
+    no object the garbage collector keeps visiting (the rule is named by its blueprint key,
+    the profile by its identifiers), so however many calls wait, they never lengthen a
+    collection pass, which stalls every thread.
     """
 
-    rule: Rule
-    identity: Identity
+    rule: tuple[str, str]
+    """The blueprint's key for the rule: (kind, event name); see ``Blueprint.rule_for``."""
+    identity: IdentityKey
     properties: Mapping[str, JSON]
     time: datetime
     unique_id: str
-    consent: Mapping[str, bool]
+    consent: Mapping[str, bool] | None
+    """None when the call carries no consent."""
     value: int | float | Decimal | None
     value_currency: str | None
 
 
-def pending(rule: Rule, message: Message, view: Mapping[str, JSON]) -> Pending:
+def pending(
+    key: tuple[str, str], rule: Rule, message: Message, view: Mapping[str, JSON]
+) -> Pending:
     """Check a simple rule's call as ``build_events`` would and keep what it needs.
 
     Raises:
         ValidationError: The value is not a number, or the currency not an ISO 4217 code.
     """
+    identity = message.identity
     return Pending(
-        rule,
-        message.identity,
+        key,
+        (identity.email, identity.phone_number, identity.external_id, identity.anonymous_id),
         message.properties,
         message.timestamp,
         message.message_id,
-        message.consent,
+        message.consent or None,
         _number(view, rule.value),
         _currency(view, rule.value_currency),
     )
 
 
-def pending_properties(call: Pending) -> dict[str, JSON]:
+def pending_properties(call: Pending, rule: Rule) -> dict[str, JSON]:
     """Return the properties of a checked simple call's event (on the worker).
 
     The event's other fields are the Pending's own; its profile is the bare identity.
     """
     # A simple rule has no source paths, so no view is needed.
-    properties = apply_properties(call.rule.properties, call.properties, {})
-    properties["consent"] = cast(dict[str, JSON], call.consent)
+    properties = apply_properties(rule.properties, call.properties, {})
+    properties["consent"] = cast(dict[str, JSON], dict(call.consent or {}))
     return properties

@@ -17,7 +17,6 @@ from types import MappingProxyType
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn
 
-from ._identity import Identity
 from ._json import JSON, dumps, dumps_text, finish
 from ._models import Event, Location, Profile
 
@@ -146,6 +145,7 @@ _EVENT_HEAD = '{"type":"event","attributes":{"properties":'
 _METRIC_HEAD = ',"metric":{"data":{"type":"metric","attributes":{"name":'
 _ITEM_HEAD = '{"type":"event-bulk-create","attributes":{"profile":'
 _ITEM_TAIL = b"]}}}"
+_IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id")
 _BARE_HEAD = _ITEM_HEAD + '{"data":{"type":"profile","attributes":'
 
 
@@ -207,26 +207,24 @@ def _metric_text(metric: str) -> str:
     return encode_basestring(metric) + "}}}"
 
 
-def bulk_item_frame(profile: Profile | Identity) -> tuple[bytes, bytes]:
+def bulk_item_frame(
+    profile: Profile | tuple[str | None, str | None, str | None, str | None],
+) -> tuple[bytes, bytes]:
     """Return what goes before and after a bulk item's events: its profile, the array's ends.
 
-    ``head + b",".join(events) + tail`` is the item ``bulk_events_body`` would write. An
-    ``Identity`` stands for the profile of just those identifiers (most events').
+    ``head + b",".join(events) + tail`` is the item ``bulk_events_body`` would write. A
+    tuple of identifiers (email, phone_number, external_id, anonymous_id) stands for the
+    profile of just those identifiers (most events').
     """
-    if type(profile) is Identity:
-        # as_attributes() through the encoder, written by hand: this runs per bulk item.
+    if isinstance(profile, tuple):
+        # Identity.as_attributes() through the encoder, written by hand: one per bulk item.
         fields = [
             f'"{name}":{encode_basestring(value)}'
-            for name, value in (
-                ("email", profile.email),
-                ("phone_number", profile.phone_number),
-                ("external_id", profile.external_id),
-                ("anonymous_id", profile.anonymous_id),
-            )
+            for name, value in zip(_IDENTIFIERS, profile, strict=True)
             if value is not None
         ]
         head = finish(f'{_BARE_HEAD}{{{",".join(fields)}}}}}}},"events":{{"data":[')
     else:
-        resource = dumps_text(_profile_resource(profile))  # type: ignore[arg-type]
+        resource = dumps_text(_profile_resource(profile))
         head = finish(f'{_ITEM_HEAD}{resource},"events":{{"data":[')
     return head, _ITEM_TAIL

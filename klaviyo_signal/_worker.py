@@ -28,12 +28,12 @@ import attrs
 from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
-from ._events import Pending, pending_properties
-from ._identity import Identity
+from ._events import IdentityKey, Pending, pending_properties
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
+from ._rules import Rule
 from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Transport
@@ -131,6 +131,7 @@ class Worker:
         make_transport: Builds the worker's HTTP transport (on the worker thread, lazily).
         limits: Per-endpoint (burst per second, steady per minute), or None for no
             client-side limit.
+        rule_for: The blueprint's ``rule_for``: the rule of a queued ``Pending`` call.
         stats: The counters to update.
         board: Where the Tickets of this client learn their outcomes.
         on_delivery: Called with every final Delivery, on the worker thread.
@@ -149,6 +150,7 @@ class Worker:
         *,
         make_transport: Callable[[], Transport],
         limits: RateLimits | None,
+        rule_for: Callable[[tuple[str, str]], Rule],
         stats: Counters,
         board: Board,
         on_delivery: OnDelivery | None,
@@ -171,6 +173,7 @@ class Worker:
         self._answer_timeout = answer_timeout
         self._clock = clock
         self._limits = limits
+        self._rule_for = rule_for
         self._outcomes = Outcomes(stats, board, on_delivery, self._settled)
         self._stats = stats
         self._lock = threading.Lock()
@@ -464,15 +467,16 @@ class Worker:
         """Put one call's objects (or its Pending event) into an open job or the outbox."""
         if isinstance(payload, Pending):
             try:
+                rule = self._rule_for(payload.rule)
                 data = event_bytes(
-                    payload.rule.metric,
-                    pending_properties(payload),
+                    rule.metric,
+                    pending_properties(payload, rule),
                     payload.time,
                     payload.unique_id,
                     value=payload.value,
                     value_currency=payload.value_currency,
                 )
-            except (KlaviyoSignalError, ValueError, TypeError) as exc:
+            except (KlaviyoSignalError, ValueError, TypeError, KeyError) as exc:
                 # Never expected (Blueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")
                 reason = f"could not build the call's event: {exc}"
@@ -500,7 +504,7 @@ class Worker:
             self._outbox.append(self._open.seal())
         self._outbox.append(Identify(seq, encode(profile_body(profile))))
 
-    def _add_event(self, seq: int, data: bytes, profile: Profile | Identity, now: float) -> None:
+    def _add_event(self, seq: int, data: bytes, profile: Profile | IdentityKey, now: float) -> None:
         if self._open.add(data, profile, seq, now):
             if self._open.events >= MAX_JOB_EVENTS:
                 self._outbox.append(self._open.seal())

@@ -24,8 +24,6 @@ from klaviyo_signal import (
     default_blueprint,
 )
 from klaviyo_signal._events import Pending
-from klaviyo_signal._identity import Identity
-from klaviyo_signal._rules import PropertyMap
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
@@ -144,11 +142,17 @@ def test_a_call_the_worker_cannot_build_fails_with_the_reason(
 ) -> None:
     """Never expected (prepare makes every check), but never silent either."""
     client = client_for(fake)
-    rule = Rule(metric="purchase", properties=PropertyMap(keep=("revenue",)))
     # Properties that are not a mapping: Blueprint.prepare never queues such a call.
     broken = Pending(
-        rule, Identity(external_id="u-1"), None, datetime.now(timezone.utc), "m-1", {}, None, None
-    )  # type: ignore[arg-type]
+        ("track", "Order Completed"),
+        (None, None, "u-1", None),
+        None,  # type: ignore[arg-type]
+        datetime.now(timezone.utc),
+        "m-1",
+        None,
+        None,
+        None,
+    )
     final = client._queued("m-1", (), broken).wait(10)
     client.close()
     assert final.status is DeliveryStatus.FAILED
@@ -239,3 +243,21 @@ def test_one_persons_events_share_one_bulk_item_whichever_route(fake: FakeKlaviy
     (request,) = [r for r in fake.requests if r.path == BULK]
     items = request.body["data"]["attributes"]["events-bulk-create"]["data"]  # type: ignore[index,call-overload]
     assert [len(item["attributes"]["events"]["data"]) for item in items] == [6]
+
+
+def test_a_call_whose_rule_is_gone_fails_with_the_reason(fake: FakeKlaviyo) -> None:
+    client = client_for(fake)
+    unknown = Pending(
+        ("track", "Never Enabled"),
+        (None, None, "u-1", None),
+        {},
+        datetime.now(timezone.utc),
+        "m-2",
+        None,
+        None,
+        None,
+    )
+    final = client._queued("m-2", (), unknown).wait(10)
+    client.close()
+    assert final.status is DeliveryStatus.FAILED
+    assert "could not build the call's event" in (final.reason or "")

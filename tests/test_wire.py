@@ -139,9 +139,10 @@ def test_pending_calls_encode_like_decided_ones() -> None:
         deferred += 1
         (event,) = blueprint.decide(message).objects
         assert isinstance(event, Event)
+        rule = blueprint.rule_for(prepared.rule)
         data = event_bytes(
-            prepared.rule.metric,
-            pending_properties(prepared),
+            rule.metric,
+            pending_properties(prepared, rule),
             prepared.time,
             prepared.unique_id,
             value=prepared.value,
