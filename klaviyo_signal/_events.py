@@ -25,9 +25,11 @@ __all__ = [
     "IdentityKey",
     "Pending",
     "build_events",
+    "pack",
     "pending",
     "pending_properties",
     "simple_extra",
+    "unpack",
 ]
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -195,8 +197,9 @@ class Pending(NamedTuple):
 
     What the event needs, as strings, numbers and the flat properties dict the rule reads:
     no object the garbage collector keeps visiting (the rule is named by its blueprint key,
-    the profile by its identifiers), so however many calls wait, they never lengthen a
-    collection pass, which stalls every thread.
+    the profile by its identifiers); the worker's queue keeps it flattened (``pack``), so
+    however many calls wait, they never lengthen a collection pass, which stalls every
+    thread.
     """
 
     rule: tuple[str, str]
@@ -241,3 +244,47 @@ def pending_properties(call: Pending, rule: Rule) -> dict[str, JSON]:
     properties = apply_properties(rule.properties, call.properties, {})
     properties["consent"] = cast(dict[str, JSON], dict(call.consent or {}))
     return properties
+
+
+_FIELDS = 11  # what ``pack`` writes before the property pairs
+
+
+def pack(call: Pending, seq: int) -> tuple[object, ...]:
+    """Return ``(seq, (), *fields, *property pairs)``: the call as one flat tuple.
+
+    CPython's collector stops visiting a tuple once everything in it is untracked, but it
+    looks at a tuple before what the tuple holds, so a nested tuple is let go one level
+    per pass (and a dict never): a flat tuple of strings and numbers is let go at the
+    first pass, before it can be promoted to the generation whose passes stall every
+    thread for tens of milliseconds.
+    """
+    return (
+        seq,
+        (),
+        *call.rule,
+        *call.identity,
+        call.time,
+        call.unique_id,
+        call.consent,
+        call.value,
+        call.value_currency,
+        *[part for pair in call.properties.items() for part in pair],
+    )
+
+
+def unpack(flat: tuple[object, ...]) -> Pending:
+    """Return the Pending that ``pack`` flattened (``flat`` without its first two items)."""
+    kind, event, email, phone, external, anonymous, time, unique_id, consent, value, currency = (
+        flat[:_FIELDS]
+    )
+    rest = flat[_FIELDS:]
+    return Pending(
+        (kind, event),  # type: ignore[arg-type]
+        (email, phone, external, anonymous),  # type: ignore[arg-type]
+        dict(zip(rest[::2], rest[1::2], strict=True)),  # type: ignore[arg-type]
+        time,  # type: ignore[arg-type]
+        unique_id,  # type: ignore[arg-type]
+        consent,  # type: ignore[arg-type]
+        value,  # type: ignore[arg-type]
+        currency,  # type: ignore[arg-type]
+    )

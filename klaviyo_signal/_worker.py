@@ -28,7 +28,7 @@ import attrs
 from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
-from ._events import IdentityKey, Pending, pending_properties
+from ._events import IdentityKey, Pending, pack, pending_properties, unpack
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Failure, Identify, Outcomes, Unit
@@ -180,8 +180,8 @@ class Worker:
         self._drained = threading.Condition(self._lock)
         self._space = threading.Condition(self._lock)
         self._wake = threading.Event()
-        # (sequence number, the call's objects or its Pending event), oldest first.
-        self._inbox: deque[tuple[int, Sequence[KlaviyoObject] | Pending]] = deque()
+        # (sequence number, the call's objects), or a Pending call flattened by ``pack``.
+        self._inbox: deque[tuple[object, ...]] = deque()
         self._calls = self._outcomes.calls
         self._seq = 0
         self._pending = 0
@@ -245,7 +245,7 @@ class Worker:
             self._pending += 1
             self._arrivals += 1
             self._bytes += size
-            self._inbox.append((seq, objects if later is None else later))
+            self._inbox.append((seq, objects) if later is None else pack(later, seq))
             # Wake the thread only when it sleeps with nothing to do, or a job's worth
             # waits: an Event.set() per call would cost the caller more than the rest.
             wake = self._idle or len(self._inbox) == MAX_JOB_EVENTS
@@ -434,8 +434,8 @@ class Worker:
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
                 return
-            for seq, payload in chunk:
-                self._absorb(seq, payload, now)
+            for item in chunk:
+                self._absorb(item, now)
             if backlog and callers_busy:
                 time.sleep(_YIELD)  # let a calling thread in (it would wait 5 ms otherwise)
             # A partial job is sealed only once the backlog has joined it, so a flush of a
@@ -463,9 +463,12 @@ class Worker:
             self._wake.clear()
         self._wake.wait(wait)
 
-    def _absorb(self, seq: int, payload: Sequence[KlaviyoObject] | Pending, now: float) -> None:
+    def _absorb(self, item: tuple[object, ...], now: float) -> None:
         """Put one call's objects (or its Pending event) into an open job or the outbox."""
-        if isinstance(payload, Pending):
+        seq: int = item[0]  # type: ignore[assignment]
+        objects: Sequence[KlaviyoObject] = item[1]  # type: ignore[assignment]
+        if len(item) > 2:
+            payload = unpack(item[2:])
             try:
                 rule = self._rule_for(payload.rule)
                 data = event_bytes(
@@ -484,7 +487,7 @@ class Worker:
                 return
             self._add_event(seq, data, payload.identity, now)
             return
-        for obj in payload:
+        for obj in objects:
             try:
                 if isinstance(obj, Event):
                     self._add_event(seq, encode_event(obj), obj.profile, now)

@@ -142,11 +142,11 @@ def test_a_call_the_worker_cannot_build_fails_with_the_reason(
 ) -> None:
     """Never expected (prepare makes every check), but never silent either."""
     client = client_for(fake)
-    # Properties that are not a mapping: Blueprint.prepare never queues such a call.
+    # A value JSON cannot carry: Blueprint.prepare never queues such a call.
     broken = Pending(
         ("track", "Order Completed"),
         (None, None, "u-1", None),
-        None,  # type: ignore[arg-type]
+        {"revenue": object()},  # type: ignore[dict-item]
         datetime.now(timezone.utc),
         "m-1",
         None,
