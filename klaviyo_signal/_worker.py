@@ -445,6 +445,8 @@ class Worker:
                 for batches in self._batches:
                     self._outbox.extend(batches.due(cutoff))
             wait = self._send_next() if self._outbox else None
+            if wait == 0.0 and callers_busy:
+                time.sleep(_YIELD)  # after a request and its outcomes, callers go first
             if chunk or wait == 0.0:
                 continue
             self._sleep(wait, now, deadline)
