@@ -26,6 +26,8 @@ __all__ = ["Failure", "Identify", "Outcomes", "Unit"]
 
 log = logging.getLogger("klaviyo_signal")
 
+_SLICE = 250  # calls settled at a time (see Outcomes.accepted)
+
 
 @attrs.frozen
 class Failure:
@@ -74,6 +76,7 @@ class Outcomes:
         board: Where waiting Deliveries learn their outcome.
         on_delivery: The user's callback, or None.
         settled: Called with the (sequence number, bytes) of calls that became final.
+        between: Called between the slices of a large accepted job (see ``accepted``).
     """
 
     def __init__(
@@ -82,7 +85,9 @@ class Outcomes:
         board: Board,
         on_delivery: OnDelivery | None,
         settled: Callable[[Sequence[tuple[int, int]]], None],
+        between: Callable[[], object] = lambda: None,
     ) -> None:
+        self._between = between
         self._stats = stats
         self._board = board
         self._on_delivery = on_delivery
@@ -97,8 +102,17 @@ class Outcomes:
         self._statuses: dict[int, int] = {}
 
     def accepted(self, unit: Unit, http_status: int) -> None:
-        """Klaviyo took the whole request."""
-        self.settle(_calls(unit.owners()), None, http_status=http_status)
+        """Klaviyo took the whole request.
+
+        A job's thousand calls are settled in slices with ``between()`` after each, so
+        the worker can step aside for calling threads instead of holding the GIL for the
+        whole job.
+        """
+        seqs = _calls(unit.owners())
+        for start in range(0, len(seqs), _SLICE):
+            if start:
+                self._between()
+            self.settle(seqs[start : start + _SLICE], None, http_status=http_status)
 
     def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
         """Klaviyo answered with an error other than 429; return what to send again."""

@@ -174,7 +174,7 @@ class Worker:
         self._clock = clock
         self._limits = limits
         self._rule_for = rule_for
-        self._outcomes = Outcomes(stats, board, on_delivery, self._settled)
+        self._outcomes = Outcomes(stats, board, on_delivery, self._settled, self._step_aside)
         self._stats = stats
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
@@ -406,6 +406,10 @@ class Worker:
 
     def _run(self, deadline: float | None = None) -> None:
         try:
+            if self._transport is None:
+                # Built as the thread starts, not at the first request: building a session
+                # holds the GIL for milliseconds, which calling threads would wait out.
+                self._transport = self._make_transport()
             self._loop(deadline)
         except Exception:
             # A bug must not leave callers waiting on a thread that died in silence.
@@ -450,6 +454,11 @@ class Worker:
             if chunk or wait == 0.0:
                 continue
             self._sleep(wait, now, deadline)
+
+    def _step_aside(self) -> None:
+        """Let calling threads have the GIL for a moment, if any is queueing calls."""
+        if self._arrivals != self._seen:
+            time.sleep(_YIELD)
 
     def _sleep(self, wait: float | None, now: float, deadline: float | None) -> None:
         oldest = min((t for b in self._batches if (t := b.oldest) is not None), default=None)
