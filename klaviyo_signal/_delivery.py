@@ -71,6 +71,8 @@ class Board:
             for seq, final in finals:
                 if seq in alive:
                     self.finals[seq] = final
+                    if seq not in alive:  # its Ticket went away meanwhile
+                        self.finals.pop(seq, None)
             self.signal.notify_all()
 
 
@@ -88,9 +90,16 @@ class Ticket:
     def __del__(self) -> None:
         # Set and dict operations are atomic: no lock, so this is safe on any thread,
         # inside a garbage collection or at interpreter exit.
-        board = self._board
-        board.alive.discard(self._seq)
-        board.finals.pop(self._seq, None)
+        board = getattr(self, "_board", None)
+        if board is not None:
+            board.alive.discard(self._seq)
+            board.finals.pop(self._seq, None)
+
+    def __copy__(self) -> Ticket:
+        return self  # one call, one ticket: a copied Delivery waits on the same call
+
+    def __deepcopy__(self, memo: object) -> Ticket:
+        return self
 
     def wait(self, timeout: float | None) -> Delivery | None:
         """Return the final outcome, or None if ``timeout`` passes first."""

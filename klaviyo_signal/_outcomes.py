@@ -104,15 +104,11 @@ class Outcomes:
     def accepted(self, unit: Unit, http_status: int) -> None:
         """Klaviyo took the whole request.
 
-        A job's thousand calls are settled in slices with ``between()`` after each, so
-        the worker can step aside for calling threads instead of holding the GIL for the
-        whole job.
+        Every call of the job becomes final at once; their callbacks, counters and queue
+        room follow in slices with ``between()`` in between, so the worker can step aside
+        for calling threads instead of holding the GIL for a whole job's worth.
         """
-        seqs = _calls(unit.owners())
-        for start in range(0, len(seqs), _SLICE):
-            if start:
-                self._between()
-            self.settle(seqs[start : start + _SLICE], None, http_status=http_status)
+        self.settle(_calls(unit.owners()), None, http_status=http_status, sliced=True)
 
     def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
         """Klaviyo answered with an error other than 429; return what to send again."""
@@ -170,6 +166,7 @@ class Outcomes:
         *,
         http_status: int | None = None,
         whole: bool = False,
+        sliced: bool = False,
     ) -> None:
         """Count one part of each call as done; finish the calls whose parts are all done.
 
@@ -178,6 +175,8 @@ class Outcomes:
             failure: Why these parts failed, or None when delivered.
             http_status: Klaviyo's status for delivered parts.
             whole: Finish each call now, whatever parts it has left (shutdown).
+            sliced: Run the callbacks and release the queue room in slices (see
+                ``accepted``); the calls themselves are all final before the first one.
         """
         finals: list[tuple[int, str, int, Final, str | None]] = []
         with self._lock:
@@ -204,15 +203,20 @@ class Outcomes:
         if not finals:
             return
         self._board.post([(seq, final) for seq, _, _, final, _ in finals])
-        self._count([(final[0], key) for _, _, _, final, key in finals])
-        callback = self._on_delivery
-        if callback is not None:
-            for _, message_id, _, final, _ in finals:
-                try:
-                    callback(Delivery(message_id, *final))
-                except Exception:
-                    log.exception("klaviyo-signal: the on_delivery callback raised")
-        self._settled([(seq, size) for seq, _, size, _, _ in finals])
+        step = _SLICE if sliced else len(finals)
+        for start in range(0, len(finals), step):
+            if start:
+                self._between()
+            part = finals[start : start + step]
+            self._count([(final[0], key) for _, _, _, final, key in part])
+            callback = self._on_delivery
+            if callback is not None:
+                for _, message_id, _, final, _ in part:
+                    try:
+                        callback(Delivery(message_id, *final))
+                    except Exception:
+                        log.exception("klaviyo-signal: the on_delivery callback raised")
+            self._settled([(seq, size) for seq, _, size, _, _ in part])
 
     def _count(self, finals: Iterable[tuple[DeliveryStatus, str | None]]) -> None:
         by: dict[tuple[str, str | None], int] = {}

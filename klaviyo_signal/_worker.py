@@ -14,6 +14,7 @@ Nothing starts before the first call, and ``close()`` leaves no thread behind.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import random
 import threading
@@ -183,7 +184,7 @@ class Worker:
         # (sequence number, the call's objects), or a Pending call flattened by ``pack``.
         self._inbox: deque[tuple[object, ...]] = deque()
         self._calls = self._outcomes.calls
-        self._seq = 0
+        self._seq = itertools.count()
         self._pending = 0
         self._arrivals = 0  # calls ever queued; the thread compares it with what it saw
         self._seen = 0
@@ -227,6 +228,13 @@ class Worker:
         size = _estimate(objects) if later is None else _BASE_BYTES + _size(later.properties)
         if size > self._max_bytes:
             return "call larger than max_queue_bytes"
+        # Numbered, ticketed and packed before taking the lock (next() on a count is
+        # atomic): the lock is held only for the bookkeeping. The Ticket is registered
+        # before the call is queued, so its outcome cannot be missed; a refused call's
+        # Ticket is simply dropped.
+        seq = next(self._seq)
+        ticket = Ticket(self._board, seq, message_id)
+        item = (seq, objects) if later is None else pack(later, seq)
         with self._lock:
             if self._closed:
                 return "client is closed"
@@ -235,17 +243,13 @@ class Worker:
                     return "queue full"
                 if not self._wait_for_space(size):
                     return "client is closed"
-            seq = self._seq
-            self._seq = seq + 1
-            # Registered before the call is queued, so its outcome cannot be missed.
-            ticket = Ticket(self._board, seq, message_id)
             self._calls[seq] = (message_id, size)
             if len(objects) > 1:
                 self._outcomes.parts[seq] = len(objects)
             self._pending += 1
             self._arrivals += 1
             self._bytes += size
-            self._inbox.append((seq, objects) if later is None else pack(later, seq))
+            self._inbox.append(item)
             # Wake the thread only when it sleeps with nothing to do, or a job's worth
             # waits: an Event.set() per call would cost the caller more than the rest.
             wake = self._idle or len(self._inbox) == MAX_JOB_EVENTS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
@@ -489,3 +490,35 @@ def test_client_in_a_reference_cycle_is_collected_and_delivers(fake: FakeKlaviyo
     while not fake.events and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [e.profile.external_id for e in fake.events] == ["cycle-1"]
+
+
+def test_a_job_is_final_as_a_whole_before_its_callbacks(fake: FakeKlaviyo) -> None:
+    """on_delivery sees every call of an accepted job final: close() or wait() there works."""
+    calls: list[Delivery] = []
+    seen: list[tuple[str, str | None]] = []
+    client: Client | None = None
+
+    def on_delivery(delivery: Delivery) -> None:
+        if not seen and threading.current_thread().name == WORKER:
+            seen.append((calls[-1].wait(timeout=2).status.value, None))
+            assert client is not None
+            client.close()  # from inside the callback, with 599 callbacks still to come
+        seen.append((delivery.status.value, delivery.reason))
+
+    client = client_for(fake, on_delivery=on_delivery, flush_interval=0.2)
+    calls.extend(client.track("Signed Up", {"i": i}, user_id=f"u{i}") for i in range(600))
+    assert client.flush(timeout=30)
+    assert seen[0] == ("delivered", None)  # the last call, waited on from the first callback
+    assert Counter(seen[1:]) == {("delivered", None): 600}
+    assert client.stats.delivered == 600
+    assert client.stats.failed == 0
+    assert len(fake.events) == 600
+
+
+def test_a_queued_delivery_can_be_copied(fake: FakeKlaviyo) -> None:
+    client = client_for(fake)
+    queued = client.track("Signed Up", user_id="u-1")
+    twin = copy.deepcopy(queued)
+    del queued
+    client.close()
+    assert twin.wait(timeout=10).status is DeliveryStatus.DELIVERED
