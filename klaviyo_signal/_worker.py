@@ -498,7 +498,8 @@ class Worker:
                 # Never expected (Blueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")
                 reason = f"could not build the call's event: {exc}"
-                self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None))
+                failure = Failure(DeliveryStatus.FAILED, reason, None, "internal error")
+                self._outcomes.settle([seq], failure)
                 return
             self._add_event(seq, data, payload.identity, now)
             return
@@ -513,7 +514,8 @@ class Worker:
             except (KlaviyoSignalError, ValueError, TypeError) as exc:
                 # A value the JSON writer refuses fails this call alone, not its batch.
                 reason = f"could not encode the call: {exc}"
-                self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None))
+                failure = Failure(DeliveryStatus.FAILED, reason, None, "could not encode")
+                self._outcomes.settle([seq], failure)
 
     def _add_identify(self, seq: int, profile: Profile) -> None:
         if self._open.mentions(profile.identity):
@@ -532,7 +534,7 @@ class Worker:
             if self._open.add(data, profile, seq, now):
                 return
         reason = "the event alone is over Klaviyo's 5 MB request limit"
-        self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None))
+        self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None, "too large"))
 
     def _limiter(self, endpoint: str) -> EndpointLimiter:
         limiter = self._limiters.get(endpoint)

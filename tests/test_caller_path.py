@@ -158,6 +158,7 @@ def test_a_call_the_worker_cannot_build_fails_with_the_reason(
     assert final.status is DeliveryStatus.FAILED
     assert (final.reason or "").startswith("could not build the call's event: ")
     assert client.stats.failed == 1
+    assert client.stats.failed_by_reason == {"internal error": 1}
     assert "could not be built" in caplog.text
     assert fake.requests == []
 
@@ -261,3 +262,17 @@ def test_a_call_whose_rule_is_gone_fails_with_the_reason(fake: FakeKlaviyo) -> N
     client.close()
     assert final.status is DeliveryStatus.FAILED
     assert "could not build the call's event" in (final.reason or "")
+
+
+def test_an_event_over_5_mb_fails_alone_with_its_own_reason(fake: FakeKlaviyo) -> None:
+    keep_all = Blueprint(rules={"Big": Rule(metric="big")})
+    client = client_for(fake, keep_all)
+    huge = {f"p{i}": "x" * 99_000 for i in range(60)}  # each value legal, ~6 MB together
+    big = client.track("Big", huge, user_id="u-1")
+    small = client.track("Big", {"n": 1}, user_id="u-2")
+    client.close()
+    final = big.wait(10)
+    assert final.status is DeliveryStatus.FAILED
+    assert final.reason == "the event alone is over Klaviyo's 5 MB request limit"
+    assert small.wait(10).status is DeliveryStatus.DELIVERED
+    assert client.stats.failed_by_reason == {"too large": 1}
