@@ -1,7 +1,9 @@
 """The background worker: a bounded queue, and one thread that batches, paces and sends.
 
-The caller's side (``submit``) only appends the blueprint's objects to a deque under a
-lock: encoding, grouping and HTTP all happen on the worker thread. The thread takes queued
+The caller's side (``submit``) numbers the call, gives it a Ticket and appends it to a
+deque under a lock: the blueprint's objects, or a simple call's checked ``Pending`` packed
+into one flat tuple (which the garbage collector stops visiting at once). Building,
+encoding, grouping and HTTP all happen on the worker thread. The thread takes queued
 calls in chunks, encodes their events into the open bulk job (``_batcher``) and their
 subscriptions into the open job of their list (``_subscription_batcher``), seals a job when
 it is full, when its oldest call is ``flush_interval`` old, or on ``flush()``/``close()``,
