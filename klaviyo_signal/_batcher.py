@@ -16,10 +16,11 @@ import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
-from ._events import IdentityKey
+from ._events import IdentityKey, Pending, pending_properties
 from ._identity import Identity
 from ._models import Event, Profile
-from ._wire import bulk_event_bytes, bulk_events_body, bulk_item_frame, encode
+from ._rules import Rule
+from ._wire import bulk_event_bytes, bulk_events_body, bulk_item_frame, encode, event_bytes
 
 __all__ = [
     "MAX_JOB_BYTES",
@@ -28,6 +29,7 @@ __all__ = [
     "Item",
     "OpenJob",
     "encode_event",
+    "encode_pending",
     "failed_items",
     "identifiers",
 ]
@@ -52,6 +54,18 @@ def _envelope() -> tuple[bytes, bytes]:
 def encode_event(event: Event) -> bytes:
     """Return the bytes of one event as an element of a bulk item's events array."""
     return bulk_event_bytes(event)
+
+
+def encode_pending(call: Pending, rule: Rule) -> bytes:
+    """Return the bytes of a checked simple call's event (no ``Event`` object is made)."""
+    return event_bytes(
+        rule.metric,
+        pending_properties(call, rule),
+        call.time,
+        call.unique_id,
+        value=call.value,
+        value_currency=call.value_currency,
+    )
 
 
 def identifiers(identity: Identity) -> Iterator[tuple[str, str]]:

@@ -28,10 +28,10 @@ from typing import Protocol
 
 import attrs
 
-from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event
+from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_pending
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
-from ._events import IdentityKey, Pending, pack, pending_properties, unpack
+from ._events import IdentityKey, Pending, pack, unpack
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Failure, Identify, Outcomes, Unit
@@ -40,7 +40,7 @@ from ._rules import Rule
 from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Transport
-from ._wire import encode, event_bytes, profile_body
+from ._wire import encode, profile_body
 
 __all__ = ["Worker"]
 
@@ -487,15 +487,7 @@ class Worker:
         if len(item) > 2:
             payload = unpack(item[2:])
             try:
-                rule = self._rule_for(payload.rule)
-                data = event_bytes(
-                    rule.metric,
-                    pending_properties(payload, rule),
-                    payload.time,
-                    payload.unique_id,
-                    value=payload.value,
-                    value_currency=payload.value_currency,
-                )
+                data = encode_pending(payload, self._rule_for(payload.rule))
             except (KlaviyoSignalError, ValueError, TypeError, KeyError) as exc:
                 # Never expected (Blueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")

@@ -18,6 +18,7 @@ import pytest
 from klaviyo_signal import (
     Blueprint,
     Client,
+    Delivery,
     DeliveryStatus,
     Rule,
     ValidationError,
@@ -48,6 +49,21 @@ def order(price: Any = 10.0) -> dict[str, Any]:
         "currency": "USD",
         "products": [{"sku": "S-1", "price": price}],
     }
+
+
+def queue_pending(client: Client, event: str, properties: dict[str, Any]) -> Delivery:
+    """Queue a Pending call the way Blueprint.prepare would, and wait for its outcome."""
+    call = Pending(
+        ("track", event),
+        (None, None, "u-1", None),
+        properties,
+        datetime.now(timezone.utc),
+        "m-1",
+        None,
+        None,
+        None,
+    )
+    return client._queued("m-1", (), call).wait(10)
 
 
 def sent_properties(fake: FakeKlaviyo) -> list[dict[str, Any]]:
@@ -143,17 +159,7 @@ def test_a_call_the_worker_cannot_build_fails_with_the_reason(
     """Never expected (prepare makes every check), but never silent either."""
     client = client_for(fake)
     # A value JSON cannot carry: Blueprint.prepare never queues such a call.
-    broken = Pending(
-        ("track", "Order Completed"),
-        (None, None, "u-1", None),
-        {"revenue": object()},  # type: ignore[dict-item]
-        datetime.now(timezone.utc),
-        "m-1",
-        None,
-        None,
-        None,
-    )
-    final = client._queued("m-1", (), broken).wait(10)
+    final = queue_pending(client, "Order Completed", {"revenue": object()})
     client.close()
     assert final.status is DeliveryStatus.FAILED
     assert (final.reason or "").startswith("could not build the call's event: ")
@@ -248,17 +254,7 @@ def test_one_persons_events_share_one_bulk_item_whichever_route(fake: FakeKlaviy
 
 def test_a_call_whose_rule_is_gone_fails_with_the_reason(fake: FakeKlaviyo) -> None:
     client = client_for(fake)
-    unknown = Pending(
-        ("track", "Never Enabled"),
-        (None, None, "u-1", None),
-        {},
-        datetime.now(timezone.utc),
-        "m-2",
-        None,
-        None,
-        None,
-    )
-    final = client._queued("m-2", (), unknown).wait(10)
+    final = queue_pending(client, "Never Enabled", {})
     client.close()
     assert final.status is DeliveryStatus.FAILED
     assert "could not build the call's event" in (final.reason or "")

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from klaviyo_signal import ValidationError
-from klaviyo_signal._batcher import OpenJob
+from klaviyo_signal._batcher import OpenJob, encode_pending
 from klaviyo_signal._blueprint import Blueprint
-from klaviyo_signal._events import Pending, pending_properties
+from klaviyo_signal._events import Pending
 from klaviyo_signal._identity import Identity
 from klaviyo_signal._messages import Message, build_message
 from klaviyo_signal._models import Event, Location, Profile
@@ -27,7 +27,6 @@ from klaviyo_signal._wire import (
     bulk_event_bytes,
     bulk_events_body,
     encode,
-    event_bytes,
 )
 
 from .conftest import assert_valid
@@ -139,15 +138,7 @@ def test_pending_calls_encode_like_decided_ones() -> None:
         deferred += 1
         (event,) = blueprint.decide(message).objects
         assert isinstance(event, Event)
-        rule = blueprint.rule_for(prepared.rule)
-        data = event_bytes(
-            rule.metric,
-            pending_properties(prepared, rule),
-            prepared.time,
-            prepared.unique_id,
-            value=prepared.value,
-            value_currency=prepared.value_currency,
-        )
+        data = encode_pending(prepared, blueprint.rule_for(prepared.rule))
         assert data == bulk_event_bytes(event)
         job = OpenJob()
         assert job.add(data, prepared.identity, object(), 0.0)
