@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 
 from ._events import IdentityKey, Pending, pending_properties
-from ._identity import Identity
+from ._identity import IDENTIFIER_NAMES, Identity
 from ._models import Event, Profile
 from ._rules import Rule
 from ._wire import bulk_event_bytes, bulk_events_body, bulk_item_frame, encode, event_bytes
@@ -31,7 +31,6 @@ __all__ = [
     "encode_event",
     "encode_pending",
     "failed_items",
-    "identifiers",
 ]
 
 MAX_JOB_EVENTS = 1000
@@ -68,25 +67,11 @@ def encode_pending(call: Pending, rule: Rule) -> bytes:
     )
 
 
-def identifiers(identity: Identity) -> Iterator[tuple[str, str]]:
+def _pairs(key: IdentityKey) -> Iterator[tuple[str, str]]:
     """Yield a profile's identifiers as (name, value) pairs, to spot the same person."""
-    yield from identity.as_attributes().items()
-
-
-_Key = IdentityKey
-_NAMES = ("email", "phone_number", "external_id", "anonymous_id")
-
-
-def _pairs(key: _Key) -> Iterator[tuple[str, str]]:
-    for name, value in zip(_NAMES, key, strict=True):
+    for name, value in zip(IDENTIFIER_NAMES, key, strict=True):
         if value is not None:
             yield name, value
-
-
-def _key(identity: Identity) -> _Key:
-    # A tuple of strings: the garbage collector stops visiting it after its first pass,
-    # unlike the Identity object, and tens of thousands wait in open jobs.
-    return (identity.email, identity.phone_number, identity.external_id, identity.anonymous_id)
 
 
 Item = tuple["Profile | None", tuple[bytes, bytes], bytearray, tuple[object, ...]]
@@ -154,7 +139,7 @@ class OpenJob:
         self.events = 0
         self.size = self._base
         self.oldest: float | None = None
-        self._by_key: dict[_Key, int] = {}  # -> the profile's item in self.items
+        self._by_key: dict[IdentityKey, int] = {}  # -> the profile's item in self.items
         # Every identifier in the job, built only once an identify asks (see mentions).
         self._who: set[tuple[str, str]] | None = None
 
@@ -179,7 +164,7 @@ class OpenJob:
             key, rich = profile, None
         else:
             # A bare Profile is the same item as bare identifiers: one person, one item.
-            key, rich = _key(profile.identity), None if profile.bare() else profile
+            key, rich = profile.identity.key(), None if profile.bare() else profile
         index = self._by_key.get(key)
         item = None if index is None else self.items[index]
         if item is None or item[0] != rich:
@@ -223,7 +208,7 @@ class OpenJob:
         """Whether any event here is for a profile sharing an identifier with ``identity``."""
         if self._who is None:
             self._who = {pair for key in self._by_key for pair in _pairs(key)}
-        return any(pair in self._who for pair in identifiers(identity))
+        return any(pair in self._who for pair in _pairs(identity.key()))
 
     def seal(self) -> BulkJob:
         """Return the job to send and start an empty one."""

@@ -21,7 +21,7 @@ from ._consent import consent_drop_reason
 from ._errors import ValidationError
 from ._events import Pending, build_events, pending, simple_extra
 from ._json import JSON, MAX_EVENT_PROPERTIES
-from ._messages import Message
+from ._messages import Message, plain_name
 from ._models import KlaviyoObject
 from ._paths import message_view
 from ._profile import bare, profile_from
@@ -40,7 +40,6 @@ from ._subscriptions import Subscription, implied_subscription
 from ._variants import variant_data
 
 _PLANS_CACHE = 1024
-_MAX_NAME = 128  # Klaviyo's metric name limit, as build_message checks it
 _READS_ALL = Reads()
 
 __all__ = [
@@ -265,9 +264,7 @@ class Blueprint:
         The caller's thread cleans only these (see ``_reads``); a dropped call reads no
         properties.
         """
-        if kind == "track" and (
-            type(event) is not str or not 0 < len(event) < _MAX_NAME or event.isspace()
-        ):
+        if kind == "track" and not plain_name(event):
             return _READS_ALL  # build_message refuses the name, with the reason
         return self._plan(kind, event).reads  # type: ignore[arg-type]
 

@@ -147,7 +147,6 @@ class Job:
 
     message_id: str
     requests: Sequence[tuple[str, bytes]]
-    ticket: Ticket | None = None
 
 
 def send_job(

@@ -222,10 +222,9 @@ def pending(
     Raises:
         ValidationError: The value is not a number, or the currency not an ISO 4217 code.
     """
-    identity = message.identity
     return Pending(
         key,
-        (identity.email, identity.phone_number, identity.external_id, identity.anonymous_id),
+        message.identity.key(),
         message.properties,
         message.timestamp,
         message.message_id,

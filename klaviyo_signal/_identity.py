@@ -16,6 +16,7 @@ from ._json import JSON
 
 __all__ = [
     "E164",
+    "IDENTIFIER_NAMES",
     "Identity",
     "identity_from",
     "normalize_email",
@@ -29,6 +30,8 @@ E164 = re.compile(r"^\+[1-9]\d{1,14}$", re.ASCII)
 # One @, no whitespace, a dot in the domain and no empty domain label. Deliberately loose:
 # the mailbox's existence is Klaviyo's business; this only catches values that are no address.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
+# Klaviyo's names of the four identifiers, in the order of Identity.key().
+IDENTIFIER_NAMES = ("email", "phone_number", "external_id", "anonymous_id")
 _MAX_EMAIL = 254
 _MAX_ID = 255
 # Only these separators are removed: anything else (letters, "ext", a leading 0) needs a region.
@@ -68,6 +71,14 @@ class Identity:
             and self.anonymous_id is None
         ):
             raise ValidationError(_NO_IDENTIFIER)
+
+    def key(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """Return the four identifiers in ``IDENTIFIER_NAMES`` order, None where unset.
+
+        A tuple of strings, unlike the Identity: the garbage collector stops visiting it
+        after one pass, so queued calls and open jobs keep this instead.
+        """
+        return (self.email, self.phone_number, self.external_id, self.anonymous_id)
 
     def as_attributes(self) -> dict[str, str]:
         """Return the set identifiers under Klaviyo's profile attribute names."""

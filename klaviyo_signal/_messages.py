@@ -11,7 +11,7 @@ import random
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import attrs
 
@@ -118,13 +118,7 @@ def build_message(
         now = now.replace(tzinfo=timezone.utc)
     clean_event: str | None
     clean_name: str | None
-    if (
-        kind == "track"
-        and name is None
-        and type(event) is str
-        and 0 < len(event) < _MAX_NAME
-        and not event.isspace()
-    ):
+    if kind == "track" and name is None and plain_name(event):
         clean_event, clean_name = event, None  # the common case, checked in one test
     else:
         clean_event = _metric_name("event", event, takes_it="track", kind=kind)
@@ -161,6 +155,15 @@ def build_message(
             default_region=default_phone_region,
         ),
     )
+
+
+def plain_name(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a plain str that is a valid event name as it is.
+
+    The common case, in one test; anything else goes through the checks that say what is
+    wrong with it.
+    """
+    return type(value) is str and 0 < len(value) < _MAX_NAME and not value.isspace()
 
 
 def _metric_name(field: str, value: object, *, takes_it: str, kind: str) -> str | None:

@@ -154,13 +154,11 @@ def profile_from(
             Segment-spec mapping of ``ProfileMap()``.
         view: ``message_view(message)``, when the caller already has it.
     """
-    if not full:
-        return Profile(identity=message.identity)
     mapping = mapping or _DEFAULT
+    if not full or bare(message, mapping):
+        return Profile(identity=message.identity)
     traits = message.traits
     plan = _plan(mapping)
-    if plan.traits_only and traits.keys() <= _IDENTIFIERS:
-        return Profile(identity=message.identity)
     view = message_view(message) if view is None else view
     attributes = _values(view, traits, plan.attributes)
     fields = _values(view, traits, plan.location)

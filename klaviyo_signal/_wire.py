@@ -17,6 +17,7 @@ from types import MappingProxyType
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn
 
+from ._identity import IDENTIFIER_NAMES
 from ._json import JSON, dumps, dumps_text, finish
 from ._models import Event, Location, Profile
 
@@ -145,7 +146,6 @@ _EVENT_HEAD = '{"type":"event","attributes":{"properties":'
 _METRIC_HEAD = ',"metric":{"data":{"type":"metric","attributes":{"name":'
 _ITEM_HEAD = '{"type":"event-bulk-create","attributes":{"profile":'
 _ITEM_TAIL = b"]}}}"
-_IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id")
 _BARE_HEAD = _ITEM_HEAD + '{"data":{"type":"profile","attributes":'
 
 
@@ -220,7 +220,7 @@ def bulk_item_frame(
         # Identity.as_attributes() through the encoder, written by hand: one per bulk item.
         fields = [
             f'"{name}":{encode_basestring(value)}'
-            for name, value in zip(_IDENTIFIERS, profile, strict=True)
+            for name, value in zip(IDENTIFIER_NAMES, profile, strict=True)
             if value is not None
         ]
         head = finish(f'{_BARE_HEAD}{{{",".join(fields)}}}}}}},"events":{{"data":[')
