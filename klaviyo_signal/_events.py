@@ -32,7 +32,8 @@ __all__ = [
     "unpack",
 ]
 
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+# fullmatch, not match with "$": "$" also matches before a final newline ("USD\n").
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def _number(view: Mapping[str, JSON], paths: tuple[str, ...]) -> int | float | Decimal | None:
@@ -52,7 +53,7 @@ def _currency(view: Mapping[str, JSON], paths: tuple[str, ...]) -> str | None:
     if found is None:
         return None
     path, value = found
-    if not isinstance(value, str) or not _CURRENCY.match(value):
+    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         raise ValidationError(
             f"{path}: must be an ISO 4217 currency code in capitals such as 'USD', got {value!r}"
         )

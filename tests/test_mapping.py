@@ -128,6 +128,16 @@ def test_revenue_that_is_not_a_number_is_refused(fake: FakeKlaviyo) -> None:
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("currency", ["USD\n", "usd", "US", "USDX", " USD"])
+def test_currency_that_is_not_a_code_is_refused(fake: FakeKlaviyo, currency: str) -> None:
+    """A currency that is not exactly three capitals (a trailing newline too) raises."""
+    with pytest.raises(ValidationError, match=r"properties\.currency: must be an ISO 4217"):
+        client_for(fake.url).track(
+            "Order Completed", {"revenue": 1.0, "currency": currency}, user_id="u-1"
+        )
+    assert fake.requests == []
+
+
 def test_custom_event_is_dropped_with_how_to_enable(fake: FakeKlaviyo) -> None:
     """An event with no rule is dropped; the reason names it and says how to enable it."""
     delivery = client_for(fake.url).track("Signed Up", {"plan": "pro"}, user_id="u-1")
