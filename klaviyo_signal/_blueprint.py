@@ -24,7 +24,8 @@ from ._json import JSON, MAX_EVENT_PROPERTIES
 from ._messages import Message, plain_name
 from ._models import KlaviyoObject
 from ._paths import message_view
-from ._profile import bare, profile_from
+from ._profile import bare, identifier_traits_are_bare, profile_from
+from ._quick import QuickPlan, quick_plan
 from ._reads import ALL, Reads, context_reads, profile_paths, rule_paths, rule_reads
 from ._rules import (
     CatchAll,
@@ -78,6 +79,8 @@ class _CallPlan:
     """Whether a path reads ``timestamp`` (as an ISO string) from the call."""
     extra: int | None = None
     """For a simple rule (see ``_events.simple_extra``), the properties it adds."""
+    quick: QuickPlan | None = None
+    """For a simple track rule the caller's fast lane can take (``_quick.py``), its plan."""
 
 
 def _subscriptions(rule: SubscribeRule | None, message: Message) -> tuple[Subscription, ...]:
@@ -258,6 +261,12 @@ class Blueprint:
             raise KeyError(key)
         return rule
 
+    def quick(self, event: object) -> QuickPlan | None:
+        """Return the fast lane's plan for ``track(event)`` calls, or None (``_quick.py``)."""
+        if not plain_name(event):
+            return None
+        return self._plan("track", event).quick
+
     def reads(self, kind: str, event: object) -> Reads:
         """Return what of a call's properties and context its mapping reads.
 
@@ -289,12 +298,18 @@ class Blueprint:
             )
             if rule.time == "timestamp":
                 paths.remove("timestamp")  # the default time is read without the view
+            extra = simple_extra(rule, self.mapper)
+            quick = None
+            if extra is not None and kind == "track":
+                traits_bare = identifier_traits_are_bare(self.profile)
+                quick = quick_plan(key, rule, reads, extra, traits_only=traits_bare)
             plan = _CallPlan(
                 rule,
                 name,
                 reads,
                 timestamp_in_view=any(p.partition(".")[0] == "timestamp" for p in paths),
-                extra=simple_extra(rule, self.mapper),
+                extra=extra,
+                quick=quick,
             )
         if len(self._plans) >= _PLANS_CACHE:
             self._plans.clear()  # event names are the caller's: keep the cache bounded

@@ -18,13 +18,15 @@ from typing import Any, Literal
 from ._blueprint import Blueprint, blueprint_for_variant
 from ._config import PUBLISHED, Config, mask
 from ._consent import consent_drop_reason
-from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, send_job
+from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
 from ._errors import ConfigurationError
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
 from ._lifecycle import forget, manage
 from ._messages import Message, build_message
 from ._models import Event, KlaviyoObject, Profile
+from ._quick import MESSAGE_ID as _MESSAGE_ID
+from ._quick import quick_track
 from ._ratelimit import RateLimits
 from ._stats import Counters, Stats, failure_key
 from ._subscriptions import Action, build_subscription, subscription_body
@@ -130,6 +132,8 @@ class Client:
             rate_limits=rate_limits,
         )
         self._closed = False
+        # Background calls that need no consent grant may take the fast lane (_quick.py).
+        self._quick_lane = not self._config.sync_mode and not self._config.require_consent
         self._fresh_state()
         manage(self)
 
@@ -275,6 +279,23 @@ class Client:
             ValidationError: The input breaks a rule (no identifier, bad name, NaN...).
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        if (
+            context is None
+            and consent is None
+            and timestamp is None
+            and message_id is None
+            and self._quick_lane
+        ):
+            # The common call takes the fast lane; any other, and any the lane does not
+            # recognise (bad input included), the full route below.
+            plan = self._config.blueprint.quick(event)
+            packed = (
+                None
+                if plan is None
+                else quick_track(plan, properties, traits, user_id, anonymous_id)
+            )
+            if packed is not None:
+                return self._queued_packed(*packed)
         return self._call(
             build_message(
                 "track",
@@ -444,7 +465,15 @@ class Client:
         self, message_id: str, objects: Sequence[KlaviyoObject], later: Pending | None
     ) -> Delivery:
         """Queue a call: its objects, or its checked ``Pending`` event for the worker."""
-        ticket = self._worker.submit(message_id, objects, later)
+        return self._taken(message_id, self._worker.submit(message_id, objects, later))
+
+    def _queued_packed(self, fields: tuple[object, ...], size: int) -> Delivery:
+        """Queue a call the fast lane packed (``_quick.quick_track``)."""
+        message_id: str = fields[_MESSAGE_ID]  # type: ignore[assignment]
+        return self._taken(message_id, self._worker.submit_packed(message_id, fields, size))
+
+    def _taken(self, message_id: str, ticket: Ticket | str) -> Delivery:
+        """Return a queued call's Delivery, or the dropped one when the queue refused it."""
         if isinstance(ticket, str):
             return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))
         return Delivery(message_id, DeliveryStatus.QUEUED, ticket=ticket)

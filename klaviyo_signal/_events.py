@@ -22,6 +22,7 @@ from ._properties import apply_properties, first_present
 from ._rules import ItemRule, Mapper, Rule
 
 __all__ = [
+    "CURRENCY",
     "IdentityKey",
     "Pending",
     "build_events",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 # fullmatch, not match with "$": "$" also matches before a final newline ("USD\n").
-_CURRENCY = re.compile(r"[A-Z]{3}")
+CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def _number(view: Mapping[str, JSON], paths: tuple[str, ...]) -> int | float | Decimal | None:
@@ -53,7 +54,7 @@ def _currency(view: Mapping[str, JSON], paths: tuple[str, ...]) -> str | None:
     if found is None:
         return None
     path, value = found
-    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
+    if not isinstance(value, str) or not CURRENCY.fullmatch(value):
         raise ValidationError(
             f"{path}: must be an ISO 4217 currency code in capitals such as 'USD', got {value!r}"
         )
@@ -249,18 +250,16 @@ def pending_properties(call: Pending, rule: Rule) -> dict[str, JSON]:
 _FIELDS = 11  # what ``pack`` writes before the property pairs
 
 
-def pack(call: Pending, seq: int) -> tuple[object, ...]:
-    """Return ``(seq, (), *fields, *property pairs)``: the call as one flat tuple.
+def pack(call: Pending) -> tuple[object, ...]:
+    """Return ``(*fields, *property pairs)``: the call as one flat tuple.
 
     CPython's collector stops visiting a tuple once everything in it is untracked, but it
     looks at a tuple before what the tuple holds, so a nested tuple is let go one level
     per pass (and a dict never): a flat tuple of strings and numbers is let go at the
     first pass, before it can be promoted to the generation whose passes stall every
-    thread for tens of milliseconds.
+    thread for tens of milliseconds. ``_quick.quick_track`` writes the same layout.
     """
     return (
-        seq,
-        (),
         *call.rule,
         *call.identity,
         call.time,
@@ -273,7 +272,7 @@ def pack(call: Pending, seq: int) -> tuple[object, ...]:
 
 
 def unpack(flat: tuple[object, ...]) -> Pending:
-    """Return the Pending that ``pack`` flattened (``flat`` without its first two items)."""
+    """Return the Pending that ``pack`` flattened."""
     kind, event, email, phone, external, anonymous, time, unique_id, consent, value, currency = (
         flat[:_FIELDS]
     )

@@ -127,9 +127,7 @@ def plain_email(value: object) -> TypeGuard[str]:
     The common case, in one test (``_EMAIL`` admits no whitespace, so there is none to
     strip); anything else goes through ``normalize_email``, which says what is wrong.
     """
-    return (
-        type(value) is str and len(value) <= _MAX_EMAIL and _EMAIL.fullmatch(value) is not None
-    )
+    return type(value) is str and len(value) <= _MAX_EMAIL and _EMAIL.fullmatch(value) is not None
 
 
 def plain_id(value: object) -> TypeGuard[str]:

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_EVENT_PROPERTIES",
     "MAX_STRING_BYTES",
+    "SAFE_STR_CHARS",
     "clean_properties",
     "clean_value",
     "dumps",
@@ -48,7 +49,7 @@ MAX_EVENT_PROPERTIES = 300
 
 # A str of at most this many characters cannot exceed MAX_STRING_BYTES (UTF-8 is <= 4 bytes
 # per character), so only longer ones pay for an encode.
-_SAFE_STR_CHARS = MAX_STRING_BYTES // 4
+SAFE_STR_CHARS = MAX_STRING_BYTES // 4
 # Python refuses to write ints of more than ~4300 digits (sys.int_info.str_digits_check_threshold
 # applies to json too); reject them here rather than fail in dumps() on a worker thread.
 _MAX_INT = 10**4000
@@ -111,7 +112,7 @@ def _clean_mapping(value: Mapping[object, object], path: str, level: int) -> dic
         # _clean's first cases, inlined: a call per value was a third of the cost.
         kind = type(item)
         if (
-            (kind is str and len(item) <= _SAFE_STR_CHARS and item.isascii())  # type: ignore[arg-type,attr-defined]
+            (kind is str and len(item) <= SAFE_STR_CHARS and item.isascii())  # type: ignore[arg-type,attr-defined]
             or (kind is int and -_MAX_INT < item < _MAX_INT)  # type: ignore[operator]
             or (kind is float and _isfinite(item))  # type: ignore[arg-type]
             or item is None
@@ -137,7 +138,7 @@ def _clean_sequence(value: list[object] | tuple[object, ...], path: str, level: 
     out: list[JSON] = []
     for i, item in enumerate(value):
         # The common scalars and objects skip building the item's path and the type chain.
-        if (type(item) is str and len(item) <= _SAFE_STR_CHARS and item.isascii()) or (
+        if (type(item) is str and len(item) <= SAFE_STR_CHARS and item.isascii()) or (
             type(item) is int and -_MAX_INT < item < _MAX_INT
         ):
             out.append(item)
@@ -151,7 +152,7 @@ def _clean_sequence(value: list[object] | tuple[object, ...], path: str, level: 
 def _clean(item: object, key: str, path: str, depth: int) -> JSON:
     """Clean a mapping's value; the common scalars skip building a key path."""
     if type(item) is str:
-        if len(item) <= _SAFE_STR_CHARS and item.isascii():
+        if len(item) <= SAFE_STR_CHARS and item.isascii():
             return item
     elif type(item) is int:
         if -_MAX_INT < item < _MAX_INT:

@@ -19,7 +19,7 @@ from ._paths import MISSING, lookup, message_view
 from ._properties import apply_properties
 from ._rules import ProfileMap
 
-__all__ = ["bare", "consumed_traits", "profile_from"]
+__all__ = ["bare", "consumed_traits", "identifier_traits_are_bare", "profile_from"]
 
 # Traits that are identifiers: mapped by ``_identity.py``, never repeated in properties.
 _IDENTIFIERS = frozenset({"email", "phone", "phone_number"})
@@ -125,6 +125,11 @@ def _values(
 
 
 _DEFAULT = ProfileMap()
+
+
+def identifier_traits_are_bare(mapping: ProfileMap) -> bool:
+    """Whether a call whose traits are only identifiers maps to the bare identity."""
+    return _plan(mapping).traits_only
 
 
 def bare(message: Message, mapping: ProfileMap) -> bool:

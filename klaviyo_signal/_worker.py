@@ -42,7 +42,7 @@ from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Transport
 from ._wire import encode, profile_body
 
-__all__ = ["Worker"]
+__all__ = ["BYTES_PER_VALUE", "Worker"]
 
 log = logging.getLogger("klaviyo_signal")
 
@@ -55,7 +55,7 @@ _YIELD = 0.0001
 # A cheap guess at the memory one queued call holds (its objects and properties), for
 # max_queue_bytes; exact sizes are only known once the worker encodes.
 _BASE_BYTES = 1024
-_BYTES_PER_VALUE = 64
+BYTES_PER_VALUE = 64
 _PROFILE_TEXT = ("first_name", "last_name", "organization", "title", "image", "locale")
 _JOIN_GRACE = 1.0
 _MAX_BACKOFF = 30.0
@@ -87,20 +87,20 @@ def _size(value: object) -> int:
     """Roughly the bytes a cleaned JSON value holds: strings by length, others flat."""
     # Runs on the caller's thread for every call: plain loops, no generators.
     if type(value) is str:
-        return _BYTES_PER_VALUE + len(value)
-    size = _BYTES_PER_VALUE
+        return BYTES_PER_VALUE + len(value)
+    size = BYTES_PER_VALUE
     if type(value) is dict or type(value) is MappingProxyType or isinstance(value, Mapping):
         for key, item in value.items():
             kind = type(item)
             if kind is str:
-                size += _BYTES_PER_VALUE + len(key) + len(item)
+                size += BYTES_PER_VALUE + len(key) + len(item)
             elif kind is int or kind is float or kind is bool or item is None:
-                size += _BYTES_PER_VALUE + len(key)
+                size += BYTES_PER_VALUE + len(key)
             else:
                 size += len(key) + _size(item)
     elif type(value) is list:
         for item in value:
-            size += _BYTES_PER_VALUE + len(item) if type(item) is str else _size(item)
+            size += BYTES_PER_VALUE + len(item) if type(item) is str else _size(item)
     return size
 
 
@@ -227,16 +227,35 @@ class Worker:
             later: Instead of objects, a simple call's checked event, to build on the
                 worker (see ``Blueprint.prepare``).
         """
-        size = _estimate(objects) if later is None else _BASE_BYTES + _size(later.properties)
+        if later is None:
+            return self._enqueue(message_id, _estimate(objects), objects, None)
+        return self._enqueue(message_id, _BASE_BYTES + _size(later.properties), (), pack(later))
+
+    def submit_packed(self, message_id: str, fields: tuple[object, ...], size: int) -> Ticket | str:
+        """Queue a simple call the caller's fast lane packed (``_quick.quick_track``).
+
+        Args:
+            message_id: The call's id.
+            fields: The call as ``_events.pack`` lays it out.
+            size: What its properties count against ``max_queue_bytes``.
+        """
+        return self._enqueue(message_id, _BASE_BYTES + size, (), fields)
+
+    def _enqueue(
+        self,
+        message_id: str,
+        size: int,
+        objects: Sequence[KlaviyoObject],
+        fields: tuple[object, ...] | None,
+    ) -> Ticket | str:
         if size > self._max_bytes:
             return "call larger than max_queue_bytes"
-        # Numbered, ticketed and packed before taking the lock (next() on a count is
-        # atomic): the lock is held only for the bookkeeping. The Ticket is registered
-        # before the call is queued, so its outcome cannot be missed; a refused call's
-        # Ticket is simply dropped.
+        # Numbered and ticketed before taking the lock (next() on a count is atomic): the
+        # lock is held only for the bookkeeping. The Ticket is registered before the call
+        # is queued, so its outcome cannot be missed; a refused call's Ticket is dropped.
         seq = next(self._seq)
         ticket = Ticket(self._board, seq, message_id)
-        item = (seq, objects) if later is None else pack(later, seq)
+        item = (seq, objects) if fields is None else (seq, (), *fields)
         with self._lock:
             if self._closed:
                 return "client is closed"
