@@ -16,6 +16,7 @@ Nothing starts before the first call, and ``close()`` leaves no thread behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import random
@@ -24,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, cast
 
 import attrs
 
@@ -37,9 +38,10 @@ from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
 from ._rules import Rule
+from ._sender import Sender, Sent
 from ._stats import Counters
 from ._subscription_batcher import SubscriptionJobs
-from ._transport import SERVER_ERROR_STATUSES, Transport
+from ._transport import SERVER_ERROR_STATUSES, Answer, Transport
 from ._wire import encode, profile_body
 
 __all__ = ["BYTES_PER_VALUE", "Worker"]
@@ -204,6 +206,9 @@ class Worker:
         self._outbox: deque[Unit] = deque()
         self._limiters: dict[str, EndpointLimiter] = {}
         self._in_flight: Unit | None = None
+        # The request of _in_flight waits for its answer here; (unit, limiter, bytes) of it.
+        self._sender = Sender(self._wake)
+        self._sending: tuple[Unit, EndpointLimiter, int] | None = None
         # The outbox's first unit once a try got no answer or a 5xx: Klaviyo may have it.
         self._maybe_sent: Unit | None = None
         # Attempts of the outbox's first unit that failed with 5xx or no answer.
@@ -368,8 +373,13 @@ class Worker:
             # Any request, even one sent before close(), waits at most answer_timeout for
             # its answer (see _send_next); the grace covers the thread's last bookkeeping.
             thread.join(max(deadline - self._clock(), 0.0) + self._answer_timeout + _JOIN_GRACE)
+        sender_gone = self._sender.stop(_JOIN_GRACE)
         left = self._abandon()
-        if self._transport is not None and not (thread is not None and thread.is_alive()):
+        if (
+            self._transport is not None
+            and sender_gone
+            and not (thread is not None and thread.is_alive())
+        ):
             self._transport.close()
         return left
 
@@ -442,6 +452,10 @@ class Worker:
             self._open = OpenJob()
             self._subscriptions = SubscriptionJobs()
             self._outbox.clear()
+            # A request may still be in flight: its outcome goes to the old Sender, unread.
+            self._sender.stop()
+            self._sender = Sender(self._wake)
+            self._sending = None
             with self._lock:
                 # The next call starts a fresh thread.
                 self._thread = None
@@ -449,11 +463,18 @@ class Worker:
 
     def _loop(self, deadline: float | None) -> None:
         while True:
+            if self._sender.busy and (
+                self._stop or (deadline is not None and self._clock() >= deadline)
+            ):
+                # Stopping: the request in flight is answered (or times out: its timeout
+                # ends by the deadline) first, so its calls end with what Klaviyo said.
+                self._sent(cast(Sent, self._sender.take(None)))
             with self._lock:
                 if self._stop or (self._detached and self._pending == 0):
                     self._thread = None
                     if self._detached:
                         release(self)
+                    self._sender.stop()
                     return
                 chunk = [self._inbox.popleft() for _ in range(min(_CHUNK, len(self._inbox)))]
                 backlog = bool(self._inbox)
@@ -473,12 +494,24 @@ class Worker:
                 cutoff = None if hurry else now - self._interval
                 for batches in self._batches:
                     self._outbox.extend(batches.due(cutoff))
-            wait = self._send_next() if self._outbox else None
+            wait = self._exchange()
             if wait == 0.0 and callers_busy:
                 time.sleep(_YIELD)  # after a request and its outcomes, callers go first
             if chunk or wait == 0.0:
                 continue
             self._sleep(wait, now, deadline)
+
+    def _exchange(self) -> float | None:
+        """Take the answer to the request in flight, or send the outbox's next unit.
+
+        Returns:
+            As ``_send_next``: 0.0 to go on at once, None to sleep until woken, else the
+            seconds until the next unit may go.
+        """
+        if self._sender.busy:
+            sent = self._sender.take()
+            return None if sent is None else self._sent(sent)
+        return self._send_next() if self._outbox else None
 
     def _step_aside(self) -> None:
         """Let calling threads have the GIL for a moment, if any is queueing calls."""
@@ -497,6 +530,8 @@ class Worker:
                 return
             self._idle = wait is None and not self._outbox and oldest is None
             self._wake.clear()
+        if self._sender.done:
+            return  # the answer came before the clear: its wake-up is gone, take it now
         self._wake.wait(wait)
 
     def _absorb(self, item: tuple[object, ...], now: float) -> None:
@@ -559,8 +594,13 @@ class Worker:
             self._limiters[endpoint] = limiter
         return limiter
 
-    def _send_next(self) -> float:
-        """Send the outbox's first unit if its endpoint allows; else return the wait."""
+    def _send_next(self) -> float | None:
+        """Send the outbox's first unit if its endpoint allows; else return the wait.
+
+        Returns:
+            0.0 when the request ended already (sent inline), None while its answer is
+            awaited (the Sender wakes the thread), else the seconds until it may go.
+        """
         unit = self._outbox[0]
         endpoint = unit.endpoint
         limiter = self._limiter(endpoint)
@@ -575,11 +615,26 @@ class Worker:
             timeout = min(timeout, max(self._deadline - self._clock(), _MIN_TIMEOUT))
         limiter.begin()
         self._in_flight = unit
+        self._sending = (unit, limiter, len(body))
+        path = endpoint.split(" ", 1)[1]
+        self._sender.post(functools.partial(self._transport.post, path, body, timeout=timeout))
+        sent = self._sender.take()
+        return None if sent is None else self._sent(sent)
+
+    def _sent(self, sent: Sent) -> float:
+        """Record the outcome of the request in flight; the outbox moves on."""
+        sending, self._sending = self._sending, None
+        if sending is None:
+            raise RuntimeError("an outcome arrived with no request in flight")  # a bug
+        unit, limiter, size = sending
+        endpoint = unit.endpoint
         try:
-            answer = self._transport.post(endpoint.split(" ", 1)[1], body, timeout=timeout)
+            if sent.error is not None:
+                raise sent.error
+            answer = cast(Answer, sent.answer)
         except APIError as exc:
             limiter.end(exc.headers, throttled=exc.status == 429)
-            self._stats.request(len(body), rate_limited=exc.status == 429)
+            self._stats.request(size, rate_limited=exc.status == 429)
             if exc.status == 429:
                 self._stats.retry()
                 self._outcomes.throttled(endpoint, limiter.throttle(exc.retry_after))
@@ -589,14 +644,14 @@ class Worker:
             rest = self._outcomes.refused(unit, exc)
         except TransportError as exc:
             limiter.end(None)
-            self._stats.request(len(body))
+            self._stats.request(size)
             if self._retry_head(limiter, None):
                 return 0.0
             self._outcomes.unreachable(unit, exc)
             rest = None
         else:
             limiter.end(answer.headers)
-            self._stats.request(len(body))
+            self._stats.request(size)
             self._outcomes.accepted(unit, answer.status)
             rest = None
         finally:

@@ -30,6 +30,7 @@ from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 BULK = "/api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")
 WORKER = "klaviyo-signal-worker"
+SENDER = "klaviyo-signal-sender"  # waits for the answer to the request in flight
 
 
 def client_for(fake: FakeKlaviyo, **options: object) -> Client:
@@ -37,8 +38,9 @@ def client_for(fake: FakeKlaviyo, **options: object) -> Client:
     return Client(PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url, blueprint=BLUEPRINT, **options)  # type: ignore[arg-type]
 
 
-def workers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == WORKER and t.is_alive()]
+def workers(*names: str) -> list[threading.Thread]:
+    names = names or (WORKER,)
+    return [t for t in threading.enumerate() if t.name in names and t.is_alive()]
 
 
 def test_429_storm_loses_nothing(fake: FakeKlaviyo) -> None:
@@ -152,11 +154,15 @@ def test_no_thread_before_first_call_none_after_close(fake: FakeKlaviyo) -> None
     before = len(workers())
     client = client_for(fake)
     assert len(workers()) == before
+    senders = len(workers(SENDER))
     client.track("Signed Up", user_id="user-1")
     assert len(workers()) == before + 1
+    assert client.flush(10)
+    assert len(workers(SENDER)) == senders + 1
     client.close()
     client.close()
     assert len(workers()) == before
+    assert len(workers(SENDER)) == senders
     late = client.track("Signed Up", user_id="user-1")
     assert (late.status, late.reason) == (DeliveryStatus.DROPPED, "client is closed")
     assert len(fake.events) == 1
@@ -365,15 +371,15 @@ def test_dropped_client_sends_its_queue_and_ends_its_thread(fake: FakeKlaviyo) -
     """A client dropped without close() still delivers what it queued; its thread ends."""
     import gc
 
-    before = len(workers())
+    before = len(workers(WORKER, SENDER))
     client = client_for(fake, flush_interval=0.05)
     client.track("Signed Up", user_id="user-1")
     del client
     gc.collect()
     deadline = time.monotonic() + 10
-    while len(workers()) > before and time.monotonic() < deadline:
+    while len(workers(WORKER, SENDER)) > before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(workers()) == before
+    assert len(workers(WORKER, SENDER)) == before
     assert len(fake.events) == 1
 
 
