@@ -54,6 +54,9 @@ _CHUNK = 50
 # While callers keep queueing, the worker pauses this long after each chunk: a thread that
 # waits for the GIL otherwise waits out the whole switch interval (5 ms) on the worker.
 _YIELD = 0.0001
+# While a request is in flight, this thread pauses (for _YIELD) at least this often, so
+# the sender gets the GIL within two milliseconds when its answer comes.
+_SENDER_TURN = 0.002
 # A cheap guess at the memory one queued call holds (its objects and properties), for
 # max_queue_bytes; exact sizes are only known once the worker encodes.
 _BASE_BYTES = 1024
@@ -209,6 +212,7 @@ class Worker:
         # The request of _in_flight waits for its answer here; (unit, limiter, bytes) of it.
         self._sender = Sender(self._wake)
         self._sending: tuple[Unit, EndpointLimiter, int] | None = None
+        self._paused = 0.0  # when this thread last paused for the sender
         # The outbox's first unit once a try got no answer or a 5xx: Klaviyo may have it.
         self._maybe_sent: Unit | None = None
         # Attempts of the outbox's first unit that failed with 5xx or no answer.
@@ -488,6 +492,12 @@ class Worker:
                 self._absorb(item, now)
             if backlog and callers_busy:
                 time.sleep(_YIELD)  # let a calling thread in (it would wait 5 ms otherwise)
+            elif self._sender.busy and now - self._paused >= _SENDER_TURN:
+                # The sender needs the GIL for a moment at each step of its request (send,
+                # answer, parse); while this thread encodes, it would wait out a whole
+                # switch interval (5 ms) each time, and the next job would wait for it.
+                self._paused = now
+                time.sleep(_YIELD)
             # A partial job is sealed only once the backlog has joined it, so a flush of a
             # long queue still sends full jobs.
             if not backlog:
