@@ -271,19 +271,20 @@ def pack(call: Pending) -> tuple[object, ...]:
     )
 
 
-def unpack(flat: tuple[object, ...]) -> Pending:
-    """Return the Pending that ``pack`` flattened."""
-    kind, event, email, phone, external, anonymous, time, unique_id, consent, value, currency = (
-        flat[:_FIELDS]
+def unpack(item: tuple[object, ...]) -> Pending:
+    """Return the Pending of a queue item: ``(seq, (), *pack(call))``."""
+    pairs = item[_ITEM_FIELDS:]
+    # tuple.__new__ skips the NamedTuple's Python-level __new__: this runs per queued call.
+    return _new_tuple(
+        Pending,
+        (
+            item[2:4],
+            item[4:8],
+            dict(zip(pairs[::2], pairs[1::2], strict=True)),
+            *item[8:_ITEM_FIELDS],
+        ),
     )
-    rest = flat[_FIELDS:]
-    return Pending(
-        (kind, event),  # type: ignore[arg-type]
-        (email, phone, external, anonymous),  # type: ignore[arg-type]
-        dict(zip(rest[::2], rest[1::2], strict=True)),  # type: ignore[arg-type]
-        time,  # type: ignore[arg-type]
-        unique_id,  # type: ignore[arg-type]
-        consent,  # type: ignore[arg-type]
-        value,  # type: ignore[arg-type]
-        currency,  # type: ignore[arg-type]
-    )
+
+
+_ITEM_FIELDS = _FIELDS + 2
+_new_tuple = tuple.__new__

@@ -147,6 +147,8 @@ _METRIC_HEAD = ',"metric":{"data":{"type":"metric","attributes":{"name":'
 _ITEM_HEAD = '{"type":"event-bulk-create","attributes":{"profile":'
 _ITEM_TAIL = b"]}}}"
 _BARE_HEAD = _ITEM_HEAD + '{"data":{"type":"profile","attributes":'
+_BARE_TAIL = '}}},"events":{"data":['
+_IDENTIFIER_KEYS = tuple(f'"{name}":' for name in IDENTIFIER_NAMES)
 
 
 def _number_text(value: int | float | Decimal) -> str:
@@ -218,12 +220,13 @@ def bulk_item_frame(
     """
     if isinstance(profile, tuple):
         # Identity.as_attributes() through the encoder, written by hand: one per bulk item.
+        # (Identifiers are strings: no Decimal to finish.)
         fields = [
-            f'"{name}":{encode_basestring(value)}'
-            for name, value in zip(IDENTIFIER_NAMES, profile, strict=True)
+            _IDENTIFIER_KEYS[index] + encode_basestring(value)
+            for index, value in enumerate(profile)
             if value is not None
         ]
-        head = finish(f'{_BARE_HEAD}{{{",".join(fields)}}}}}}},"events":{{"data":[')
+        head = (_BARE_HEAD + "{" + ",".join(fields) + _BARE_TAIL).encode("utf-8")
     else:
         resource = dumps_text(_profile_resource(profile))
         head = finish(f'{_ITEM_HEAD}{resource},"events":{{"data":[')

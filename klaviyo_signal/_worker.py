@@ -549,7 +549,7 @@ class Worker:
         seq: int = item[0]  # type: ignore[assignment]
         objects: Sequence[KlaviyoObject] = item[1]  # type: ignore[assignment]
         if len(item) > 2:
-            payload = unpack(item[2:])
+            payload = unpack(item)
             try:
                 data = encode_pending(payload, self._rule_for(payload.rule))
             except (KlaviyoSignalError, ValueError, TypeError, KeyError) as exc:
