@@ -51,6 +51,9 @@ log = logging.getLogger("klaviyo_signal")
 # Calls taken from the queue per lock acquisition: enough to amortise the lock, few enough
 # (about half a millisecond of work) that the worker lets callers have the GIL between them.
 _CHUNK = 50
+# While callers keep queueing, fewer: each chunk holds the GIL that a calling thread may be
+# waiting for (20 calls made the worst call in the benchmark ~3x longer than 10).
+_BUSY_CHUNK = 10
 # While callers keep queueing, the worker pauses this long after each chunk: a thread that
 # waits for the GIL otherwise waits out the whole switch interval (5 ms) on the worker.
 _YIELD = 0.0001
@@ -480,10 +483,11 @@ class Worker:
                         release(self)
                     self._sender.stop()
                     return
-                chunk = [self._inbox.popleft() for _ in range(min(_CHUNK, len(self._inbox)))]
-                backlog = bool(self._inbox)
                 callers_busy = self._arrivals != self._seen
                 self._seen = self._arrivals
+                size = min(_BUSY_CHUNK if callers_busy else _CHUNK, len(self._inbox))
+                chunk = [self._inbox.popleft() for _ in range(size)]
+                backlog = bool(self._inbox)
                 hurry = self._flushers > 0 or self._closed
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
