@@ -74,13 +74,14 @@ def _pairs(key: IdentityKey) -> Iterator[tuple[str, str]]:
             yield name, value
 
 
-Item = tuple["Profile | None", tuple[bytes, bytes], bytearray, tuple[object, ...]]
+Item = tuple["Profile | None", tuple[bytes, bytes], "bytes | bytearray", tuple[object, ...]]
 """One profile and its events: the profile (None: just the identifiers, which the frame
 holds), the frame around the events, the events joined by commas, and who waits for each.
 
-A tuple of bytes, a bytearray and a tuple of ints, not an object: an open job holds one
-item per profile (often one per event), and the garbage collector stops visiting such a
-tuple after its first pass, so a long queue never lengthens the pauses it makes."""
+A tuple of bytes (a bytearray once a second event joins) and a tuple of ints, not an
+object: an open job holds one item per profile (often one per event), and the garbage
+collector stops visiting such a tuple after its first pass, so a long queue never
+lengthens the pauses it makes."""
 
 
 class BulkJob:
@@ -175,7 +176,8 @@ class OpenJob:
             if self.size + grown > MAX_JOB_BYTES:
                 return False
             self._by_key[key] = len(self.items)
-            self.items.append((rich, frame, bytearray(event_bytes), (owner,)))
+            # The event's own bytes: most items keep one event, so no copy until a second.
+            self.items.append((rich, frame, event_bytes, (owner,)))
             if self._who is not None:
                 self._who.update(_pairs(key))
         else:
@@ -183,6 +185,8 @@ class OpenJob:
             if self.size + grown > MAX_JOB_BYTES:
                 return False
             events = item[2]
+            if type(events) is bytes:
+                events = bytearray(events)  # appended to in place from the second event on
             events += b","
             events += event_bytes
             self.items[index] = (rich, item[1], events, (*item[3], owner))  # type: ignore[index]

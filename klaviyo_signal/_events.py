@@ -208,7 +208,8 @@ class Pending(NamedTuple):
     """The blueprint's key for the rule: (kind, event name); see ``Blueprint.rule_for``."""
     identity: IdentityKey
     properties: Mapping[str, JSON]
-    time: datetime
+    time: datetime | int
+    """When it happened; an int is ``time.time_ns()`` (the fast lane's, ``_quick.py``)."""
     unique_id: str
     consent: Mapping[str, bool] | None
     """None when the call carries no consent."""
@@ -243,7 +244,8 @@ def pending_properties(call: Pending, rule: Rule) -> dict[str, JSON]:
     """
     # A simple rule has no source paths, so no view is needed.
     properties = apply_properties(rule.properties, call.properties, {})
-    properties["consent"] = cast(dict[str, JSON], dict(call.consent or {}))
+    consent = call.consent
+    properties["consent"] = {} if consent is None else cast(dict[str, JSON], dict(consent))
     return properties
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from time import time_ns
 
 import attrs
 
@@ -35,7 +35,6 @@ __all__ = ["MESSAGE_ID", "QuickPlan", "quick_plan", "quick_track"]
 MESSAGE_ID = 7
 
 _isfinite = math.isfinite
-_utc = timezone.utc
 # The JSON ints Python can write: see _json._MAX_INT.
 _MAX_INT = 10**4000
 
@@ -113,7 +112,9 @@ def quick_track(
     """Return a common call's queue fields (``_events.pack`` without the sequence number)
     and the size its properties count against ``max_queue_bytes``; None: use the full route.
 
-    The call has no context, consent, timestamp or message id (the Client checked).
+    The call has no context, consent, timestamp or message id (the Client checked). Its
+    time is ``time.time_ns()``: the worker writes it as the ISO string ``datetime.now()``
+    would give (``_wire.iso_time``), for less than the cost of making the datetime.
     """
     if properties is None:
         properties = {}
@@ -145,7 +146,7 @@ def quick_track(
         None,
         user_id,
         anonymous_id,
-        datetime.now(_utc),
+        time_ns(),
         new_message_id(),
         None,
         *money,

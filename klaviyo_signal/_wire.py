@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from json.encoder import encode_basestring
 from types import MappingProxyType
@@ -175,7 +175,7 @@ def bulk_event_bytes(event: Event) -> bytes:
 def event_bytes(
     metric: str,
     properties: Mapping[str, JSON],
-    time: datetime,
+    time: datetime | int,
     unique_id: str,
     *,
     value: int | float | Decimal | None,
@@ -186,22 +186,44 @@ def event_bytes(
     if type(consent) is MappingProxyType:
         # The shared "no consent" mapping: a plain dict encodes without the fallback hook.
         properties = {**properties, "consent": dict(consent)}
-    parts = [
-        _EVENT_HEAD,
-        dumps_text(properties),
-        ',"time":"',
-        time.isoformat(),
-        '","unique_id":',
-        encode_basestring(unique_id),
-        _METRIC_HEAD,
-        _metric_text(metric),
-    ]
+    # One concatenation: cheaper than a list and a join for this handful of pieces.
+    text = (
+        _EVENT_HEAD
+        + dumps_text(properties)
+        + ',"time":"'
+        + (time.isoformat() if type(time) is datetime else iso_time(time))  # type: ignore[arg-type]
+        + '","unique_id":'
+        + encode_basestring(unique_id)
+        + _METRIC_HEAD
+        + _metric_text(metric)
+    )
     if value is not None:
-        parts += (',"value":', _number_text(value))
+        text += ',"value":' + _number_text(value)
     if value_currency is not None:
-        parts += (',"value_currency":', encode_basestring(value_currency))
-    parts.append("}}")
-    return finish("".join(parts))
+        text += ',"value_currency":' + encode_basestring(value_currency)
+    return finish(text + "}}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECONDS: dict[int, str] = {}  # whole seconds since the epoch -> "YYYY-MM-DDTHH:MM:SS"
+
+
+def iso_time(ns: int) -> str:
+    """Return ``time.time_ns()`` as the ISO 8601 UTC string of its datetime.
+
+    The same text as ``datetime.now(timezone.utc).isoformat()`` at that microsecond
+    (microseconds left out when zero), with the date part made once per second.
+    """
+    seconds, rest = divmod(ns, 1_000_000_000)
+    prefix = _SECONDS.get(seconds)
+    if prefix is None:
+        if len(_SECONDS) >= 1024:
+            _SECONDS.clear()
+        prefix = _SECONDS[seconds] = (_EPOCH + timedelta(seconds=seconds)).isoformat()[:19]
+    micros = rest // 1000
+    if micros:
+        return "%s.%06d+00:00" % (prefix, micros)  # noqa: UP031 - the fastest spelling here
+    return prefix + "+00:00"
 
 
 @functools.lru_cache(maxsize=256)

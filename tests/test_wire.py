@@ -9,11 +9,13 @@ treats specially.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from klaviyo_signal import ValidationError
 from klaviyo_signal._batcher import OpenJob, encode_pending
@@ -27,6 +29,7 @@ from klaviyo_signal._wire import (
     bulk_event_bytes,
     bulk_events_body,
     encode,
+    iso_time,
 )
 
 from .conftest import assert_valid
@@ -144,3 +147,12 @@ def test_pending_calls_encode_like_decided_ones() -> None:
         assert job.add(data, prepared.identity, object(), 0.0)
         assert job.seal().body() == encode(bulk_events_body([(event.profile, [event])]))
     assert deferred > 50
+
+
+@given(st.integers(min_value=946_684_800 * 10**9, max_value=4_102_444_800 * 10**9))
+def test_iso_time_writes_what_the_datetime_would(ns: int) -> None:
+    """A fast-lane time (time.time_ns()) is written as its datetime's isoformat()."""
+    when = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=ns // 1000)
+    assert iso_time(ns) == when.isoformat()
+    whole = ns - ns % 10**9  # a whole second: isoformat leaves the microseconds out
+    assert iso_time(whole) == (when - timedelta(microseconds=when.microsecond)).isoformat()
