@@ -16,9 +16,21 @@ import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
-from ._events import IdentityKey, Pending, pending_properties
+from ._events import (
+    ITEM_CONSENT,
+    ITEM_CURRENCY,
+    ITEM_PAIRS,
+    ITEM_TIME,
+    ITEM_UNIQUE_ID,
+    ITEM_VALUE,
+    IdentityKey,
+    Pending,
+    pending_properties,
+)
 from ._identity import IDENTIFIER_NAMES, Identity
+from ._json import JSON
 from ._models import Event, Profile
+from ._properties import apply_properties
 from ._rules import Rule
 from ._wire import bulk_event_bytes, bulk_events_body, bulk_item_frame, encode, event_bytes
 
@@ -30,6 +42,7 @@ __all__ = [
     "OpenJob",
     "encode_event",
     "encode_pending",
+    "encode_queued",
     "failed_items",
 ]
 
@@ -65,6 +78,30 @@ def encode_pending(call: Pending, rule: Rule) -> bytes:
         value=call.value,
         value_currency=call.value_currency,
     )
+
+
+def encode_queued(item: tuple[object, ...], rule: Rule) -> bytes:
+    """Return the bytes of a queued simple call's event, read straight from its queue item.
+
+    ``encode_pending(unpack(item), rule)`` without the Pending: this runs for every
+    queued call.
+    """
+    pairs = item[ITEM_PAIRS:]
+    base = dict(zip(pairs[::2], pairs[1::2], strict=True))
+    properties = apply_properties(rule.properties, base, _NO_VIEW)  # type: ignore[arg-type]
+    consent = item[ITEM_CONSENT]
+    properties["consent"] = {} if consent is None else dict(consent)  # type: ignore[call-overload]
+    return event_bytes(
+        rule.metric,
+        properties,
+        item[ITEM_TIME],  # type: ignore[arg-type]
+        item[ITEM_UNIQUE_ID],  # type: ignore[arg-type]
+        value=item[ITEM_VALUE],  # type: ignore[arg-type]
+        value_currency=item[ITEM_CURRENCY],  # type: ignore[arg-type]
+    )
+
+
+_NO_VIEW: dict[str, JSON] = {}  # a simple rule has no source paths to read
 
 
 def _pairs(key: IdentityKey) -> Iterator[tuple[str, str]]:

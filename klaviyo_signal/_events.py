@@ -23,6 +23,14 @@ from ._rules import ItemRule, Mapper, Rule
 
 __all__ = [
     "CURRENCY",
+    "ITEM_CONSENT",
+    "ITEM_CURRENCY",
+    "ITEM_IDENTITY",
+    "ITEM_PAIRS",
+    "ITEM_RULE",
+    "ITEM_TIME",
+    "ITEM_UNIQUE_ID",
+    "ITEM_VALUE",
     "IdentityKey",
     "Pending",
     "build_events",
@@ -275,18 +283,27 @@ def pack(call: Pending) -> tuple[object, ...]:
 
 def unpack(item: tuple[object, ...]) -> Pending:
     """Return the Pending of a queue item: ``(seq, (), *pack(call))``."""
-    pairs = item[_ITEM_FIELDS:]
-    # tuple.__new__ skips the NamedTuple's Python-level __new__: this runs per queued call.
+    pairs = item[ITEM_PAIRS:]
+    # tuple.__new__ skips the NamedTuple's Python-level __new__.
     return _new_tuple(
         Pending,
         (
-            item[2:4],
-            item[4:8],
+            item[ITEM_RULE],
+            item[ITEM_IDENTITY],
             dict(zip(pairs[::2], pairs[1::2], strict=True)),
-            *item[8:_ITEM_FIELDS],
+            *item[ITEM_TIME:ITEM_PAIRS],
         ),
     )
 
 
-_ITEM_FIELDS = _FIELDS + 2
+# Where a queue item ``(seq, (), *pack(call))`` keeps each field; the worker reads them
+# straight from the item (``_batcher.encode_queued``).
+ITEM_RULE = slice(2, 4)
+ITEM_IDENTITY = slice(4, 8)
+ITEM_TIME = 8
+ITEM_UNIQUE_ID = 9
+ITEM_CONSENT = 10
+ITEM_VALUE = 11
+ITEM_CURRENCY = 12
+ITEM_PAIRS = _FIELDS + 2
 _new_tuple = tuple.__new__

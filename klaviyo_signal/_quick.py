@@ -21,7 +21,7 @@ from time import time_ns
 
 import attrs
 
-from ._events import CURRENCY
+from ._events import CURRENCY, ITEM_UNIQUE_ID
 from ._identity import plain_email, plain_id
 from ._json import MAX_EVENT_PROPERTIES, SAFE_STR_CHARS
 from ._messages import new_message_id
@@ -32,7 +32,7 @@ from ._worker import BYTES_PER_VALUE
 __all__ = ["MESSAGE_ID", "QuickPlan", "quick_plan", "quick_track"]
 
 #: Where the message id is in ``quick_track``'s fields (``_events.pack``'s layout).
-MESSAGE_ID = 7
+MESSAGE_ID = ITEM_UNIQUE_ID - 2
 
 _isfinite = math.isfinite
 # The JSON ints Python can write: see _json._MAX_INT.

@@ -29,10 +29,10 @@ from typing import Protocol, cast
 
 import attrs
 
-from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_pending
+from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_queued
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
-from ._events import IdentityKey, Pending, pack, unpack
+from ._events import ITEM_IDENTITY, ITEM_RULE, IdentityKey, Pending, pack
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Failure, Identify, Outcomes, Unit
@@ -553,9 +553,8 @@ class Worker:
         seq: int = item[0]  # type: ignore[assignment]
         objects: Sequence[KlaviyoObject] = item[1]  # type: ignore[assignment]
         if len(item) > 2:
-            payload = unpack(item)
             try:
-                data = encode_pending(payload, self._rule_for(payload.rule))
+                data = encode_queued(item, self._rule_for(item[ITEM_RULE]))  # type: ignore[arg-type]
             except (KlaviyoSignalError, ValueError, TypeError, KeyError) as exc:
                 # Never expected (Blueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")
@@ -563,7 +562,7 @@ class Worker:
                 failure = Failure(DeliveryStatus.FAILED, reason, None, "internal error")
                 self._outcomes.settle([seq], failure)
                 return
-            self._add_event(seq, data, payload.identity, now)
+            self._add_event(seq, data, item[ITEM_IDENTITY], now)  # type: ignore[arg-type]
             return
         for obj in objects:
             try:

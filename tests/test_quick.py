@@ -27,8 +27,8 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._batcher import encode_pending
-from klaviyo_signal._events import Pending, pack, unpack
+from klaviyo_signal._batcher import encode_pending, encode_queued
+from klaviyo_signal._events import ITEM_TIME, Pending, pack, unpack
 from klaviyo_signal._messages import build_message
 from klaviyo_signal._quick import MESSAGE_ID, quick_track
 from klaviyo_signal._worker import _BASE_BYTES, _size
@@ -36,7 +36,7 @@ from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY
 
-_TIME = 6  # where the time is in the packed fields
+_TIME = ITEM_TIME - 2  # where the time is in the packed fields
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _BASE = default_blueprint()
@@ -133,7 +133,7 @@ def assert_same_as_full_route(
     assert full_fields[_TIME] == when
     assert (_without_time(fields), _BASE_BYTES + size) == (_without_time(full_fields), full_size)
     rule = blueprint.rule_for(fields[:2])  # type: ignore[arg-type]
-    assert encode_pending(unpack((0, (), *fields)), rule) == encode_pending(
+    assert encode_queued((0, (), *fields), rule) == encode_pending(
         unpack((0, (), *full_fields)), rule
     )
 

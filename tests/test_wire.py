@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from klaviyo_signal import ValidationError
-from klaviyo_signal._batcher import OpenJob, encode_pending
+from klaviyo_signal._batcher import OpenJob, encode_pending, encode_queued
 from klaviyo_signal._blueprint import Blueprint
-from klaviyo_signal._events import Pending
+from klaviyo_signal._events import Pending, pack
 from klaviyo_signal._identity import Identity
 from klaviyo_signal._messages import Message, build_message
 from klaviyo_signal._models import Event, Location, Profile
@@ -131,7 +131,7 @@ def test_special_values_encode_identically(changes: dict[str, Any]) -> None:
 
 
 def test_pending_calls_encode_like_decided_ones() -> None:
-    """The worker's route for simple calls (Pending, bare identity) writes decide's bytes."""
+    """The worker's route for simple calls (Pending or its queue item) writes decide's bytes."""
     blueprint = _forward_everything()
     deferred = 0
     for message in _messages():
@@ -143,6 +143,9 @@ def test_pending_calls_encode_like_decided_ones() -> None:
         assert isinstance(event, Event)
         data = encode_pending(prepared, blueprint.rule_for(prepared.rule))
         assert data == bulk_event_bytes(event)
+        # And as the worker reads it: straight from the queue item.
+        item = (0, (), *pack(prepared))
+        assert encode_queued(item, blueprint.rule_for(prepared.rule)) == data
         job = OpenJob()
         assert job.add(data, prepared.identity, object(), 0.0)
         assert job.seal().body() == encode(bulk_events_body([(event.profile, [event])]))
