@@ -178,28 +178,8 @@ class Outcomes:
             sliced: Run the callbacks and release the queue room in slices (see
                 ``accepted``); the calls themselves are all final before the first one.
         """
-        finals: list[tuple[int, str, int, Final, str | None]] = []
         with self._lock:
-            for seq in seqs:
-                info = self.calls.get(seq)
-                if info is None:
-                    continue  # final already: the shutdown sweep and an answer raced
-                left = self.parts.get(seq)
-                if left is not None:
-                    if left > 1 and not whole:
-                        self.parts[seq] = left - 1
-                        if failure is not None:
-                            self._failures.setdefault(seq, failure)  # the first one wins
-                        if http_status is not None:
-                            self._statuses[seq] = http_status
-                        continue
-                    del self.parts[seq]
-                del self.calls[seq]
-                first = self._failures.pop(seq, None) or failure
-                earlier = self._statuses.pop(seq, None)
-                status = http_status if http_status is not None else earlier
-                key = None if first is None else first.key
-                finals.append((seq, info[0], info[1], _final(first, status), key))
+            finals = self._finals(seqs, failure, http_status, whole=whole)
         if not finals:
             return
         self._board.post([(seq, final) for seq, _, _, final, _ in finals])
@@ -217,6 +197,48 @@ class Outcomes:
                     except Exception:
                         log.exception("klaviyo-signal: the on_delivery callback raised")
             self._settled([(seq, size) for seq, _, size, _, _ in part])
+
+    def _finals(
+        self, seqs: Sequence[int], failure: Failure | None, http_status: int | None, *, whole: bool
+    ) -> list[tuple[int, str, int, Final, str | None]]:
+        """Count the parts done; return (seq, message id, bytes, final, reason key) of each
+        call that is final now. The caller holds the lock."""
+        if (
+            failure is None
+            and http_status is not None
+            and not (self.parts or self._failures or self._statuses)
+        ):
+            # The common case, a job accepted whole, in one pass: no call has parts left,
+            # so each one ends delivered with this status.
+            delivered = (DeliveryStatus.DELIVERED, None, http_status)
+            pop = self.calls.pop
+            return [
+                (seq, info[0], info[1], delivered, None)
+                for seq in seqs
+                if (info := pop(seq, None)) is not None
+            ]
+        finals: list[tuple[int, str, int, Final, str | None]] = []
+        for seq in seqs:
+            info = self.calls.get(seq)
+            if info is None:
+                continue  # final already: the shutdown sweep and an answer raced
+            left = self.parts.get(seq)
+            if left is not None:
+                if left > 1 and not whole:
+                    self.parts[seq] = left - 1
+                    if failure is not None:
+                        self._failures.setdefault(seq, failure)  # the first one wins
+                    if http_status is not None:
+                        self._statuses[seq] = http_status
+                    continue
+                del self.parts[seq]
+            del self.calls[seq]
+            first = self._failures.pop(seq, None) or failure
+            earlier = self._statuses.pop(seq, None)
+            status = http_status if http_status is not None else earlier
+            key = None if first is None else first.key
+            finals.append((seq, info[0], info[1], _final(first, status), key))
+        return finals
 
     def _count(self, finals: Iterable[tuple[DeliveryStatus, str | None]]) -> None:
         by: dict[tuple[str, str | None], int] = {}
