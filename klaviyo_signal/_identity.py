@@ -118,6 +118,7 @@ def normalize_email(value: object, path: str) -> str:
         )
     if not _EMAIL.fullmatch(email):
         raise ValidationError(f"{path}: {value!r} is not a valid email address")
+    _unicode(email, path)
     return email
 
 
@@ -127,12 +128,31 @@ def plain_email(value: object) -> TypeGuard[str]:
     The common case, in one test (``_EMAIL`` admits no whitespace, so there is none to
     strip); anything else goes through ``normalize_email``, which says what is wrong.
     """
-    return type(value) is str and len(value) <= _MAX_EMAIL and _EMAIL.fullmatch(value) is not None
+    return (
+        type(value) is str
+        and len(value) <= _MAX_EMAIL
+        and value.isascii()  # nothing to check for lone surrogates
+        and _EMAIL.fullmatch(value) is not None
+    )
 
 
 def plain_id(value: object) -> TypeGuard[str]:
-    """Whether ``value`` is a plain str that is a valid user or anonymous id as it is."""
-    return type(value) is str and 0 < len(value) <= _MAX_ID and not value.isspace()
+    """Whether ``value`` is a plain ASCII str that is a valid user or anonymous id as it is."""
+    return (
+        type(value) is str and 0 < len(value) <= _MAX_ID and value.isascii() and not value.isspace()
+    )
+
+
+def _unicode(text: str, path: str) -> None:
+    """Refuse a string with a lone surrogate: it cannot be sent as UTF-8 JSON."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(
+                f"{path}: the string contains a lone surrogate (e.g. from a bad decode) and "
+                "is not valid Unicode; it cannot be sent as UTF-8 JSON"
+            ) from None
 
 
 def normalize_phone(value: object, path: str, default_region: str | None) -> str:
@@ -215,6 +235,7 @@ def normalize_id(value: object, path: str) -> str:
         raise ValidationError(
             f"{path}: {len(text)} characters is over Klaviyo's limit of {_MAX_ID} for an id"
         )
+    _unicode(text, path)
     return text
 
 

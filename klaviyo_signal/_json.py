@@ -24,6 +24,7 @@ from uuid import UUID
 from ._errors import ValidationError
 
 __all__ = [
+    "BYTES_PER_VALUE",
     "JSON",
     "MAX_ARRAY_ITEMS",
     "MAX_DEPTH",
@@ -47,6 +48,9 @@ MAX_ARRAY_ITEMS = 4000
 MAX_DEPTH = 10
 MAX_EVENT_PROPERTIES = 300
 
+# What one cleaned value counts for against max_queue_bytes, besides its text (the
+# worker's estimate of a queued call's memory, and the fast lane's, which must agree).
+BYTES_PER_VALUE = 64
 # A str of at most this many characters cannot exceed MAX_STRING_BYTES (UTF-8 is <= 4 bytes
 # per character), so only longer ones pay for an encode.
 SAFE_STR_CHARS = MAX_STRING_BYTES // 4

@@ -23,11 +23,10 @@ import attrs
 
 from ._events import CURRENCY, ITEM_UNIQUE_ID
 from ._identity import plain_email, plain_id
-from ._json import MAX_EVENT_PROPERTIES, SAFE_STR_CHARS
+from ._json import BYTES_PER_VALUE, MAX_EVENT_PROPERTIES, SAFE_STR_CHARS
 from ._messages import new_message_id
 from ._reads import Reads
 from ._rules import Rule
-from ._worker import BYTES_PER_VALUE
 
 __all__ = ["MESSAGE_ID", "QuickPlan", "quick_plan", "quick_track"]
 
@@ -128,12 +127,15 @@ def quick_track(
     if money is None:
         return None
     email = None
-    if traits:
-        if not plan.traits or type(traits) is not dict or len(traits) != 1:
-            return None
-        email = traits.get("email")
-        if not plain_email(email):
-            return None
+    if traits is not None:
+        if type(traits) is not dict:
+            return None  # a list, a str...: the full route says it must be a mapping
+        if traits:
+            if not plan.traits or len(traits) != 1:
+                return None
+            email = traits.get("email")
+            if not plain_email(email):
+                return None
     if (user_id is not None and not plain_id(user_id)) or (
         anonymous_id is not None and not plain_id(anonymous_id)
     ):

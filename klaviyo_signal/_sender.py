@@ -33,6 +33,8 @@ def _attempt(send: Callable[[], Answer]) -> Sent:
         return Sent(send(), None)
     except Exception as exc:
         return Sent(None, exc)
+    except BaseException as exc:  # the worker must hear of it, or it waits forever
+        return Sent(None, RuntimeError(f"the request stopped: {exc!r}"))
 
 
 class Sender:

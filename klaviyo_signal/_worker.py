@@ -33,6 +33,7 @@ from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_queued
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
 from ._events import ITEM_IDENTITY, ITEM_RULE, IdentityKey, Pending, pack
+from ._json import BYTES_PER_VALUE
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
 from ._outcomes import Failure, Identify, Outcomes, Unit
@@ -44,7 +45,7 @@ from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Answer, Transport
 from ._wire import encode, profile_body
 
-__all__ = ["BYTES_PER_VALUE", "Worker"]
+__all__ = ["Worker"]
 
 log = logging.getLogger("klaviyo_signal")
 
@@ -63,7 +64,6 @@ _SENDER_TURN = 0.002
 # A cheap guess at the memory one queued call holds (its objects and properties), for
 # max_queue_bytes; exact sizes are only known once the worker encodes.
 _BASE_BYTES = 1024
-BYTES_PER_VALUE = 64
 _PROFILE_TEXT = ("first_name", "last_name", "organization", "title", "image", "locale")
 _JOIN_GRACE = 1.0
 _MAX_BACKOFF = 30.0
@@ -215,6 +215,7 @@ class Worker:
         # The request of _in_flight waits for its answer here; (unit, limiter, bytes) of it.
         self._sender = Sender(self._wake)
         self._sending: tuple[Unit, EndpointLimiter, int] | None = None
+        self._retired: list[Sender] = []  # senders left waiting by an internal error
         self._paused = 0.0  # when this thread last paused for the sender
         # The outbox's first unit once a try got no answer or a 5xx: Klaviyo may have it.
         self._maybe_sent: Unit | None = None
@@ -367,8 +368,10 @@ class Worker:
             thread = self._thread
         if thread is threading.current_thread():
             # close() from on_delivery: this thread cannot wait for itself. Stop after the
-            # current request and end every other call now.
+            # current request (its calls end as Klaviyo answers) and end every other call now.
             self._stop_thread()
+            if self._sender.busy:
+                self._sent(cast(Sent, self._sender.take(None)))
             return self._abandon()
         if thread is None:
             if self._pending:
@@ -380,7 +383,8 @@ class Worker:
             # Any request, even one sent before close(), waits at most answer_timeout for
             # its answer (see _send_next); the grace covers the thread's last bookkeeping.
             thread.join(max(deadline - self._clock(), 0.0) + self._answer_timeout + _JOIN_GRACE)
-        sender_gone = self._sender.stop(_JOIN_GRACE)
+        stopped = [sender.stop(_JOIN_GRACE) for sender in (self._sender, *self._retired)]
+        sender_gone = all(stopped)
         left = self._abandon()
         if (
             self._transport is not None
@@ -456,17 +460,37 @@ class Worker:
         except Exception:
             # A bug must not leave callers waiting on a thread that died in silence.
             log.exception("klaviyo-signal: the delivery worker stopped on an internal error")
+            self._end_in_flight()
             self._open = OpenJob()
             self._subscriptions = SubscriptionJobs()
             self._outbox.clear()
-            # A request may still be in flight: its outcome goes to the old Sender, unread.
-            self._sender.stop()
-            self._sender = Sender(self._wake)
-            self._sending = None
             with self._lock:
                 # The next call starts a fresh thread.
                 self._thread = None
             self._abandon(_BROKEN)
+
+    def _end_in_flight(self) -> None:
+        """After an internal error: the request in flight ends with Klaviyo's answer.
+
+        Its calls then end as that answer says (not as an abandoned request); if no answer
+        comes within the answer timeout they end ``failed``, Klaviyo may have them.
+        """
+        if not self._sender.busy:
+            return
+        sent = self._sender.take(self._answer_timeout + _JOIN_GRACE)
+        if sent is not None:
+            try:
+                self._sent(sent)
+            except Exception:
+                log.exception("klaviyo-signal: a request's answer could not be recorded")
+            else:
+                return
+        if self._sending is not None:
+            self._sending[1].end(None)  # the endpoint no longer counts it in flight
+            self._sending = None
+        # A sender still waiting keeps its thread until the answer: close() joins it.
+        self._retired.append(self._sender)
+        self._sender = Sender(self._wake)
 
     def _loop(self, deadline: float | None) -> None:
         while True:
@@ -542,7 +566,9 @@ class Worker:
         with self._lock:
             if self._inbox or self._stop:
                 return
-            self._idle = wait is None and not self._outbox and oldest is None
+            # With a request in flight there is nothing to send until its answer, so new
+            # calls wake the thread to join the next job meanwhile.
+            self._idle = wait is None and oldest is None and (not self._outbox or self._sender.busy)
             self._wake.clear()
         if self._sender.done:
             return  # the answer came before the clear: its wake-up is gone, take it now
@@ -555,14 +581,13 @@ class Worker:
         if len(item) > 2:
             try:
                 data = encode_queued(item, self._rule_for(item[ITEM_RULE]))  # type: ignore[arg-type]
+                self._add_event(seq, data, item[ITEM_IDENTITY], now)  # type: ignore[arg-type]
             except (KlaviyoSignalError, ValueError, TypeError, KeyError) as exc:
                 # Never expected (Blueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")
                 reason = f"could not build the call's event: {exc}"
                 failure = Failure(DeliveryStatus.FAILED, reason, None, "internal error")
                 self._outcomes.settle([seq], failure)
-                return
-            self._add_event(seq, data, item[ITEM_IDENTITY], now)  # type: ignore[arg-type]
             return
         for obj in objects:
             try:

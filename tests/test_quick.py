@@ -83,14 +83,20 @@ properties = st.one_of(
     st.just([("revenue", 1)]),
 )
 good_ids = st.sampled_from(["u-1", "anon-7", None, None])
-identifiers = st.one_of(good_ids, good_ids, good_ids, st.sampled_from(["", " ", "x" * 300, "ü", 4]))
-emails = st.sampled_from(["jane@example.com", " jane@example.com", "jane", "", "ü@example.com", 5])
+identifiers = st.one_of(
+    good_ids, good_ids, good_ids, st.sampled_from(["", " ", "x" * 300, "ü", "\ud800", 4])
+)
+emails = st.sampled_from(
+    ["jane@example.com", " jane@example.com", "jane", "", "ü@example.com", "\ud800@x.com", 5]
+)
 traits = st.one_of(
     st.just({"email": "jane@example.com"}),
     st.just({"email": "jane@example.com"}),
     st.builds(lambda e: {"email": e}, emails),
     st.none(),
-    st.sampled_from([{}, {"email": None}, {"first_name": "Jane"}, {"phone": "+14155550100"}]),
+    st.sampled_from(
+        [{}, [], "", 0, {"email": None}, {"first_name": "Jane"}, {"phone": "+14155550100"}]
+    ),
     st.builds(lambda e: {"email": e, "phone": "+14155550100"}, emails),
 )
 calls = st.fixed_dictionaries(
@@ -175,8 +181,17 @@ def test_every_near_miss_of_the_common_call_agrees_with_the_full_route() -> None
             {"plan": object()},
             {"name": "bad \ud800 decode", "order_id": "A-1"},
         ],
-        [None, {}, {"email": "jane@example.com"}, {"email": "jane"}, {"first_name": "J"}],
-        ["u-1", None, 7],
+        [
+            None,
+            {},
+            [],
+            "",
+            {"email": "jane@example.com"},
+            {"email": "jane"},
+            {"email": "\ud800@example.com"},
+            {"first_name": "J"},
+        ],
+        ["u-1", None, 7, "\ud800"],
         [None, "anon-1"],
     )
     for name, event, props, traits, user_id, anonymous_id in grid:
@@ -222,6 +237,9 @@ def test_the_lane_takes_the_common_calls() -> None:
         ({}, {"email": "jane"}, None, r"traits\.email: 'jane' is not a valid email"),
         ({}, None, " ", r"user_id: must not be empty"),
         ({}, None, None, r"identifier"),
+        ({}, [], "u-1", r"traits: must be a mapping"),
+        ({}, {"email": "\ud800@example.com"}, None, r"traits\.email: the string contains a lone"),
+        ({}, None, "\ud800", r"user_id: the string contains a lone surrogate"),
     ],
 )
 def test_bad_input_still_raises_the_full_routes_error(

@@ -43,6 +43,14 @@ def workers(*names: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name in names and t.is_alive()]
 
 
+def no_more_threads_than(before: int) -> bool:
+    """Wait up to 5 s for the worker and sender threads to be back to ``before``."""
+    deadline = time.monotonic() + 5
+    while len(workers(WORKER, SENDER)) > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return len(workers(WORKER, SENDER)) <= before
+
+
 def test_429_storm_loses_nothing(fake: FakeKlaviyo) -> None:
     """Five 429s in a row pause the endpoint, then every event is delivered exactly once."""
     fake.fail_next(429, times=5, retry_after=0.05)
@@ -528,3 +536,59 @@ def test_a_queued_delivery_can_be_copied(fake: FakeKlaviyo) -> None:
     del queued
     client.close()
     assert twin.wait(timeout=10).status is DeliveryStatus.DELIVERED
+
+
+def test_close_from_a_callback_while_a_request_is_in_flight_keeps_its_answer() -> None:
+    """close() in on_delivery waits for the request in flight: its calls end delivered."""
+    holder: dict[str, Client] = {}
+    before = len(workers(WORKER, SENDER))
+
+    def on_delivery(delivery: Delivery) -> None:
+        if delivery.reason and "5 MB" in delivery.reason:
+            holder["client"].close()
+
+    with FakeKlaviyo(latency=1.0) as fake:
+        client = client_for(fake, flush_interval=0.05, on_delivery=on_delivery)
+        holder["client"] = client
+        first = [client.track("Signed Up", user_id=f"user-{i}") for i in range(3)]
+        time.sleep(0.4)  # the first job is in flight (1 s to answer)
+        # Too large to send: it fails on the worker thread, whose callback closes the client.
+        big = client.track("Signed Up", {f"k{i}": "x" * 99_000 for i in range(60)}, user_id="u")
+        assert big.wait(10).status is DeliveryStatus.FAILED
+        finals = [d.wait(10) for d in first]
+        assert {f.status for f in finals} == {DeliveryStatus.DELIVERED}
+        assert len(fake.events) == 3
+        assert no_more_threads_than(before)
+
+
+def test_an_internal_error_while_a_request_is_in_flight_keeps_its_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker bug fails the calls it touched; the request in flight ends as answered."""
+    from klaviyo_signal import _worker
+
+    real = _worker.encode_queued
+
+    def encode_or_break(item: tuple[object, ...], rule: object) -> bytes:
+        if "user-poison" in item:
+            raise RuntimeError("a bug")  # not an error the worker expects: it stops
+        return real(item, rule)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_worker, "encode_queued", encode_or_break)
+    before = len(workers(WORKER, SENDER))
+    with FakeKlaviyo(latency=1.0) as fake:
+        client = client_for(fake, flush_interval=0.05)
+        first = [client.track("Signed Up", user_id=f"user-{i}") for i in range(3)]
+        time.sleep(0.4)  # the first job is in flight (1 s to answer)
+        poison = client.track("Signed Up", user_id="user-poison")
+        assert poison.wait(10).status is DeliveryStatus.FAILED
+        assert [d.wait(10).status for d in first] == [DeliveryStatus.DELIVERED] * 3
+        # The next call starts a fresh thread and goes out; nothing is left behind.
+        later = client.track("Signed Up", user_id="user-later")
+        assert client.flush(10)
+        assert later.wait(0).status is DeliveryStatus.DELIVERED
+        client.close()
+        assert client.stats.failed_by_reason == {"internal error": 1}
+        assert len(fake.events) == 4
+        assert no_more_threads_than(before)
+    assert "stopped on an internal error" in caplog.text
