@@ -13,7 +13,7 @@ from typing import TypeGuard
 import attrs
 
 from ._errors import ValidationError
-from ._json import JSON
+from ._json import JSON, check_str
 
 __all__ = [
     "E164",
@@ -118,8 +118,7 @@ def normalize_email(value: object, path: str) -> str:
         )
     if not _EMAIL.fullmatch(email):
         raise ValidationError(f"{path}: {value!r} is not a valid email address")
-    _unicode(email, path)
-    return email
+    return check_str(email, path)  # a lone surrogate cannot be sent
 
 
 def plain_email(value: object) -> TypeGuard[str]:
@@ -141,18 +140,6 @@ def plain_id(value: object) -> TypeGuard[str]:
     return (
         type(value) is str and 0 < len(value) <= _MAX_ID and value.isascii() and not value.isspace()
     )
-
-
-def _unicode(text: str, path: str) -> None:
-    """Refuse a string with a lone surrogate: it cannot be sent as UTF-8 JSON."""
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(
-                f"{path}: the string contains a lone surrogate (e.g. from a bad decode) and "
-                "is not valid Unicode; it cannot be sent as UTF-8 JSON"
-            ) from None
 
 
 def normalize_phone(value: object, path: str, default_region: str | None) -> str:
@@ -235,8 +222,7 @@ def normalize_id(value: object, path: str) -> str:
         raise ValidationError(
             f"{path}: {len(text)} characters is over Klaviyo's limit of {_MAX_ID} for an id"
         )
-    _unicode(text, path)
-    return text
+    return check_str(text, path)  # a lone surrogate cannot be sent
 
 
 def identity_from(

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_EVENT_PROPERTIES",
     "MAX_STRING_BYTES",
     "SAFE_STR_CHARS",
+    "check_str",
     "clean_properties",
     "clean_value",
     "dumps",
@@ -72,7 +73,7 @@ def _type_name(value: object) -> str:
     return type(value).__qualname__
 
 
-def _check_str(value: str, path: str) -> str:
+def check_str(value: str, path: str) -> str:
     """Return ``value`` as a plain str if it is valid UTF-8 and within the 100 kB limit."""
     if value.isascii():
         size = len(value)
@@ -200,7 +201,7 @@ def clean_value(value: object, path: str, *, depth: int = 0) -> JSON:
     if isinstance(value, Enum):
         return clean_value(value.value, path, depth=depth)
     if isinstance(value, str):
-        return _check_str(value, path)
+        return check_str(value, path)
     if isinstance(value, int):
         if not -_MAX_INT < value < _MAX_INT:
             raise ValidationError(
