@@ -18,7 +18,7 @@ import attrs
 from ._consent import resolve_consent
 from ._errors import ValidationError
 from ._identity import Identity, identity_from, normalize_id
-from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
+from ._json import JSON, MAX_EVENT_PROPERTIES, check_str, clean_properties
 
 __all__ = ["Kind", "Message", "Reads", "build_message"]
 
@@ -306,4 +306,4 @@ def message_id_of(value: object) -> str:
         raise ValidationError(
             f"message_id: {len(value)} characters is over the limit of {_MAX_MESSAGE_ID}"
         )
-    return str.__str__(value)
+    return check_str(value, "message_id")  # a lone surrogate cannot be sent

@@ -17,7 +17,7 @@ import attrs
 from ._consent import consent_drop_reason, resolve_consent
 from ._errors import ValidationError
 from ._identity import normalize_email, normalize_phone
-from ._json import JSON
+from ._json import JSON, check_str
 from ._messages import message_id_of, parse_iso
 
 __all__ = [
@@ -97,7 +97,7 @@ def _text(value: object, path: str) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{path}: must be a non-empty string, got {value!r}")
-    return value
+    return check_str(value, path)  # a lone surrogate cannot be sent
 
 
 def _consented_at(value: object, now: datetime) -> datetime | None:

@@ -78,6 +78,13 @@ _IN_FLIGHT_REASON = (
 _IN_FLIGHT = Failure(DeliveryStatus.FAILED, _IN_FLIGHT_REASON, None, "shutdown")
 _BROKEN_REASON = "internal error in the delivery worker (see the klaviyo_signal log)"
 _BROKEN = Failure(DeliveryStatus.FAILED, _BROKEN_REASON, None, "internal error")
+_BROKEN_IN_FLIGHT = Failure(
+    DeliveryStatus.FAILED,
+    "internal error in the delivery worker while the request was in flight; Klaviyo may "
+    "have received it (sending it again with the same message_id is safe)",
+    None,
+    "internal error",
+)
 
 
 class _Batches(Protocol):
@@ -429,19 +436,25 @@ class Worker:
             self._stop = True
         self._wake.set()
 
-    def _abandon(self, failure: Failure = _SHUTDOWN) -> int:
-        """End every call not final yet with ``failure``; return how many there were.
+    def _abandon(
+        self,
+        failure: Failure = _SHUTDOWN,
+        *,
+        keep: frozenset[object] = frozenset(),
+        in_flight: Failure = _IN_FLIGHT,
+    ) -> int:
+        """End every call not final yet, but ``keep``, with ``failure``; return how many.
 
-        Calls of a request still in flight end ``failed`` with a reason saying Klaviyo
-        may have them, never ``dropped``: they were sent.
+        Calls of a request still in flight end with ``in_flight``: ``failed`` with a reason
+        saying Klaviyo may have them, never ``dropped``: they were sent.
         """
-        in_flight = self._in_flight or self._maybe_sent
+        unit = self._in_flight or self._maybe_sent
         with self._lock:
-            left = list(self._calls)
+            left = [seq for seq in self._calls if seq not in keep]
             self._inbox.clear()
-        if in_flight is not None:
-            sent = set(in_flight.owners())
-            self._outcomes.settle([s for s in left if s in sent], _IN_FLIGHT, whole=True)
+        if unit is not None:
+            sent = set(unit.owners())
+            self._outcomes.settle([s for s in left if s in sent], in_flight, whole=True)
             left_unsent = [s for s in left if s not in sent]
             self._outcomes.settle(left_unsent, failure, whole=True)
         else:
@@ -460,37 +473,54 @@ class Worker:
         except Exception:
             # A bug must not leave callers waiting on a thread that died in silence.
             log.exception("klaviyo-signal: the delivery worker stopped on an internal error")
-            self._end_in_flight()
-            self._open = OpenJob()
-            self._subscriptions = SubscriptionJobs()
-            self._outbox.clear()
-            with self._lock:
-                # The next call starts a fresh thread.
-                self._thread = None
-            self._abandon(_BROKEN)
+            self._recover()
 
-    def _end_in_flight(self) -> None:
-        """After an internal error: the request in flight ends with Klaviyo's answer.
+    def _recover(self) -> None:
+        """After an internal error: fail the calls queued so far, keep the request in flight.
 
-        Its calls then end as that answer says (not as an abandoned request); if no answer
-        comes within the answer timeout they end ``failed``, Klaviyo may have them.
+        Those calls end ``failed`` (internal error); the calls of the request in flight end
+        as Klaviyo answers it. Calls made meanwhile start a fresh thread.
         """
-        if not self._sender.busy:
-            return
-        sent = self._sender.take(self._answer_timeout + _JOIN_GRACE)
-        if sent is not None:
-            try:
-                self._sent(sent)
-            except Exception:
-                log.exception("klaviyo-signal: a request's answer could not be recorded")
+        unit = self._in_flight if self._sender.busy else None
+        keep = frozenset(unit.owners()) if unit is not None else frozenset()
+        self._abandon(_BROKEN, keep=keep, in_flight=_BROKEN_IN_FLIGHT)
+        self._end_in_flight(keep)
+        self._open = OpenJob()
+        self._subscriptions = SubscriptionJobs()
+        self._outbox.clear()
+        self._in_flight = self._maybe_sent = None
+        self._head_failures = 0
+        with self._lock:
+            self._thread = None  # the next call starts a fresh thread
+            restart = bool(self._inbox) and not self._closed
+        if restart:
+            self._start()
+
+    def _end_in_flight(self, owners: frozenset[object]) -> None:
+        """Wait for the answer to the request in flight and end its calls (``owners``) by it.
+
+        Without an answer within the answer timeout they end ``failed``: Klaviyo may have
+        them.
+        """
+        if self._sender.busy:
+            sent = self._sender.take(self._answer_timeout + _JOIN_GRACE)
+            if sent is None:
+                # The sender keeps waiting for its answer, then ends; close() joins it.
+                self._sender.stop()
+                self._retired.append(self._sender)
+                self._sender = Sender(self._wake)
             else:
-                return
+                try:
+                    self._sent(sent)
+                except Exception:
+                    log.exception("klaviyo-signal: a request's answer could not be recorded")
         if self._sending is not None:
             self._sending[1].end(None)  # the endpoint no longer counts it in flight
             self._sending = None
-        # A sender still waiting keeps its thread until the answer: close() joins it.
-        self._retired.append(self._sender)
-        self._sender = Sender(self._wake)
+        # Any of them the answer left open (a retry due, items to resend) ends now.
+        self._outcomes.settle(
+            [seq for seq in owners if isinstance(seq, int)], _BROKEN_IN_FLIGHT, whole=True
+        )
 
     def _loop(self, deadline: float | None) -> None:
         while True:
@@ -505,7 +535,8 @@ class Worker:
                     self._thread = None
                     if self._detached:
                         release(self)
-                    self._sender.stop()
+                    for sender in (self._sender, *self._retired):
+                        sender.stop()
                     return
                 callers_busy = self._arrivals != self._seen
                 self._seen = self._arrivals
@@ -516,16 +547,7 @@ class Worker:
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
                 return
-            for item in chunk:
-                self._absorb(item, now)
-            if backlog and callers_busy:
-                time.sleep(_YIELD)  # let a calling thread in (it would wait 5 ms otherwise)
-            elif self._sender.busy and now - self._paused >= _SENDER_TURN:
-                # The sender needs the GIL for a moment at each step of its request (send,
-                # answer, parse); while this thread encodes, it would wait out a whole
-                # switch interval (5 ms) each time, and the next job would wait for it.
-                self._paused = now
-                time.sleep(_YIELD)
+            self._take_in(chunk, now, yield_to_callers=backlog and callers_busy)
             # A partial job is sealed only once the backlog has joined it, so a flush of a
             # long queue still sends full jobs.
             if not backlog:
@@ -539,6 +561,23 @@ class Worker:
                 continue
             self._sleep(wait, now, deadline)
 
+    def _take_in(
+        self, chunk: list[tuple[object, ...]], now: float, *, yield_to_callers: bool
+    ) -> None:
+        """Absorb a chunk of calls, then let a calling thread or the sender have the GIL."""
+        for item in chunk:
+            if self._stop:
+                break  # closed from a callback: the rest were ended with it
+            self._absorb(item, now)
+        if yield_to_callers:
+            time.sleep(_YIELD)  # let a calling thread in (it would wait 5 ms otherwise)
+        elif self._sender.busy and now - self._paused >= _SENDER_TURN:
+            # The sender needs the GIL for a moment at each step of its request (send,
+            # answer, parse); while this thread encodes, it would wait out a whole switch
+            # interval (5 ms) each time, and the next job would wait for it.
+            self._paused = now
+            time.sleep(_YIELD)
+
     def _exchange(self) -> float | None:
         """Take the answer to the request in flight, or send the outbox's next unit.
 
@@ -549,6 +588,8 @@ class Worker:
         if self._sender.busy:
             sent = self._sender.take()
             return None if sent is None else self._sent(sent)
+        if self._stop:
+            return None  # closed from a callback: nothing more goes out
         return self._send_next() if self._outbox else None
 
     def _step_aside(self) -> None:
@@ -568,7 +609,7 @@ class Worker:
                 return
             # With a request in flight there is nothing to send until its answer, so new
             # calls wake the thread to join the next job meanwhile.
-            self._idle = wait is None and oldest is None and (not self._outbox or self._sender.busy)
+            self._idle = wait is None and oldest is None and len(self._outbox) <= self._sender.busy
             self._wake.clear()
         if self._sender.done:
             return  # the answer came before the clear: its wake-up is gone, take it now
@@ -687,6 +728,10 @@ class Worker:
                 return 0.0
             self._outcomes.unreachable(unit, exc)
             rest = None
+        except Exception:
+            # A bug on the request's path: the endpoint must not count it in flight forever.
+            limiter.end(None)
+            raise
         else:
             limiter.end(answer.headers)
             self._stats.request(size)

@@ -279,10 +279,11 @@ def test_message_id_forms() -> None:
         ("", r"^message_id: must not be empty$"),
         ("x" * 256, r"^message_id: 256 characters is over the limit of 255$"),
         (12, r"^message_id: must be a str or UUID, got a value of type int$"),
+        ("m-\ud800", r"^message_id: the string contains a lone surrogate"),
     ],
 )
 def test_bad_message_ids(value: object, pattern: str) -> None:
-    """Empty, overlong and non-str message ids fail."""
+    """Empty, overlong, non-str and undecodable message ids fail."""
     with pytest.raises(ValidationError, match=pattern):
         track(message_id=value)
 

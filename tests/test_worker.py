@@ -552,13 +552,18 @@ def test_close_from_a_callback_while_a_request_is_in_flight_keeps_its_answer() -
         holder["client"] = client
         first = [client.track("Signed Up", user_id=f"user-{i}") for i in range(3)]
         time.sleep(0.4)  # the first job is in flight (1 s to answer)
+        second = [client.track("Signed Up", user_id=f"second-{i}") for i in range(3)]
+        time.sleep(0.3)  # the second job is sealed and waits for the first's answer
         # Too large to send: it fails on the worker thread, whose callback closes the client.
         big = client.track("Signed Up", {f"k{i}": "x" * 99_000 for i in range(60)}, user_id="u")
         assert big.wait(10).status is DeliveryStatus.FAILED
         finals = [d.wait(10) for d in first]
         assert {f.status for f in finals} == {DeliveryStatus.DELIVERED}
-        assert len(fake.events) == 3
+        # The job that never went out is reported so, and does not go out after all.
+        assert {d.wait(10).status for d in second} == {DeliveryStatus.DROPPED}
         assert no_more_threads_than(before)
+        time.sleep(1.2)
+        assert len(fake.events) == 3
 
 
 def test_an_internal_error_while_a_request_is_in_flight_keeps_its_answer(
@@ -581,14 +586,46 @@ def test_an_internal_error_while_a_request_is_in_flight_keeps_its_answer(
         first = [client.track("Signed Up", user_id=f"user-{i}") for i in range(3)]
         time.sleep(0.4)  # the first job is in flight (1 s to answer)
         poison = client.track("Signed Up", user_id="user-poison")
+        time.sleep(0.2)  # the worker stopped on it and waits for the answer in flight
+        during = [client.track("Signed Up", user_id=f"during-{i}") for i in range(2)]
         assert poison.wait(10).status is DeliveryStatus.FAILED
         assert [d.wait(10).status for d in first] == [DeliveryStatus.DELIVERED] * 3
+        # Calls made while it recovered never met the bug: a fresh thread sends them.
+        assert [d.wait(10).status for d in during] == [DeliveryStatus.DELIVERED] * 2
         # The next call starts a fresh thread and goes out; nothing is left behind.
         later = client.track("Signed Up", user_id="user-later")
         assert client.flush(10)
         assert later.wait(0).status is DeliveryStatus.DELIVERED
         client.close()
         assert client.stats.failed_by_reason == {"internal error": 1}
-        assert len(fake.events) == 4
+        assert len(fake.events) == 6
         assert no_more_threads_than(before)
     assert "stopped on an internal error" in caplog.text
+
+
+def test_a_request_that_breaks_on_its_way_frees_its_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug (even a BaseException) in the request path fails its calls, not the endpoint."""
+    from klaviyo_signal import _transport
+
+    real = _transport.Transport.post
+    broken = {"left": 12}  # more than the endpoint's burst of 10 requests per second
+
+    def post(self: object, path: str, body: bytes, *, timeout: float | None = None) -> object:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise KeyboardInterrupt  # say, from a hook; it must not hang the worker
+        return real(self, path, body, timeout=timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_transport.Transport, "post", post)
+    with FakeKlaviyo() as fake:
+        client = client_for(fake, flush_interval=0.01)
+        for i in range(12):
+            delivery = client.track("Signed Up", user_id=f"user-{i}")
+            assert delivery.wait(10).status is DeliveryStatus.FAILED
+        last = client.track("Signed Up", user_id="user-last")
+        assert last.wait(10).status is DeliveryStatus.DELIVERED  # not held by a leaked slot
+        client.close()
+        assert client.stats.failed_by_reason == {"internal error": 12}
+        assert len(fake.events) == 1
