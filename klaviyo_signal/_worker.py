@@ -61,6 +61,9 @@ _YIELD = 0.0001
 # While a request is in flight, this thread pauses (for _YIELD) at least this often, so
 # the sender gets the GIL within two milliseconds when its answer comes.
 _SENDER_TURN = 0.002
+# After an internal error the worker carries on after this pause (a bug that repeats on
+# every turn of the loop must not spin).
+_RECOVERY_PAUSE = 0.05
 # A cheap guess at the memory one queued call holds (its objects and properties), for
 # max_queue_bytes; exact sizes are only known once the worker encodes.
 _BASE_BYTES = 1024
@@ -442,16 +445,21 @@ class Worker:
         *,
         keep: frozenset[object] = frozenset(),
         in_flight: Failure = _IN_FLIGHT,
+        keep_queue: bool = False,
     ) -> int:
         """End every call not final yet, but ``keep``, with ``failure``; return how many.
 
         Calls of a request still in flight end with ``in_flight``: ``failed`` with a reason
-        saying Klaviyo may have them, never ``dropped``: they were sent.
+        saying Klaviyo may have them, never ``dropped``: they were sent. ``keep_queue``
+        spares the calls the worker has not taken from the queue yet.
         """
         unit = self._in_flight or self._maybe_sent
         with self._lock:
+            if keep_queue:
+                keep = keep | {item[0] for item in self._inbox}
+            else:
+                self._inbox.clear()
             left = [seq for seq in self._calls if seq not in keep]
-            self._inbox.clear()
         if unit is not None:
             sent = set(unit.owners())
             self._outcomes.settle([s for s in left if s in sent], in_flight, whole=True)
@@ -469,32 +477,39 @@ class Worker:
                 # Built as the thread starts, not at the first request: building a session
                 # holds the GIL for milliseconds, which calling threads would wait out.
                 self._transport = self._make_transport()
-            self._loop(deadline)
+            while True:
+                try:
+                    self._loop(deadline)
+                    return
+                except Exception:
+                    # A bug must not leave callers waiting on a thread that died in silence.
+                    log.exception("klaviyo-signal: the delivery worker hit an internal error")
+                    self._recover()
+                    time.sleep(_RECOVERY_PAUSE)  # a bug that repeats must not spin
         except Exception:
-            # A bug must not leave callers waiting on a thread that died in silence.
+            # Recovery itself failed: end every call, and let the next one start a thread.
             log.exception("klaviyo-signal: the delivery worker stopped on an internal error")
-            self._recover()
+            with self._lock:
+                self._thread = None
+            self._abandon(_BROKEN)
 
     def _recover(self) -> None:
-        """After an internal error: fail the calls queued so far, keep the request in flight.
+        """After an internal error: fail the calls the worker had taken, keep the others.
 
-        Those calls end ``failed`` (internal error); the calls of the request in flight end
-        as Klaviyo answers it. Calls made meanwhile start a fresh thread.
+        The calls it had taken from the queue (in open jobs, or waiting to be sent) end
+        ``failed`` (internal error); the calls of the request in flight end as Klaviyo
+        answers it; the calls still queued are untouched. The same thread then carries on,
+        so ``close()``, ``flush()`` and a collected Client's last flush still find it.
         """
         unit = self._in_flight if self._sender.busy else None
         keep = frozenset(unit.owners()) if unit is not None else frozenset()
-        self._abandon(_BROKEN, keep=keep, in_flight=_BROKEN_IN_FLIGHT)
+        self._abandon(_BROKEN, keep=keep, in_flight=_BROKEN_IN_FLIGHT, keep_queue=True)
         self._end_in_flight(keep)
         self._open = OpenJob()
         self._subscriptions = SubscriptionJobs()
         self._outbox.clear()
         self._in_flight = self._maybe_sent = None
         self._head_failures = 0
-        with self._lock:
-            self._thread = None  # the next call starts a fresh thread
-            restart = bool(self._inbox) and not self._closed
-        if restart:
-            self._start()
 
     def _end_in_flight(self, owners: frozenset[object]) -> None:
         """Wait for the answer to the request in flight and end its calls (``owners``) by it.
@@ -729,8 +744,12 @@ class Worker:
             self._outcomes.unreachable(unit, exc)
             rest = None
         except Exception:
-            # A bug on the request's path: the endpoint must not count it in flight forever.
+            # A bug on the request's path: the endpoint must not count it in flight forever,
+            # and its calls end saying Klaviyo may have them.
             limiter.end(None)
+            self._stats.request(size)
+            owners = [seq for seq in unit.owners() if isinstance(seq, int)]
+            self._outcomes.settle(owners, _BROKEN_IN_FLIGHT, whole=True)
             raise
         else:
             limiter.end(answer.headers)

@@ -600,7 +600,7 @@ def test_an_internal_error_while_a_request_is_in_flight_keeps_its_answer(
         assert client.stats.failed_by_reason == {"internal error": 1}
         assert len(fake.events) == 6
         assert no_more_threads_than(before)
-    assert "stopped on an internal error" in caplog.text
+    assert "hit an internal error" in caplog.text
 
 
 def test_a_request_that_breaks_on_its_way_frees_its_endpoint(
@@ -629,3 +629,32 @@ def test_a_request_that_breaks_on_its_way_frees_its_endpoint(
         client.close()
         assert client.stats.failed_by_reason == {"internal error": 12}
         assert len(fake.events) == 1
+
+
+def test_close_while_the_worker_recovers_still_sends_what_came_since(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() during the recovery from a worker bug sends the calls made meanwhile."""
+    from klaviyo_signal import _worker
+
+    real = _worker.encode_queued
+
+    def encode_or_break(item: tuple[object, ...], rule: object) -> bytes:
+        if "user-poison" in item:
+            raise RuntimeError("a bug")
+        return real(item, rule)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_worker, "encode_queued", encode_or_break)
+    before = len(workers(WORKER, SENDER))
+    with FakeKlaviyo(latency=1.0) as fake:
+        client = client_for(fake, flush_interval=0.05, shutdown_timeout=5)
+        first = [client.track("Signed Up", user_id=f"user-{i}") for i in range(3)]
+        time.sleep(0.4)  # the first job is in flight (1 s to answer)
+        poison = client.track("Signed Up", user_id="user-poison")
+        time.sleep(0.2)  # the worker hit the bug and waits for the answer in flight
+        during = [client.track("Signed Up", user_id=f"during-{i}") for i in range(2)]
+        client.close()
+        assert poison.wait(0).status is DeliveryStatus.FAILED
+        assert [d.wait(0).status for d in (*first, *during)] == [DeliveryStatus.DELIVERED] * 5
+        assert len(fake.events) == 5
+        assert no_more_threads_than(before)
