@@ -225,8 +225,7 @@ class Blueprint:
         """Decide now, or check only and return the ``Pending`` event to build later.
 
         Background mode calls this on the caller's thread and leaves building the common,
-        simple calls' events to the worker (``_events.pending_properties`` and
-        ``_wire.event_bytes``): a rule without
+        simple calls' events to the worker (``_batcher.encode_queued``): a rule without
         mapper, items or source paths, and an event profile that is just the identity.
         Every check ``decide`` would make still happens here, so bad input fails on the
         caller's line all the same. Other calls are decided here in full.

@@ -36,9 +36,7 @@ __all__ = [
     "build_events",
     "pack",
     "pending",
-    "pending_properties",
     "simple_extra",
-    "unpack",
 ]
 
 # fullmatch, not match with "$": "$" also matches before a final newline ("USD\n").
@@ -245,18 +243,6 @@ def pending(
     )
 
 
-def pending_properties(call: Pending, rule: Rule) -> dict[str, JSON]:
-    """Return the properties of a checked simple call's event (on the worker).
-
-    The event's other fields are the Pending's own; its profile is the bare identity.
-    """
-    # A simple rule has no source paths, so no view is needed.
-    properties = apply_properties(rule.properties, call.properties, {})
-    consent = call.consent
-    properties["consent"] = {} if consent is None else cast(dict[str, JSON], dict(consent))
-    return properties
-
-
 _FIELDS = 11  # what ``pack`` writes before the property pairs
 
 
@@ -281,21 +267,6 @@ def pack(call: Pending) -> tuple[object, ...]:
     )
 
 
-def unpack(item: tuple[object, ...]) -> Pending:
-    """Return the Pending of a queue item: ``(seq, (), *pack(call))``."""
-    pairs = item[ITEM_PAIRS:]
-    # tuple.__new__ skips the NamedTuple's Python-level __new__.
-    return _new_tuple(
-        Pending,
-        (
-            item[ITEM_RULE],
-            item[ITEM_IDENTITY],
-            dict(zip(pairs[::2], pairs[1::2], strict=True)),
-            *item[ITEM_TIME:ITEM_PAIRS],
-        ),
-    )
-
-
 # Where a queue item ``(seq, (), *pack(call))`` keeps each field; the worker reads them
 # straight from the item (``_batcher.encode_queued``).
 ITEM_RULE = slice(2, 4)
@@ -306,4 +277,3 @@ ITEM_CONSENT = 10
 ITEM_VALUE = 11
 ITEM_CURRENCY = 12
 ITEM_PAIRS = _FIELDS + 2
-_new_tuple = tuple.__new__

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from time import time_ns
+from types import MappingProxyType
 
 import attrs
 
@@ -34,6 +35,7 @@ __all__ = ["MESSAGE_ID", "QuickPlan", "quick_plan", "quick_track"]
 MESSAGE_ID = ITEM_UNIQUE_ID - 2
 
 _isfinite = math.isfinite
+_NO_PROPERTIES: Mapping[str, object] = MappingProxyType({})
 # The JSON ints Python can write: see _json._MAX_INT.
 _MAX_INT = 10**4000
 
@@ -108,15 +110,15 @@ def quick_track(
     user_id: object,
     anonymous_id: object,
 ) -> tuple[tuple[object, ...], int] | None:
-    """Return a common call's queue fields (``_events.pack`` without the sequence number)
-    and the size its properties count against ``max_queue_bytes``; None: use the full route.
+    """Return a common call's queue fields (laid out as ``_events.pack`` writes them) and
+    the size its properties count against ``max_queue_bytes``; None: use the full route.
 
     The call has no context, consent, timestamp or message id (the Client checked). Its
     time is ``time.time_ns()``: the worker writes it as the ISO string ``datetime.now()``
     would give (``_wire.iso_time``), for less than the cost of making the datetime.
     """
     if properties is None:
-        properties = {}
+        properties = _NO_PROPERTIES
     elif type(properties) is not dict or len(properties) > plan.max_keys:
         return None
     read = _read(plan.reads, properties)

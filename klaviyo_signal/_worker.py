@@ -522,6 +522,7 @@ class Worker:
             if sent is None:
                 # The sender keeps waiting for its answer, then ends; close() joins it.
                 self._sender.stop()
+                self._retired = [old for old in self._retired if not old.stop()]
                 self._retired.append(self._sender)
                 self._sender = Sender(self._wake)
             else:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from openapi_schema_validator import OAS30Validator
 
-from klaviyo_signal import Blueprint
+from klaviyo_signal import Blueprint, Client, Delivery, DeliveryStatus
 from klaviyo_signal._explain import Explanation, explain
 from klaviyo_signal.testing import FakeKlaviyo
 
@@ -122,3 +122,16 @@ def refuse_item(fake: FakeKlaviyo, pointer: str, detail: str) -> None:
         "source": {"pointer": pointer},
     }
     fake.fail_next(400, body={"errors": [error]})
+
+
+def close_and_check_middle_refused(client: Client, calls: list[Delivery], detail: str) -> None:
+    """Close ``client``; of three ``calls`` only the middle one failed, with ``detail`` (400)."""
+    client.close()
+    finals = [call.wait(timeout=10) for call in calls]
+    assert [f.status for f in finals] == [
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.DELIVERED,
+    ]
+    assert finals[1].reason == detail
+    assert finals[1].http_status == 400

@@ -12,7 +12,13 @@ from klaviyo_signal._identity import Identity
 from klaviyo_signal._models import Event, Profile
 from klaviyo_signal.testing import FakeKlaviyo
 
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid, refuse_item
+from .conftest import (
+    PRIVATE_KEY,
+    PUBLIC_KEY,
+    assert_valid,
+    close_and_check_middle_refused,
+    refuse_item,
+)
 
 BULK = "/api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")
@@ -158,15 +164,7 @@ def test_partial_400_fails_only_the_named_item(fake: FakeKlaviyo) -> None:
     refuse_item(fake, pointer, "This profile is suppressed.")
     client = client_for(fake)
     calls = [client.track("Signed Up", {"n": i}, user_id=f"user-{i}") for i in range(3)]
-    client.close()
-    finals = [call.wait(timeout=10) for call in calls]
-    assert [f.status for f in finals] == [
-        DeliveryStatus.DELIVERED,
-        DeliveryStatus.FAILED,
-        DeliveryStatus.DELIVERED,
-    ]
-    assert finals[1].reason == "This profile is suppressed."
-    assert finals[1].http_status == 400
+    close_and_check_middle_refused(client, calls, "This profile is suppressed.")
     assert sorted(e.profile.external_id or "" for e in fake.events) == ["user-0", "user-2"]
     assert [r.status for r in fake.requests] == [400, 202]
     assert client.stats.failed_by_reason == {"HTTP 400": 1}

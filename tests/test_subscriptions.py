@@ -30,7 +30,14 @@ from klaviyo_signal._subscriptions import (
 )
 from klaviyo_signal.testing import FakeKlaviyo, FakeRequest
 
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid, refuse_item, schema_errors
+from .conftest import (
+    PRIVATE_KEY,
+    PUBLIC_KEY,
+    assert_valid,
+    close_and_check_middle_refused,
+    refuse_item,
+    schema_errors,
+)
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 
@@ -547,15 +554,7 @@ def test_partial_400_fails_only_the_named_profile(
     refuse_item(fake, pointer, "This email address is not deliverable.")
     client = client_for(fake)
     calls = [client.subscribe(email=f"p{i}@example.com", list_id="News") for i in range(3)]
-    client.close()
-    finals = [call.wait(timeout=10) for call in calls]
-    assert [f.status for f in finals] == [
-        DeliveryStatus.DELIVERED,
-        DeliveryStatus.FAILED,
-        DeliveryStatus.DELIVERED,
-    ]
-    assert finals[1].reason == "This email address is not deliverable."
-    assert finals[1].http_status == 400
+    close_and_check_middle_refused(client, calls, "This email address is not deliverable.")
     requests = sent(fake, SUBSCRIBE_PATH)
     assert [r.status for r in requests] == [400, 202]
     assert job_sizes(requests) == [3, 2]
