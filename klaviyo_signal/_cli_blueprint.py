@@ -14,6 +14,7 @@ from ._errors import BlueprintError, ConfigurationError, ValidationError
 from ._explain import explain
 from ._json import JSON, pretty
 from ._messages import Kind
+from ._revisions import DEFAULT_REVISION
 
 __all__ = ["run_blueprint", "run_explain"]
 
@@ -61,7 +62,7 @@ def run_explain(
             blueprint=blueprint,
             require_consent=require_consent,
             default_phone_region=None,
-            revision="2024-10-15",
+            revision=DEFAULT_REVISION,
             kind=cast(Kind, kind),  # parse_line only returns the three kinds
             args=(),
             kwargs=fields,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -19,19 +20,21 @@ from ._blueprint import Blueprint, blueprint_for_variant
 from ._config import PUBLISHED, Config, mask
 from ._consent import consent_drop_reason
 from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, RevisionWarning
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
 from ._lifecycle import forget, manage
 from ._messages import Message, build_message
-from ._models import Event, KlaviyoObject, Profile
+from ._models import KlaviyoObject, with_backfill
 from ._quick import MESSAGE_ID as _MESSAGE_ID
 from ._quick import quick_track
 from ._ratelimit import RateLimits
+from ._revisions import DEFAULT_REVISION, check_backfill
+from ._revisions import revision as revision_named
 from ._stats import Counters, Stats, failure_key
-from ._subscriptions import Action, build_subscription, subscription_body
+from ._subscriptions import Action, build_subscription
 from ._transport import Transport
-from ._wire import encode, event_body, profile_body
+from ._wire import encode, request
 from ._worker import Worker
 
 __all__ = ["Client"]
@@ -43,12 +46,8 @@ _MIN_ANSWER_TIMEOUT = 2.0
 
 
 def _request(obj: KlaviyoObject) -> tuple[str, bytes]:
-    if isinstance(obj, Event):
-        return "/api/events", encode(event_body(obj))
-    if isinstance(obj, Profile):
-        return "/api/profile-import", encode(profile_body(obj))
-    # Sync mode: a job of one, so the call's outcome is its own.
-    return obj.path, encode(subscription_body((obj,)))
+    path, body = request(obj)
+    return path, encode(body)
 
 
 class Client:
@@ -65,7 +64,9 @@ class Client:
         private_api_key: A private API key (``pk_...``) with events:write and profiles:write
             (and lists:write and subscriptions:write for ``subscribe``/``unsubscribe``).
         base_url: Klaviyo's API root; plain http only for loopback test servers.
-        revision: The Klaviyo API revision sent on every request.
+        revision: The Klaviyo API revision sent on every request, and whose rules every
+            body follows: one of ``SUPPORTED_REVISIONS`` (default ``DEFAULT_REVISION``).
+            A deprecated or retired one warns with ``RevisionWarning``.
         sync_mode: Send before returning, and raise typed errors on failure.
         blueprint: The mapping onto Klaviyo's objects; default: ``default_blueprint()``.
         require_consent: Drop calls that carry no marketing consent grant.
@@ -86,6 +87,10 @@ class Client:
             ``{"POST /api/event-bulk-create-jobs": (burst_per_second, steady_per_minute)}``
             that overrides them per endpoint (accounts with other quotas), or None to
             switch client-side pacing off (a 429 still pauses the endpoint).
+        strict_revision: Ask Klaviyo to answer 410 (``RevisionGoneError``) once the
+            revision is retired, instead of serving it as a later one with other rules.
+        backfill: Send every event as a backfill (recorded without triggering flows),
+            unless a call says ``backfill=False``.
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -97,7 +102,7 @@ class Client:
         private_api_key: str,
         *,
         base_url: str = "https://a.klaviyo.com",
-        revision: str = "2024-10-15",
+        revision: str = DEFAULT_REVISION,
         sync_mode: bool = False,
         blueprint: Blueprint | None = None,
         require_consent: bool = False,
@@ -111,6 +116,8 @@ class Client:
         max_queue_bytes: int = 50_000_000,
         block_on_full: bool = False,
         rate_limits: RateLimits | Literal["published"] | None = PUBLISHED,
+        strict_revision: bool = False,
+        backfill: bool = False,
     ) -> None:
         self._config = Config(
             public_api_key,
@@ -129,11 +136,22 @@ class Client:
             flush_interval=flush_interval,
             max_queue_bytes=max_queue_bytes,
             block_on_full=block_on_full,
-            rate_limits=rate_limits,
+            rate_limits=rate_limits,  # type: ignore[arg-type]  # resolved by Config
+            strict_revision=strict_revision,
+            backfill=backfill,
         )
+        self._revision = revision_named(self._config.revision)
+        status = self._revision.status()
+        if status.state != "stable":
+            warnings.warn(status.describe(self._revision.name), RevisionWarning, stacklevel=2)
         self._closed = False
-        # Background calls that need no consent grant may take the fast lane (_quick.py).
-        self._quick_lane = not self._config.sync_mode and not self._config.require_consent
+        # Background calls that need no consent grant may take the fast lane (_quick.py);
+        # a backfill takes the full route.
+        self._quick_lane = (
+            not self._config.sync_mode
+            and not self._config.require_consent
+            and not self._config.backfill
+        )
         self._fresh_state()
         manage(self)
 
@@ -172,7 +190,8 @@ class Client:
     @classmethod
     def from_env(cls, **options: Any) -> Client:
         """Build a Client from KLAVIYO_PUBLIC_API_KEY, KLAVIYO_PRIVATE_API_KEY and
-        optionally KLAVIYO_BASE_URL; ``options`` are any other Client keyword."""
+        optionally KLAVIYO_BASE_URL and KLAVIYO_REVISION; ``options`` are any other Client
+        keyword, and win over the environment."""
         missing = [
             name
             for name in ("KLAVIYO_PUBLIC_API_KEY", "KLAVIYO_PRIVATE_API_KEY")
@@ -182,6 +201,8 @@ class Client:
             raise ConfigurationError(f"environment variable(s) not set: {', '.join(missing)}")
         if os.environ.get("KLAVIYO_BASE_URL"):
             options.setdefault("base_url", os.environ["KLAVIYO_BASE_URL"])
+        if os.environ.get("KLAVIYO_REVISION"):
+            options.setdefault("revision", os.environ["KLAVIYO_REVISION"])
         return cls(
             os.environ["KLAVIYO_PUBLIC_API_KEY"], os.environ["KLAVIYO_PRIVATE_API_KEY"], **options
         )
@@ -272,8 +293,12 @@ class Client:
         consent: Mapping[str, bool] | None = None,
         timestamp: datetime | str | None = None,
         message_id: str | None = None,
+        backfill: bool | None = None,
     ) -> Delivery:
         """Record an event; the blueprint decides its Klaviyo metric, or drops it.
+
+        ``backfill=True`` records it without triggering flows (for historical events);
+        None: the Client's ``backfill``.
 
         Raises:
             ValidationError: The input breaks a rule (no identifier, bad name, NaN...).
@@ -284,6 +309,7 @@ class Client:
             and consent is None
             and timestamp is None
             and message_id is None
+            and backfill is None
             and self._quick_lane
         ):
             # The common call takes the fast lane; any other, and any the lane does not
@@ -296,6 +322,7 @@ class Client:
             )
             if packed is not None:
                 return self._queued_packed(*packed)
+        flag = self._backfill(backfill)
         return self._call(
             build_message(
                 "track",
@@ -310,7 +337,8 @@ class Client:
                 timestamp=timestamp,
                 message_id=message_id,
                 default_phone_region=self._config.default_phone_region,
-            )
+            ),
+            flag,
         )
 
     def page(
@@ -325,13 +353,18 @@ class Client:
         consent: Mapping[str, bool] | None = None,
         timestamp: datetime | str | None = None,
         message_id: str | None = None,
+        backfill: bool | None = None,
     ) -> Delivery:
         """Record a page view (metric ``page_view`` by default).
+
+        ``backfill=True`` records it without triggering flows; None: the Client's
+        ``backfill``.
 
         Raises:
             ValidationError: The input breaks a rule.
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        flag = self._backfill(backfill)
         return self._call(
             build_message(
                 "page",
@@ -346,7 +379,8 @@ class Client:
                 timestamp=timestamp,
                 message_id=message_id,
                 default_phone_region=self._config.default_phone_region,
-            )
+            ),
+            flag,
         )
 
     def subscribe(
@@ -425,14 +459,21 @@ class Client:
 
     # -- pipeline ------------------------------------------------------------------------
 
-    def _call(self, message: Message) -> Delivery:
+    def _backfill(self, value: bool | None) -> bool:
+        if value is None:
+            return self._config.backfill
+        return check_backfill(value, self._revision)
+
+    def _call(self, message: Message, backfill: bool = False) -> Delivery:
         # The call methods build the Message themselves: forwarding **kwargs through two
         # more frames cost the caller measurably on every call.
         config = self._config
         reason = consent_drop_reason(message.consent, require_consent=config.require_consent)
         if reason is not None:
             return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, reason))
-        if config.sync_mode:
+        if config.sync_mode or backfill:
+            # A backfill's events are built here: the worker's route for simple calls
+            # carries no flags.
             decision = config.blueprint.decide(message)
         else:
             # Checked here; a simple call's event is built on the worker.
@@ -444,7 +485,7 @@ class Client:
             return self._final(
                 Delivery(message.message_id, DeliveryStatus.DROPPED, decision.drop_reason)
             )
-        return self._deliver(message.message_id, decision.objects)
+        return self._deliver(message.message_id, with_backfill(decision.objects, backfill))
 
     def _subscription(self, action: Action, **fields: Any) -> Delivery:
         # A subscribe records consent itself, so require_consent does not gate it; an
@@ -456,6 +497,7 @@ class Client:
 
     def _deliver(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Delivery:
         """Send one accepted call's objects now (sync mode) or queue them (background)."""
+        objects = self._revision.shape(objects)
         if self._config.sync_mode:
             return self._send_now(Job(message_id, tuple(_request(obj) for obj in objects)))
         # Background: hand over the objects; the worker encodes them, off the caller's time.
@@ -523,6 +565,9 @@ class Client:
             require_consent=self._config.require_consent,
             default_phone_region=self._config.default_phone_region,
             revision=self._config.revision,
+            strict_revision=self._config.strict_revision,
+            public_api_key=self._config.public_api_key,
+            backfill=self._config.backfill,
             kind=kind,
             args=args,
             kwargs=kwargs,
@@ -584,8 +629,10 @@ def _transport(config: Config, *, max_retries: int, pool_size: int = 4) -> Trans
     """Build a transport from the client's settings."""
     return Transport(
         base_url=config.base_url,
+        public_api_key=config.public_api_key,
         private_api_key=config.private_api_key,
         revision=config.revision,
+        strict_revision=config.strict_revision,
         timeout=config.timeout,
         max_retries=max_retries,
         pool_size=pool_size,

@@ -18,6 +18,7 @@ from ._blueprint import Blueprint, default_blueprint
 from ._delivery import Delivery
 from ._errors import ConfigurationError
 from ._ratelimit import published_limits
+from ._revisions import DEFAULT_REVISION, no_backfill, revision
 
 __all__ = ["PUBLISHED", "Config", "mask"]
 
@@ -28,7 +29,6 @@ _PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
 # Printable ASCII without spaces: anything else cannot go in an HTTP header, and requests
 # would then quote the whole header (the key) in its error.
 _PRIVATE_KEY_CHARS = re.compile(r"[\x21-\x7e]+\Z")
-_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
 _REGION = re.compile(r"^[A-Z]{2}$")
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
@@ -83,10 +83,7 @@ def _check_base_url(_: object, __: attrs.Attribute[str], value: str) -> None:
 
 
 def _check_revision(_: object, __: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not _REVISION.match(value):
-        raise ConfigurationError(
-            f"revision: {value!r} is not a Klaviyo API revision such as '2024-10-15'"
-        )
+    revision(value)  # raises ConfigurationError naming the supported revisions
 
 
 def _check_region(_: object, __: attrs.Attribute[str | None], value: str | None) -> None:
@@ -116,12 +113,13 @@ def _bool(_: object, attribute: attrs.Attribute[bool], value: bool) -> None:
         raise ConfigurationError(f"{attribute.name}: must be True or False, got {value!r}")
 
 
-def _rate_limits(value: object) -> dict[str, tuple[int, int]] | None:
-    """Resolve ``rate_limits``: the published limits, overridden per endpoint, or None."""
+def _rate_limits(value: object, revision_name: str) -> dict[str, tuple[int, int]] | None:
+    """Resolve ``rate_limits``: the revision's published limits, overridden per endpoint, or
+    None."""
     if value is None:
         return None
-    limits = published_limits()
-    if value == PUBLISHED:
+    limits = published_limits(revision_name)
+    if isinstance(value, str) and value == PUBLISHED:
         return limits
     if not isinstance(value, Mapping):
         raise ConfigurationError(
@@ -171,7 +169,7 @@ class Config:
     public_api_key: str = attrs.field(validator=_check_public_key)
     private_api_key: str = attrs.field(validator=_check_private_key, repr=mask)
     base_url: str = attrs.field(default="https://a.klaviyo.com", validator=_check_base_url)
-    revision: str = attrs.field(default="2024-10-15", validator=_check_revision)
+    revision: str = attrs.field(default=DEFAULT_REVISION, validator=_check_revision)
     sync_mode: bool = False
     blueprint: Blueprint = attrs.field(default=None, converter=_blueprint)
     require_consent: bool = False
@@ -186,6 +184,13 @@ class Config:
     flush_interval: float = attrs.field(default=1.0, validator=_positive)
     max_queue_bytes: int = attrs.field(default=50_000_000, validator=_at_least_one)
     block_on_full: bool = attrs.field(default=False, validator=_bool)
-    rate_limits: dict[str, tuple[int, int]] | None = attrs.field(
-        default=attrs.Factory(published_limits), converter=_rate_limits
-    )
+    # Given as the Client's ``rate_limits`` argument; resolved against the revision's
+    # published limits once every field is checked.
+    rate_limits: dict[str, tuple[int, int]] | None = attrs.field(default=PUBLISHED)  # type: ignore[assignment]
+    strict_revision: bool = attrs.field(default=False, validator=_bool)
+    backfill: bool = attrs.field(default=False, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "rate_limits", _rate_limits(self.rate_limits, self.revision))
+        if self.backfill and not revision(self.revision).backfill:
+            raise ConfigurationError(no_backfill(self.revision))

@@ -17,6 +17,9 @@ The tree::
         ├── NetworkError
         └── RequestTimeoutError
 
+One warning: ``RevisionWarning`` (a ``UserWarning``), when a Client is built with a
+deprecated or retired API revision.
+
 Messages say what to do next, and never contain the private API key.
 """
 
@@ -41,6 +44,7 @@ __all__ = [
     "RateLimitError",
     "RequestTimeoutError",
     "RevisionGoneError",
+    "RevisionWarning",
     "ServerError",
     "TransportError",
     "ValidationError",
@@ -50,6 +54,10 @@ __all__ = [
 
 class KlaviyoSignalError(Exception):
     """Root of every error this library raises."""
+
+
+class RevisionWarning(UserWarning):
+    """The Client sends a revision Klaviyo has deprecated or retired; the text says what to do."""
 
 
 class ConfigurationError(KlaviyoSignalError, ValueError):
@@ -89,6 +97,8 @@ class APIError(KlaviyoSignalError):
         headers: The response headers.
         scopes: The private-key scopes the request's endpoint needs; the 403 advice
             names them, since they differ per endpoint.
+        advice: What to do, when the sender knows better than the class's hint (a 410
+            names the retired revision).
     """
 
     hint = "See https://developers.klaviyo.com/en/docs/rate_limits_and_error_handling."
@@ -102,8 +112,10 @@ class APIError(KlaviyoSignalError):
         headers: Mapping[str, str] | None = None,
         retry_after: float | None = None,
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
+        advice: str | None = None,
     ) -> None:
         self.status = status
+        self.advice = advice
         self.errors = errors
         self.request_id = request_id
         self.headers: Mapping[str, str] = dict(headers or {})
@@ -119,7 +131,7 @@ class APIError(KlaviyoSignalError):
                 text += f" (at {err.pointer})"
             parts.append(text)
         # A hint may name the endpoint's scopes; the others have no placeholder to fill.
-        parts.append(self.hint.format(scopes=_and(self.scopes)))
+        parts.append(self.advice or self.hint.format(scopes=_and(self.scopes)))
         if self.request_id:
             parts.append(f"Request id: {self.request_id}.")
         return " ".join(parts)

@@ -15,10 +15,12 @@ from ._blueprint import Blueprint
 from ._consent import consent_drop_reason
 from ._json import JSON
 from ._messages import build_message
-from ._models import Event, KlaviyoObject, Profile
-from ._subscriptions import build_subscription, subscription_body
+from ._models import KlaviyoObject, with_backfill
+from ._revisions import FALL_FORWARD_OPT_OUT, check_backfill
+from ._revisions import revision as revision_named
+from ._subscriptions import build_subscription
 from ._version import VERSION
-from ._wire import event_body, profile_body
+from ._wire import request
 
 __all__ = ["ExplainKind", "ExplainedRequest", "Explanation", "explain"]
 
@@ -31,6 +33,8 @@ _POSITIONAL: dict[str, tuple[str, ...]] = {
 _KEYWORDS = frozenset(
     {"user_id", "anonymous_id", "traits", "context", "consent", "timestamp", "message_id"}
 )
+# Only events can be backfills.
+_EVENT_KEYWORDS = frozenset({"backfill"})
 # subscribe and unsubscribe take keywords only.
 _SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
     "subscribe": frozenset(
@@ -93,7 +97,7 @@ def _fields(kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict
             f"{kind}() takes at most {len(positional)} positional arguments ({len(args)} given)"
         )
     fields = dict(zip(positional[: len(args)], args, strict=True))
-    allowed = _KEYWORDS | set(positional)
+    allowed = _KEYWORDS | set(positional) | (_EVENT_KEYWORDS if kind != "identify" else set())
     for name, value in kwargs.items():
         if name not in allowed:
             raise TypeError(f"{kind}() got an unexpected keyword argument {name!r}")
@@ -105,23 +109,38 @@ def _fields(kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict
     return fields
 
 
-def _headers(revision: str) -> dict[str, str]:
-    return {
+@attrs.frozen
+class _Target:
+    """Where the explained requests go: the client's revision, options and public key."""
+
+    revision: str
+    strict_revision: bool
+    public_api_key: str
+    backfill: bool
+
+
+def _headers(target: _Target, path: str) -> dict[str, str]:
+    headers = {
         "Authorization": _MASKED_AUTHORIZATION,
-        "revision": revision,
+        "revision": target.revision,
         "Accept": "application/vnd.api+json",
         "Content-Type": "application/vnd.api+json",
         "User-Agent": f"klaviyo-signal/{VERSION}",
     }
+    if path.startswith("/client/"):
+        del headers["Authorization"]  # the client-side endpoints take the public key only
+    if target.strict_revision:
+        headers[FALL_FORWARD_OPT_OUT] = "1"
+    return headers
 
 
-def _request(obj: KlaviyoObject, headers: Mapping[str, str]) -> ExplainedRequest:
+def _request(obj: KlaviyoObject, target: _Target) -> ExplainedRequest:
     """Return the request ``obj`` becomes in sync mode (one job per subscription)."""
-    if isinstance(obj, Event):
-        return ExplainedRequest("POST", "/api/events", headers, event_body(obj))
-    if isinstance(obj, Profile):
-        return ExplainedRequest("POST", "/api/profile-import", headers, profile_body(obj))
-    return ExplainedRequest("POST", obj.path, headers, subscription_body((obj,)))
+    path, body = request(obj)
+    headers = _headers(target, path)
+    if path.startswith("/client/"):
+        path += f"?company_id={target.public_api_key}"
+    return ExplainedRequest("POST", path, headers, body)
 
 
 def explain(
@@ -130,6 +149,9 @@ def explain(
     require_consent: bool,
     default_phone_region: str | None,
     revision: str,
+    strict_revision: bool = False,
+    public_api_key: str = "PUBLIC",
+    backfill: bool = False,
     kind: ExplainKind,
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
@@ -140,7 +162,10 @@ def explain(
         blueprint: The client's blueprint.
         require_consent: The client's ``require_consent``.
         default_phone_region: The client's ``default_phone_region``.
-        revision: The API revision the requests carry.
+        revision: The API revision the requests carry and are shaped for.
+        strict_revision: The client's ``strict_revision``.
+        public_api_key: The public key the client-side endpoint is sent with.
+        backfill: The client's ``backfill`` default.
         kind: ``"identify"``, ``"track"``, ``"page"``, ``"subscribe"`` or
             ``"unsubscribe"``.
         args: The positional arguments of that call.
@@ -150,15 +175,21 @@ def explain(
         TypeError: The arguments do not fit the call, as the method itself would raise.
         ValidationError: The input breaks a rule, exactly as the call would raise.
     """
+    target = _Target(revision, strict_revision, public_api_key, backfill)
     if kind in {"subscribe", "unsubscribe"}:
         return _explain_subscription(
             kind,
             args,
             kwargs,
             default_phone_region,
-            revision,
+            target,
         )
     fields = _fields(kind, args, kwargs)
+    wanted = fields.pop("backfill", None)
+    backfill = target.backfill if wanted is None else wanted
+    the_revision = revision_named(revision)
+    if backfill:
+        check_backfill(backfill, the_revision)
     named = fields.get("event") if kind == "track" else fields.get("name")
     message = build_message(
         kind,  # type: ignore[arg-type]  # a subscription kind returned above
@@ -172,8 +203,8 @@ def explain(
     decision = blueprint.decide(message)
     if decision.drop_reason is not None:
         return Explanation("drop", decision.drop_reason, decision.rule)
-    headers = _headers(revision)
-    requests = tuple(_request(obj, headers) for obj in decision.objects)
+    objects = the_revision.shape(with_backfill(decision.objects, backfill))
+    requests = tuple(_request(obj, target) for obj in objects)
     return Explanation("send", None, decision.rule, requests)
 
 
@@ -182,7 +213,7 @@ def _explain_subscription(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
     default_phone_region: str | None,
-    revision: str,
+    target: _Target,
 ) -> Explanation:
     """Explain a subscribe/unsubscribe: the job sync mode would send for it alone.
 
@@ -195,4 +226,4 @@ def _explain_subscription(
         if name not in _SUBSCRIPTION_KEYWORDS[kind]:
             raise TypeError(f"{kind}() got an unexpected keyword argument {name!r}")
     sub = build_subscription(kind, default_phone_region=default_phone_region, **kwargs)
-    return Explanation("send", None, None, (_request(sub, _headers(revision)),))
+    return Explanation("send", None, None, (_request(sub, target),))

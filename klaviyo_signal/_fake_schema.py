@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
+from klaviyo_signal._revisions import DEFAULT_REVISION, Revision, revision
+
 __all__ = [
     "IDENTIFIERS",
     "JSON",
@@ -37,12 +39,10 @@ IDENTIFIERS = ("email", "phone_number", "external_id", "anonymous_id", "_kx")
 _SUBSCRIPTION_FIELDS = frozenset(
     {"email", "phone_number", "subscriptions", "age_gated_date_of_birth"}
 )
-_MAX_PROPERTIES = 300
 _MAX_STRING_BYTES = 100 * 1024
 _MAX_ARRAY_ITEMS = 4000
 _MAX_NESTING = 10
 _MAX_METRIC_NAME = 127  # "Must be less than 128 characters."
-_EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class _Validator(Protocol):
@@ -55,7 +55,7 @@ def _load(name: str) -> JSON:
 
 
 @functools.cache
-def _validator(operation: str) -> _Validator:
+def _validator(operation: str, revision_name: str) -> _Validator:
     # Imported here, not at module level: `import klaviyo_signal` must work without the
     # `testing` extra installed.
     try:
@@ -69,14 +69,14 @@ def _validator(operation: str) -> _Validator:
             "pip install 'klaviyo-signal[testing]'"
         )
         raise ImportError(msg) from exc
-    schema = _load(f"{operation}.schema.json")["schema"]
+    schema = revision(revision_name).schema(operation)
     validator: _Validator = OAS30Validator(schema, format_checker=oas30_format_checker)
     return validator
 
 
 def require_validator() -> None:
     """Fail early, at FakeKlaviyo construction, when the ``testing`` extra is missing."""
-    _validator("event_create")
+    _validator("event_create", DEFAULT_REVISION)
 
 
 def pointer(parts: Iterable[str | int]) -> str:
@@ -127,9 +127,11 @@ def real_error_body(status: int, detail: str | None = None) -> dict[str, JSON]:
     return result
 
 
-def schema_errors(operation: str, body: JSON) -> list[dict[str, JSON]]:
-    """Validate ``body`` against the operation's request schema; one record per error found."""
-    errors = sorted(_validator(operation).iter_errors(body), key=lambda e: list(e.absolute_path))
+def schema_errors(operation: str, body: JSON, under: Revision) -> list[dict[str, JSON]]:
+    """Validate ``body`` against the operation's request schema under revision ``under``;
+    one record per error found."""
+    validator = _validator(operation, under.name)
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
     return [error_record(400, e.message, source_pointer=pointer(e.absolute_path)) for e in errors]
 
 
@@ -145,22 +147,27 @@ def has_identifier(profile_data: Mapping[str, JSON]) -> bool:
 
 
 def event_limit_errors(
-    attributes: Mapping[str, JSON], at: Sequence[str | int], now: dt.datetime
+    attributes: Mapping[str, JSON], at: Sequence[str | int], now: dt.datetime, under: Revision
 ) -> list[dict[str, JSON]]:
-    """Check Klaviyo's documented ingestion limits on one event's ``attributes``."""
+    """Check Klaviyo's documented ingestion limits, as of revision ``under``, on one event's
+    ``attributes``."""
     errors: list[dict[str, JSON]] = []
     name = attributes["metric"]["data"]["attributes"]["name"]
     if len(name) > _MAX_METRIC_NAME:
         where = [*at, "metric", "data", "attributes", "name"]
         errors.append(_limit(where, "The metric name must be less than 128 characters."))
     properties = attributes["properties"]
-    if len(properties) > _MAX_PROPERTIES:
-        detail = f"Events cannot have more than {_MAX_PROPERTIES} properties."
+    if len(properties) > under.max_event_properties:
+        detail = f"Events cannot have more than {under.max_event_properties} properties."
         errors.append(_limit([*at, "properties"], detail))
     errors.extend(_walk_limits(properties, [*at, "properties"], 0))
     time = attributes.get("time")
-    if time is not None and not _EARLIEST <= _parse_time(time) <= _one_year_after(now):
-        detail = "The event time must be after the year 2000 and at most 1 year in the future."
+    earliest = under.earliest_event_time
+    if time is not None and not earliest <= _parse_time(time) <= _one_year_after(now):
+        detail = (
+            f"The event time must be after the year {earliest.year} and at most 1 year in "
+            "the future."
+        )
         errors.append(_limit([*at, "time"], detail))
     return errors
 
@@ -224,3 +231,24 @@ def _channel_errors(profile: Mapping[str, JSON], at: list[str | int]) -> list[di
     if not errors and not has_identifier(profile):
         errors.append(identifier_error(at[:-1]))
     return errors
+
+
+def unknown_field_errors(
+    operation: str, attributes: Mapping[str, JSON], at: Sequence[str | int], under: Revision
+) -> list[dict[str, JSON]]:
+    """Refuse profile attributes the revision's schema does not declare, as Klaviyo does.
+
+    Klaviyo's schemas leave ``additionalProperties`` open, but its API answers 400 to a
+    field it does not know (``anonymous_id`` on profile-import since 2025-10-15).
+    """
+    declared = under.schema(operation)["properties"]["data"]["properties"]["attributes"]
+    known = declared["properties"]
+    return [
+        error_record(
+            400,
+            f"'{name}' is not a valid field for the resource 'profile'.",
+            source_pointer=pointer([*at, name]),
+        )
+        for name in attributes
+        if name not in known
+    ]

@@ -17,16 +17,23 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 import attrs
 
 from klaviyo_signal import _fake_schema as schema
 from klaviyo_signal._fake_schema import JSON
 from klaviyo_signal._fake_state import FakeRequest, FakeState
+from klaviyo_signal._revisions import (
+    DEFAULT_REVISION,
+    FALL_FORWARD_OPT_OUT,
+    SUPPORTED_REVISIONS,
+    Revision,
+    revision,
+)
 
 __all__ = ["FakeServer", "RateLimits"]
 
@@ -65,17 +72,13 @@ class _Fault:
     body: JSON
 
 
-def published_rate_limits() -> dict[str, tuple[int, int]]:
-    """Klaviyo's per-endpoint (burst per second, steady per minute) limits."""
-    text = resources.files("klaviyo_signal") / "_schemas" / "rate_limits.json"
-    operations = json.loads(text.read_text("utf-8"))["operations"]
-    return {
-        name: (
-            int(op["ratelimit"]["burst"].split("/")[0]),
-            int(op["ratelimit"]["steady"].split("/")[0]),
-        )
-        for name, op in operations.items()
-    }
+def published_rate_limits(revision_name: str = DEFAULT_REVISION) -> dict[str, tuple[int, int]]:
+    """Klaviyo's per-endpoint (burst per second, steady per minute) limits in a revision."""
+    return revision(revision_name).limits()
+
+
+def _retired_today() -> frozenset[str]:
+    return frozenset(r for r in SUPPORTED_REVISIONS if revision(r).status().state == "retired")
 
 
 class RateWindows:
@@ -92,20 +95,21 @@ class RateWindows:
         self._counts.clear()
         self._started = time.monotonic()
 
-    def take(self, endpoint: str) -> tuple[float | None, dict[str, str]]:
-        """Count one request.
+    def take(
+        self, endpoint: str, limits: RateLimits | None = None
+    ) -> tuple[float | None, dict[str, str]]:
+        """Count one request, against ``limits`` (default: the ones given at start).
 
         Returns:
             Seconds until a window frees up if the request is over a limit (it is then not
             counted), else None; and the ``RateLimit-*`` headers for a non-429 answer.
         """
-        if endpoint not in self._limits:
+        limits = self._limits if limits is None else limits
+        if endpoint not in limits:
             return None, {}
         elapsed = time.monotonic() - self._started
         windows = []
-        for kind, (length, limit) in enumerate(
-            zip(self._lengths, self._limits[endpoint], strict=True)
-        ):
+        for kind, (length, limit) in enumerate(zip(self._lengths, limits[endpoint], strict=True)):
             index = math.floor(elapsed / length)
             seen, count = self._counts.get((endpoint, kind), (index, 0))
             windows.append((kind, index, 0 if seen != index else count, limit, length))
@@ -134,14 +138,28 @@ class FakeServer:
         latency: float,
         rate_limits: bool | RateLimits,
         time_scale: float,
+        retired: Iterable[str] | None = None,
     ) -> None:
         self._state = state
         self._latency = latency
-        limits = published_rate_limits()
-        if isinstance(rate_limits, Mapping):
-            limits.update(rate_limits)
+        overrides = dict(rate_limits) if isinstance(rate_limits, Mapping) else {}
+        # Each revision's published limits, with the test's overrides on top.
+        self._limits = {
+            name: {**published_rate_limits(name), **overrides} for name in SUPPORTED_REVISIONS
+        }
         self._enforce = bool(rate_limits)
-        self._windows = RateWindows(limits, time_scale)
+        self._windows = RateWindows(self._limits[DEFAULT_REVISION], time_scale)
+        self._retired = _retired_today() if retired is None else frozenset(retired)
+        unknown = self._retired - set(SUPPORTED_REVISIONS)
+        if unknown:
+            raise ValueError(
+                f"retired: {', '.join(sorted(unknown))} not served by FakeKlaviyo; it serves "
+                f"{', '.join(SUPPORTED_REVISIONS)}"
+            )
+        live = [name for name in SUPPORTED_REVISIONS if name not in self._retired]
+        if not live:
+            raise ValueError("retired: at least one revision must stay supported")
+        self.served_as = live[0]
         self._faults: deque[_Fault] = deque()
         self._drops = 0
         self._lock = threading.Lock()
@@ -228,7 +246,8 @@ class FakeServer:
                 self._drops -= 1
                 return None
             fault = self._faults.popleft() if self._faults else None
-        path = raw_path.split("?", 1)[0].rstrip("/")
+        path, _, query = raw_path.partition("?")
+        path = path.rstrip("/")
         endpoint = f"POST {path}"
         if fault is not None:
             return self._fault_response(fault, endpoint)
@@ -239,13 +258,14 @@ class FakeServer:
         if method != "POST":
             detail = f'Method "{method}" not allowed.'
             return _error(405, detail, code="method_not_allowed", title="Method not allowed.")
-        if _key_of(headers.get("authorization", "")) is None:
-            return Response(401, schema.real_error_body(401))
-        if not headers.get("revision"):
-            detail = "The 'revision' header is required, for example 'revision: 2024-10-15'."
-            return _error(400, detail, parameter="revision")
+        refusal = _credentials(path, headers, query)
+        if refusal is not None:
+            return refusal
+        under = self._revision(headers)
+        if isinstance(under, Response):
+            return under
         with self._lock:
-            wait, rate_headers = self._windows.take(endpoint)
+            wait, rate_headers = self._windows.take(endpoint, self._limits[under.name])
             if wait is not None and self._enforce:
                 self.throttled += 1
                 return _throttled(wait)
@@ -258,8 +278,28 @@ class FakeServer:
             )
         else:
             now = dt.datetime.now(dt.timezone.utc)
-            response = route(self._state, body, index, now)
+            response = route(self._state, body, index, now, under)
         return attrs.evolve(response, headers={**rate_headers, **response.headers})
+
+    def _revision(self, headers: Mapping[str, str]) -> Revision | Response:
+        """The revision a request is served under: its own, or a retired one's successor."""
+        name = headers.get("revision")
+        if not name:
+            detail = (
+                f"The 'revision' header is required, for example 'revision: {DEFAULT_REVISION}'."
+            )
+            return _error(400, detail, parameter="revision")
+        if name not in SUPPORTED_REVISIONS:
+            detail = (
+                f"Invalid revision '{name}'. FakeKlaviyo serves {', '.join(SUPPORTED_REVISIONS)}."
+            )
+            return _error(400, detail, parameter="revision")
+        if name not in self._retired:
+            return revision(name)
+        if headers.get(FALL_FORWARD_OPT_OUT.lower()) == "1":
+            detail = f"Revision {name} has been retired; use a supported revision."
+            return _error(410, detail, code="gone", title="Gone.")
+        return revision(self.served_as)
 
     def _fault_response(self, fault: _Fault, endpoint: str) -> Response:
         headers: dict[str, str] = {}
@@ -309,6 +349,23 @@ def _parse(raw: bytes) -> JSON:
         return _MALFORMED
 
 
+def _credentials(path: str, headers: Mapping[str, str], query: str) -> Response | None:
+    """Refuse a request without the credentials its endpoint takes, as Klaviyo would."""
+    if not path.startswith("/client/"):
+        if _key_of(headers.get("authorization", "")) is None:
+            return Response(401, schema.real_error_body(401))
+        return None
+    if not parse_qs(query).get("company_id"):
+        detail = "The 'company_id' query parameter (your public API key) is required."
+        return _error(400, detail, parameter="company_id")
+    if "authorization" in headers:
+        # Klaviyo's client-side endpoints are for browsers: a private key sent to one is a
+        # leaked key. The fake refuses, so a test catches it.
+        detail = "Client-side endpoints take no Authorization header; never send a private key."
+        return _error(400, detail, parameter="Authorization")
+    return None
+
+
 def _key_of(authorization: str) -> str | None:
     match = _AUTH.match(authorization)
     return match.group(1) if match else None
@@ -337,7 +394,7 @@ def _scrub(value: Any, key: str | None) -> Any:
 
 # --- the endpoints ---------------------------------------------------------------------------
 
-_Route = Callable[[FakeState, JSON, int, dt.datetime], Response]
+_Route = Callable[[FakeState, JSON, int, dt.datetime, Revision], Response]
 
 
 def _profile_errors(
@@ -360,15 +417,17 @@ def _event_fields(attributes: Mapping[str, JSON]) -> dict[str, JSON]:
     return {k: v for k, v in attributes.items() if k != "profile"}
 
 
-def _create_event(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
-    errors = schema.schema_errors("event_create", body)
+def _create_event(
+    state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
+) -> Response:
+    errors = schema.schema_errors("event_create", body, under)
     if errors:
         return _bad(errors)
     attributes = body["data"]["attributes"]
     profile = attributes["profile"]["data"]
     at: list[str | int] = ["data", "attributes", "profile"]
     errors = _profile_errors(state, profile, at, [*at, "data", "id"])
-    errors += schema.event_limit_errors(attributes, ["data", "attributes"], now)
+    errors += schema.event_limit_errors(attributes, ["data", "attributes"], now, under)
     if errors:
         return _bad(errors)
     profile_id, _ = state.upsert(profile)
@@ -376,8 +435,10 @@ def _create_event(state: FakeState, body: JSON, index: int, now: dt.datetime) ->
     return Response(202)
 
 
-def _bulk_create_events(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
-    errors = schema.schema_errors("event_bulk_create_job", body)
+def _bulk_create_events(
+    state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
+) -> Response:
+    errors = schema.schema_errors("event_bulk_create_job", body, under)
     if errors:
         return _bad(errors)
     items = body["data"]["attributes"]["events-bulk-create"]["data"]
@@ -387,13 +448,18 @@ def _bulk_create_events(state: FakeState, body: JSON, index: int, now: dt.dateti
         errors += _profile_errors(state, profile, [*at, "profile"], [*at, "profile", "data", "id"])
         for j, event in enumerate(item["attributes"]["events"]["data"]):
             where = [*at, "events", "data", j, "attributes"]
-            errors += schema.event_limit_errors(event["attributes"], where, now)
+            errors += schema.event_limit_errors(event["attributes"], where, now, under)
+    if not errors and under.unique_id_repeat_fails_job:
+        errors = _repeated_unique_ids(items)
     if errors:
         return _bad(errors)
     for item in items:
         profile_id, _ = state.upsert(item["attributes"]["profile"]["data"])
         for event in item["attributes"]["events"]["data"]:
-            state.record_event(profile_id, _event_fields(event["attributes"]), index, now)
+            fields = _event_fields(event["attributes"])
+            if item["attributes"].get("backfill"):
+                fields.setdefault("backfill", True)
+            state.record_event(profile_id, fields, index, now)
     job = {
         "type": "event-bulk-create-job",
         "id": uuid.uuid4().hex,
@@ -406,10 +472,46 @@ def _bulk_create_events(state: FakeState, body: JSON, index: int, now: dt.dateti
     return Response(202, {"data": job})
 
 
-def _import_profile(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
-    errors = schema.schema_errors("profile_import", body) or _profile_errors(
-        state, body["data"], ["data", "attributes"], ["data", "id"]
-    )
+def _repeated_unique_ids(items: list[JSON]) -> list[JSON]:
+    """Since 2025-01-15 a job with one unique_id twice for a profile and metric fails whole."""
+    seen: set[tuple[object, ...]] = set()
+    for i, item in enumerate(items):
+        attributes = item["attributes"]["profile"]["data"].get("attributes") or {}
+        who = tuple(str(attributes.get(k) or "").lower() for k in schema.IDENTIFIERS)
+        for j, event in enumerate(item["attributes"]["events"]["data"]):
+            fields = event["attributes"]
+            unique_id = fields.get("unique_id")
+            if unique_id is None:
+                continue
+            key = (who, fields["metric"]["data"]["attributes"]["name"], unique_id)
+            if key in seen:
+                where: list[str | int] = [
+                    "data",
+                    "attributes",
+                    "events-bulk-create",
+                    "data",
+                    i,
+                    "attributes",
+                ]
+                detail = (
+                    f"The unique_id '{unique_id}' is repeated for the same profile and metric; "
+                    "no events were processed."
+                )
+                at = schema.pointer([*where, "events", "data", j, "attributes", "unique_id"])
+                return [schema.error_record(400, detail, source_pointer=at)]
+            seen.add(key)
+    return []
+
+
+def _import_profile(
+    state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
+) -> Response:
+    errors = schema.schema_errors("profile_import", body, under)
+    if not errors:
+        attributes = body["data"].get("attributes") or {}
+        at: list[str | int] = ["data", "attributes"]
+        errors = schema.unknown_field_errors("profile_import", attributes, at, under)
+    errors = errors or _profile_errors(state, body["data"], ["data", "attributes"], ["data", "id"])
     if errors:
         return _bad(errors)
     profile_id, created = state.upsert(body["data"])
@@ -431,9 +533,30 @@ def _import_profile(state: FakeState, body: JSON, index: int, now: dt.datetime) 
     return Response(201 if created else 200, {"data": data})
 
 
+def _create_client_profile(
+    state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
+) -> Response:
+    if not under.has("client_profile_create"):
+        detail = f"FakeKlaviyo holds no schema of /client/profiles for revision {under.name}."
+        return _error(400, detail, parameter="revision")
+    errors = schema.schema_errors("client_profile_create", body, under)
+    if not errors:
+        attributes = body["data"].get("attributes") or {}
+        at: list[str | int] = ["data", "attributes"]
+        errors = schema.unknown_field_errors("client_profile_create", attributes, at, under)
+    errors = errors or _profile_errors(state, body["data"], ["data", "attributes"], ["data", "id"])
+    if errors:
+        return _bad(errors)
+    # Klaviyo: a client-side endpoint may add identifiers a profile lacks, never change one.
+    state.upsert(body["data"], keep_identifiers=True)
+    return Response(202)
+
+
 def _subscription_route(operation: str, consent: str, *, member: bool) -> _Route:
-    def route(state: FakeState, body: JSON, index: int, now: dt.datetime) -> Response:
-        errors = schema.schema_errors(operation, body)
+    def route(
+        state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
+    ) -> Response:
+        errors = schema.schema_errors(operation, body, under)
         if errors:
             return _bad(errors)
         attributes = body["data"]["attributes"]
@@ -480,6 +603,7 @@ _ROUTES: dict[str, _Route] = {
     "/api/events": _create_event,
     "/api/event-bulk-create-jobs": _bulk_create_events,
     "/api/profile-import": _import_profile,
+    "/client/profiles": _create_client_profile,
     "/api/profile-subscription-bulk-create-jobs": _subscription_route(
         "subscription_bulk_create_job", "SUBSCRIBED", member=True
     ),

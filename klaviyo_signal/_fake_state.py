@@ -62,6 +62,8 @@ class FakeEvent:
     unique_id: str | None
     profile: FakeProfile
     request_index: int
+    backfill: bool = False
+    """Whether the event was sent as a backfill (recorded without triggering flows)."""
 
 
 @attrs.frozen
@@ -161,10 +163,14 @@ class FakeState:
         with self._lock:
             return self._resolve(profile_id) in self._profiles
 
-    def upsert(self, profile_data: Mapping[str, JSON]) -> tuple[str, bool]:
+    def upsert(
+        self, profile_data: Mapping[str, JSON], *, keep_identifiers: bool = False
+    ) -> tuple[str, bool]:
         """Create or update the profile a JSON:API profile object names.
 
         Profiles matched by any identifier (or by ``id``) are merged into the oldest of them.
+        ``keep_identifiers``: set only the identifiers the profile lacks (the client-side
+        endpoint's rule).
 
         Returns:
             The profile id and whether a new profile was created.
@@ -179,7 +185,7 @@ class FakeState:
             for other in found[1:]:
                 self._absorb(profile, other)
             meta = profile_data.get("meta") or attributes.get("meta") or {}
-            _apply(profile, attributes, meta.get("patch_properties") or {})
+            _apply(profile, attributes, meta.get("patch_properties") or {}, keep_identifiers)
             return profile.id, created
 
     def record_event(
@@ -259,6 +265,7 @@ class FakeState:
             unique_id=attributes.get("unique_id"),
             profile=profiles[self._resolve(event.profile_id)],
             request_index=event.request_index,
+            backfill=bool(attributes.get("backfill")),
         )
 
     def _new_profile(self) -> _Profile:
@@ -295,12 +302,22 @@ class FakeState:
         self._merged_into[other.id] = survivor.id
 
 
-def _apply(profile: _Profile, attributes: Mapping[str, JSON], patch: Mapping[str, JSON]) -> None:
+def _apply(
+    profile: _Profile,
+    attributes: Mapping[str, JSON],
+    patch: Mapping[str, JSON],
+    keep_identifiers: bool = False,
+) -> None:
     # Identifiers set to null are ignored (they only find profiles); any other standard
     # attribute set to null is cleared, as profile-import documents.
-    profile.email = attributes.get("email") or profile.email
-    profile.phone_number = attributes.get("phone_number") or profile.phone_number
-    profile.external_id = attributes.get("external_id") or profile.external_id
+    if keep_identifiers:
+        profile.email = profile.email or attributes.get("email")
+        profile.phone_number = profile.phone_number or attributes.get("phone_number")
+        profile.external_id = profile.external_id or attributes.get("external_id")
+    else:
+        profile.email = attributes.get("email") or profile.email
+        profile.phone_number = attributes.get("phone_number") or profile.phone_number
+        profile.external_id = attributes.get("external_id") or profile.external_id
     for name, ids in (("anonymous_id", profile.anonymous_ids), ("_kx", profile.kx_ids)):
         if attributes.get(name) and attributes[name] not in ids:
             ids.append(attributes[name])

@@ -5,7 +5,7 @@ The models know nothing of JSON:API; ``_wire.py`` owns the ``data``/``attributes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -19,7 +19,7 @@ from ._subscriptions import Subscription
 
 _NO_PROPERTIES: Mapping[str, JSON] = MappingProxyType({})
 
-__all__ = ["Event", "KlaviyoObject", "Location", "Profile"]
+__all__ = ["ClientProfile", "Event", "KlaviyoObject", "Location", "Profile", "with_backfill"]
 
 
 @attrs.frozen
@@ -81,7 +81,29 @@ class Event:
     unique_id: str
     value: int | float | Decimal | None = None
     value_currency: str | None = None
+    backfill: bool = False
+    """Recorded without triggering flows (revisions that have the flag)."""
 
 
-KlaviyoObject: TypeAlias = "Event | Profile | Subscription"
-"""What a call can become: a profile import, an event, or a consent change on a list."""
+@attrs.frozen
+class ClientProfile:
+    """A profile sent to Klaviyo's client-side endpoint (``POST /client/profiles``).
+
+    The one place a revision without ``anonymous_id`` on profile-import still takes it:
+    ``identify`` links an anonymous visit to the known person through it (see
+    ``_revisions.Revision.shape``). Sent with the public key only.
+    """
+
+    profile: Profile
+
+
+KlaviyoObject: TypeAlias = "Event | Profile | ClientProfile | Subscription"
+"""What a call can become: a profile import, an event, a client-side profile link, or a
+consent change on a list."""
+
+
+def with_backfill(objects: Sequence[KlaviyoObject], backfill: bool) -> Sequence[KlaviyoObject]:
+    """Return a call's objects with each event marked as a backfill, when ``backfill``."""
+    if not backfill:
+        return objects
+    return [attrs.evolve(obj, backfill=True) if type(obj) is Event else obj for obj in objects]

@@ -1,7 +1,7 @@
 """Klaviyo's published facts per endpoint: its rate limits and the API scopes it needs.
 
 Both are copied from Klaviyo's OpenAPI spec (``x-klaviyo-ratelimit``, ``x-klaviyo-scopes``)
-into ``_schemas/rate_limits.json``, so a new endpoint brings its own limits and its own
+into ``_schemas/<revision>/rate_limits.json``, so a new endpoint brings its own limits and its own
 403 advice by a line of data, not a line of code. Read once, on first use.
 """
 
@@ -22,7 +22,8 @@ DEFAULT_SCOPES = ("events:write", "profiles:write")
 @functools.cache
 def operations() -> Mapping[str, Mapping[str, Any]]:
     """Return each operation (``"POST /api/events"``) with its ratelimit and scopes."""
-    text = resources.files("klaviyo_signal") / "_schemas" / "rate_limits.json"
+    # Scopes and answers are the same in every supported revision: the newest one's table.
+    text = resources.files("klaviyo_signal") / "_schemas" / "2026-07-15" / "rate_limits.json"
     found: Mapping[str, Mapping[str, Any]] = json.loads(text.read_text("utf-8"))["operations"]
     return found
 

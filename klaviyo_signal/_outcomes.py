@@ -22,7 +22,7 @@ from ._errors import APIError, AuthenticationError, PermissionDeniedError, Trans
 from ._stats import Counters, failure_key
 from ._subscription_batcher import SubscriptionJob
 
-__all__ = ["Failure", "Identify", "Outcomes", "Unit"]
+__all__ = ["CLIENT_PROFILES", "PROFILE_IMPORT", "Failure", "Identify", "Outcomes", "Unit"]
 
 log = logging.getLogger("klaviyo_signal")
 
@@ -41,15 +41,19 @@ class Failure:
     )
 
 
+PROFILE_IMPORT = "POST /api/profile-import"
+CLIENT_PROFILES = "POST /client/profiles"
+
+
 class Identify:
-    """A profile import waiting in the outbox."""
+    """A profile import (or a client-side profile link) waiting in the outbox."""
 
-    __slots__ = ("_body", "owner")
-    endpoint = "POST /api/profile-import"
+    __slots__ = ("_body", "endpoint", "owner")
 
-    def __init__(self, owner: int, body: bytes) -> None:
+    def __init__(self, owner: int, body: bytes, endpoint: str = PROFILE_IMPORT) -> None:
         self.owner = owner
         self._body = body
+        self.endpoint = endpoint
 
     def body(self) -> bytes:
         """Return the request body."""

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from ._operations import operations
+from ._revisions import DEFAULT_REVISION, revision
 
 __all__ = [
     "BURST_SPAN",
@@ -42,15 +42,10 @@ _MARGIN = 1.01
 _MAX_BACKOFF = 60.0
 
 
-def published_limits() -> dict[str, tuple[int, int]]:
-    """Return Klaviyo's published (burst per second, steady per minute) limit per endpoint."""
-    return {
-        name: (
-            int(op["ratelimit"]["burst"].split("/")[0]),
-            int(op["ratelimit"]["steady"].split("/")[0]),
-        )
-        for name, op in operations().items()
-    }
+def published_limits(revision_name: str = DEFAULT_REVISION) -> dict[str, tuple[int, int]]:
+    """Return Klaviyo's published (burst per second, steady per minute) limit per endpoint
+    under ``revision_name``."""
+    return revision(revision_name).limits()
 
 
 class EndpointLimiter:

@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._json import JSON
 from ._operations import required_scopes
+from ._revisions import DEFAULT_REVISION, FALL_FORWARD_OPT_OUT, revision
 from ._version import VERSION
 
 __all__ = ["SERVER_ERROR_STATUSES", "Answer", "Transport", "make_retry"]
@@ -137,14 +138,18 @@ class Transport:
         self,
         *,
         base_url: str,
+        public_api_key: str,
         private_api_key: str,
         revision: str,
+        strict_revision: bool = False,
         timeout: float,
         max_retries: int,
         pool_size: int = 4,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._public_api_key = public_api_key
+        self._revision = revision
         self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
         self._session = requests.Session()
         adapter = HTTPAdapter(
@@ -163,6 +168,8 @@ class Transport:
                 "User-Agent": f"klaviyo-signal/{VERSION}",
             }
         )
+        if strict_revision:
+            self._session.headers[FALL_FORWARD_OPT_OUT] = "1"
         # Read the environment (HTTPS_PROXY/NO_PROXY, REQUESTS_CA_BUNDLE) once, for the one
         # host this session talks to. requests otherwise reads it again on every request
         # (a fifth of a sync call's time), and could swap the Authorization header for a
@@ -187,9 +194,15 @@ class Transport:
         limit = self._timeout
         if timeout is not None and timeout < limit[1]:
             limit = (min(limit[0], timeout), timeout)
+        url, headers = self._base_url + path, None
+        if path.startswith("/client/"):
+            # Klaviyo's client-side endpoints take the public key, and a private key must
+            # never travel to them: requests drops a session header set to None.
+            url += f"?company_id={self._public_api_key}"
+            headers = _PUBLIC_ONLY
         error: TransportError | None = None
         try:
-            response = self._session.post(self._base_url + path, data=body, timeout=limit)
+            response = self._session.post(url, data=body, timeout=limit, headers=headers)
         except requests.exceptions.RequestException as exc:
             error = self._translate(exc, path)
         if error is not None:
@@ -208,6 +221,7 @@ class Transport:
                 headers=dict(response.headers),
                 retry_after=_retry_after(response.headers.get("Retry-After")),
                 scopes=required_scopes(f"POST {path}"),
+                advice=_gone(self._revision) if response.status_code == 410 else None,
             )
         return Answer(
             status=response.status_code,
@@ -235,6 +249,20 @@ class Transport:
     def close(self) -> None:
         """Close the pooled connections."""
         self._session.close()
+
+
+_PUBLIC_ONLY: Mapping[str, str | None] = {"Authorization": None}
+
+
+def _gone(name: str) -> str:
+    """What a 410 means: the same words as the RevisionWarning at construction."""
+    status = revision(name).status()
+    if status.state == "retired":
+        return status.describe(name).capitalize() + "."
+    return (
+        f"Klaviyo treats revision {name} as retired; pass revision={DEFAULT_REVISION!r} "
+        "(the newest this package supports)."
+    )
 
 
 def _safe(exc: BaseException) -> str:

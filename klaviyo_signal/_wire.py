@@ -19,7 +19,8 @@ from cattrs.gen import make_dict_unstructure_fn
 
 from ._identity import IDENTIFIER_NAMES
 from ._json import JSON, dumps, dumps_text, finish
-from ._models import Event, Location, Profile
+from ._models import ClientProfile, Event, KlaviyoObject, Location, Profile
+from ._subscriptions import subscription_body
 
 __all__ = [
     "bulk_event",
@@ -30,6 +31,7 @@ __all__ = [
     "event_body",
     "event_bytes",
     "profile_body",
+    "request",
 ]
 
 
@@ -69,6 +71,8 @@ def _event_attributes(event: Event, *, with_profile: bool) -> dict[str, JSON]:
         attributes["value"] = event.value
     if event.value_currency is not None:
         attributes["value_currency"] = event.value_currency
+    if event.backfill:
+        attributes["backfill"] = True
     if with_profile:
         attributes["profile"] = _profile_resource(event.profile)
     return attributes
@@ -103,6 +107,22 @@ def profile_body(profile: Profile) -> dict[str, JSON]:
     """Return the body of ``POST /api/profile-import`` (create or update) for one profile."""
     body: dict[str, JSON] = _converter.unstructure(profile, Profile)
     return body
+
+
+def request(obj: KlaviyoObject) -> tuple[str, dict[str, JSON]]:
+    """Return the path and body of the one request ``obj`` becomes when sent alone.
+
+    Sync mode and ``explain`` send each object this way (a subscription as a job of one,
+    so the call's outcome is its own); background mode groups events and subscriptions
+    into bulk jobs instead.
+    """
+    if isinstance(obj, Event):
+        return "/api/events", event_body(obj)
+    if isinstance(obj, Profile):
+        return "/api/profile-import", profile_body(obj)
+    if isinstance(obj, ClientProfile):
+        return "/client/profiles", profile_body(obj.profile)
+    return obj.path, subscription_body((obj,))
 
 
 def bulk_event(event: Event) -> dict[str, JSON]:
@@ -169,6 +189,7 @@ def bulk_event_bytes(event: Event) -> bytes:
         event.unique_id,
         value=event.value,
         value_currency=event.value_currency,
+        backfill=event.backfill,
     )
 
 
@@ -180,6 +201,7 @@ def event_bytes(
     *,
     value: int | float | Decimal | None,
     value_currency: str | None,
+    backfill: bool = False,
 ) -> bytes:
     """Return the bytes of one bulk event from its fields (no ``Event`` object needed)."""
     consent: object = properties.get("consent")
@@ -201,6 +223,8 @@ def event_bytes(
         text += ',"value":' + _number_text(value)
     if value_currency is not None:
         text += ',"value_currency":' + encode_basestring(value_currency)
+    if backfill:
+        text += ',"backfill":true'
     return finish(text + "}}")
 
 

@@ -35,8 +35,8 @@ from ._errors import APIError, KlaviyoSignalError, TransportError
 from ._events import ITEM_IDENTITY, ITEM_RULE, IdentityKey, Pending, pack
 from ._json import BYTES_PER_VALUE
 from ._lifecycle import adopt, release
-from ._models import Event, KlaviyoObject, Profile
-from ._outcomes import Failure, Identify, Outcomes, Unit
+from ._models import ClientProfile, Event, KlaviyoObject, Profile
+from ._outcomes import CLIENT_PROFILES, Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
 from ._rules import Rule
 from ._sender import Sender, Sent
@@ -652,6 +652,9 @@ class Worker:
                     self._add_event(seq, encode_event(obj), obj.profile, now)
                 elif isinstance(obj, Profile):
                     self._add_identify(seq, obj)
+                elif isinstance(obj, ClientProfile):
+                    body = encode(profile_body(obj.profile))
+                    self._outbox.append(Identify(seq, body, CLIENT_PROFILES))
                 else:
                     self._outbox.extend(self._subscriptions.add(obj, seq, now))
             except (KlaviyoSignalError, ValueError, TypeError) as exc:

@@ -1,7 +1,8 @@
 """Test your Klaviyo integration without Klaviyo: a local fake of its REST API.
 
-``FakeKlaviyo`` serves the endpoints klaviyo-signal uses (revision 2024-10-15) on
-127.0.0.1, validates bodies against Klaviyo's own request schemas, answers with Klaviyo's
+``FakeKlaviyo`` serves the endpoints klaviyo-signal uses, under every API revision the
+package supports (picked by each request's ``revision`` header), on 127.0.0.1, validates
+bodies against that revision's own request schemas, answers with Klaviyo's
 status codes and error bodies, and records what it received, so a test can assert on the
 events and profiles Klaviyo would hold::
 
@@ -15,6 +16,7 @@ Needs the ``testing`` extra: ``pip install 'klaviyo-signal[testing]'``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import TracebackType
 
 from klaviyo_signal import _fake_schema
@@ -35,10 +37,15 @@ class FakeKlaviyo:
             ``{"POST /api/events": (burst, steady)}`` that overrides them (and enforces).
         time_scale: Multiplies the rate-limit window lengths, so ``0.1`` turns the 1 s burst
             window into 0.1 s and the 60 s steady window into 6 s.
+        retired: The revisions to treat as retired, as Klaviyo does: a request that names
+            one is served as the oldest revision not retired, or answered 410 when it sends
+            ``X-Klaviyo-Revision-Fall-Forward-Opt-Out: 1``. None (the default): the ones
+            Klaviyo has retired by today's date; ``()``: none.
 
     Raises:
         ImportError: The ``testing`` extra (openapi-schema-validator) is not installed.
-        ValueError: ``latency`` is negative or ``time_scale`` is not positive.
+        ValueError: ``latency`` is negative, ``time_scale`` is not positive, or ``retired``
+            names a revision the fake does not serve (or all of them).
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class FakeKlaviyo:
         latency: float = 0.0,
         rate_limits: bool | RateLimits = False,
         time_scale: float = 1.0,
+        retired: Iterable[str] | None = None,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
@@ -55,7 +63,11 @@ class FakeKlaviyo:
         _fake_schema.require_validator()
         self._state = FakeState()
         self._server = FakeServer(
-            self._state, latency=latency, rate_limits=rate_limits, time_scale=time_scale
+            self._state,
+            latency=latency,
+            rate_limits=rate_limits,
+            time_scale=time_scale,
+            retired=retired,
         )
 
     def __repr__(self) -> str:
@@ -110,6 +122,11 @@ class FakeKlaviyo:
     def requests(self) -> list[FakeRequest]:
         """Every request received, including rejected, failed and dropped ones."""
         return self._state.requests()
+
+    @property
+    def served_as(self) -> str:
+        """The revision a retired one is served as: the oldest this fake does not retire."""
+        return self._server.served_as
 
     @property
     def throttled(self) -> int:

@@ -10,6 +10,7 @@ import pytest
 from klaviyo_signal import Client, ValidationError, default_blueprint
 from klaviyo_signal._explain import ExplainedRequest, Explanation, explain
 from klaviyo_signal._json import dumps
+from klaviyo_signal._revisions import DEFAULT_REVISION
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture
@@ -20,7 +21,7 @@ def run(kind: Any, *args: Any, require_consent: bool = False, **kwargs: Any) -> 
         blueprint=default_blueprint(),
         require_consent=require_consent,
         default_phone_region=None,
-        revision="2024-10-15",
+        revision=DEFAULT_REVISION,
         kind=kind,
         args=args,
         kwargs=kwargs,
@@ -87,7 +88,7 @@ def test_a_disabled_rule_is_named() -> None:
         blueprint=default_blueprint().disable("Order Completed"),
         require_consent=False,
         default_phone_region=None,
-        revision="2024-10-15",
+        revision=DEFAULT_REVISION,
         kind="track",
         args=("Order Completed",),
         kwargs={"user_id": "u-1"},
@@ -121,7 +122,7 @@ def test_bad_arguments_raise_type_error(
             blueprint=default_blueprint(),
             require_consent=False,
             default_phone_region=None,
-            revision="2024-10-15",
+            revision=DEFAULT_REVISION,
             kind=kind,
             args=args,
             kwargs=kwargs,
@@ -150,7 +151,7 @@ def test_explain_agrees_with_fake_klaviyo() -> None:
         blueprint=blueprint,
         require_consent=False,
         default_phone_region=None,
-        revision="2024-10-15",
+        revision=DEFAULT_REVISION,
         kind="track",
         args=("Order Completed",),
         kwargs=call,

@@ -197,13 +197,21 @@ def test_identify_maps_segment_traits(fake: FakeKlaviyo) -> None:
         },
         anonymous_id="anon-1",
     )
-    ((path, body),) = sent(fake)
+    (link_path, link), (path, body) = sent(fake)
+    # The default revision's profile-import takes no anonymous_id: it is linked first,
+    # through the client-side endpoint, with the other identifiers only.
+    assert link_path == "/client/profiles?company_id=AbC123"
+    assert link["data"]["attributes"] == {
+        "email": "jane@example.com",
+        "phone_number": "+447911123456",
+        "external_id": "u-1",
+        "anonymous_id": "anon-1",
+    }
     assert path == "/api/profile-import"
     assert body["data"]["attributes"] == {
         "email": "jane@example.com",
         "phone_number": "+447911123456",
         "external_id": "u-1",
-        "anonymous_id": "anon-1",
         "first_name": "Jane",
         "last_name": "Doe",
         "title": "CTO",

@@ -146,11 +146,12 @@ def test_throttle_pauses_for_retry_after_or_backs_off() -> None:
 
 
 def test_published_limits_come_from_the_package_data() -> None:
-    """The default limits are Klaviyo's published ones."""
+    """The default limits are Klaviyo's published ones for the revision sent."""
     limits = published_limits()
     assert limits[BULK] == (10, 150)
-    assert limits["POST /api/profile-import"] == (75, 700)
+    assert limits["POST /api/profile-import"] == (75, 750)
     assert limits["POST /api/events"] == (350, 3500)
+    assert published_limits("2024-10-15")["POST /api/profile-import"] == (75, 700)
 
 
 def test_client_pacing_provokes_no_429_from_a_limiting_klaviyo() -> None:

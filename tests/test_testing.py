@@ -1,4 +1,4 @@
-"""FakeKlaviyo behaves like Klaviyo's REST API (revision 2024-10-15) for plain HTTP clients."""
+"""FakeKlaviyo behaves like Klaviyo's REST API (each supported revision) for plain HTTP clients."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from klaviyo_signal._revisions import DEFAULT_REVISION
 from klaviyo_signal.testing import FakeKlaviyo
 
 pytest_plugins = ("pytester",)
@@ -17,7 +18,7 @@ pytest_plugins = ("pytester",)
 KEY = "pk_test_0123456789abcdef"
 HEADERS = {
     "Authorization": f"Klaviyo-API-Key {KEY}",
-    "revision": "2024-10-15",
+    "revision": DEFAULT_REVISION,
     "Content-Type": "application/vnd.api+json",
 }
 
@@ -153,10 +154,10 @@ def test_event_without_identifier_is_rejected_at_the_profile(fake: FakeKlaviyo) 
 @pytest.mark.parametrize(
     ("attributes", "pointer"),
     [
-        ({"properties": {f"p{i}": i for i in range(301)}}, "/data/attributes/properties"),
+        ({"properties": {f"p{i}": i for i in range(401)}}, "/data/attributes/properties"),
         ({"properties": {"big": "x" * (100 * 1024 + 1)}}, "/data/attributes/properties/big"),
         ({"properties": {"items": list(range(4001))}}, "/data/attributes/properties/items"),
-        ({"time": "1999-12-31T23:59:59+00:00"}, "/data/attributes/time"),
+        ({"time": "1989-12-31T23:59:59+00:00"}, "/data/attributes/time"),
         ({"time": "2999-01-01T00:00:00Z"}, "/data/attributes/time"),
     ],
 )
@@ -226,14 +227,20 @@ def test_profile_import_creates_then_updates(fake: FakeKlaviyo) -> None:
     assert len(fake.profiles) == 1
 
 
-def test_anonymous_activity_merges_into_the_identified_profile(fake: FakeKlaviyo) -> None:
-    """An anonymous profile is found again by anonymous_id and its attributes merge key by key."""
+def test_anonymous_activity_merges_into_the_identified_profile() -> None:
+    """An anonymous profile is found again by anonymous_id and its attributes merge key by key
+    (profile-import under 2024-10-15, which still takes anonymous_id)."""
+    with FakeKlaviyo(retired=()) as fake:
+        _anonymous_activity_merges(fake, {**HEADERS, "revision": "2024-10-15"})
+
+
+def _anonymous_activity_merges(fake: FakeKlaviyo, headers: dict[str, str]) -> None:
     anonymous = {
         "anonymous_id": "anon-1",
         "properties": {"seen": 1, "plan": "free"},
         "location": {"city": "Boston"},
     }
-    post(fake, "/api/events", event_body(anonymous, "Viewed Product", unique_id="e1"))
+    post(fake, "/api/events", event_body(anonymous, "Viewed Product", unique_id="e1"), headers)
 
     response = post(
         fake,
@@ -244,6 +251,7 @@ def test_anonymous_activity_merges_into_the_identified_profile(fake: FakeKlaviyo
             properties={"plan": "pro"},
             location={"country": "US"},
         ),
+        headers,
     )
 
     assert response.status_code == 200
@@ -302,8 +310,17 @@ def test_bulk_item_without_identifier_names_the_item(fake: FakeKlaviyo) -> None:
     assert fake.profiles == []
 
 
-def test_subscriptions_and_lists_are_recorded(fake: FakeKlaviyo) -> None:
-    """Bulk subscribe records consent per channel and list membership; unsubscribe revokes them."""
+def test_subscriptions_and_lists_are_recorded() -> None:
+    """Bulk subscribe records consent per channel and list membership; unsubscribe revokes them.
+
+    Under 2024-10-15, the last revision where a profile may leave out ``subscriptions``
+    (every channel its identifiers allow is then subscribed).
+    """
+    with FakeKlaviyo(retired=()) as fake:
+        _subscriptions_and_lists_are_recorded(fake, {**HEADERS, "revision": "2024-10-15"})
+
+
+def _subscriptions_and_lists_are_recorded(fake: FakeKlaviyo, headers: dict[str, str]) -> None:
     subscribe = subscription_body(
         "create", "L1", {"email": "a@x.io", "phone_number": "+15005550006"}
     )
@@ -313,14 +330,16 @@ def test_subscriptions_and_lists_are_recorded(fake: FakeKlaviyo) -> None:
         {"email": "a@x.io", "subscriptions": {"email": {"marketing": {"consent": "UNSUBSCRIBED"}}}},
     )
 
-    assert post(fake, "/api/profile-subscription-bulk-create-jobs", subscribe).status_code == 202
+    response = post(fake, "/api/profile-subscription-bulk-create-jobs", subscribe, headers)
+    assert response.status_code == 202
     profile = fake.profile_for(email="a@x.io")
     assert profile is not None
     assert profile.lists == ("L1",)
     assert profile.subscriptions["email"]["marketing"]["consent"] == "SUBSCRIBED"
     assert profile.subscriptions["sms"]["transactional"]["consent"] == "SUBSCRIBED"
 
-    assert post(fake, "/api/profile-subscription-bulk-delete-jobs/", unsubscribe).status_code == 202
+    response = post(fake, "/api/profile-subscription-bulk-delete-jobs/", unsubscribe, headers)
+    assert response.status_code == 202
     profile = fake.profile_for(email="a@x.io")
     assert profile is not None
     assert profile.lists == ()
@@ -330,7 +349,15 @@ def test_subscriptions_and_lists_are_recorded(fake: FakeKlaviyo) -> None:
 
 def test_subscribe_rejects_attributes_klaviyo_does_not_accept(fake: FakeKlaviyo) -> None:
     """A profile attribute other than the four allowed gets Klaviyo's real 400 record."""
-    body = subscription_body("create", "L1", {"email": "a@x.io", "last_name": "Lee"})
+    body = subscription_body(
+        "create",
+        "L1",
+        {
+            "email": "a@x.io",
+            "last_name": "Lee",
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}},
+        },
+    )
 
     response = post(fake, "/api/profile-subscription-bulk-create-jobs", body)
 

@@ -22,6 +22,7 @@ from klaviyo_signal import (
     RevisionGoneError,
 )
 from klaviyo_signal import _version as version_module
+from klaviyo_signal._revisions import DEFAULT_REVISION
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture, assert_valid
 from .record_cassettes import track
@@ -153,7 +154,7 @@ def test_request_headers_on_the_wire(capture: Capture) -> None:
     ((path, headers, _),) = capture.requests
     assert path == "/api/events"
     assert headers["Authorization"] == f"Klaviyo-API-Key {PRIVATE_KEY}"
-    assert headers["revision"] == "2024-10-15"
+    assert headers["revision"] == DEFAULT_REVISION
     assert headers["Content-Type"] == "application/vnd.api+json"
     assert headers["User-Agent"] == f"klaviyo-signal/{version_module.VERSION}"
 
