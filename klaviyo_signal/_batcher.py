@@ -41,6 +41,7 @@ __all__ = [
     "encode_event",
     "encode_queued",
     "failed_items",
+    "unique_key",
 ]
 
 MAX_JOB_EVENTS = 1000
@@ -58,6 +59,11 @@ def _cut(body: bytes) -> tuple[bytes, bytes]:
 @functools.cache
 def _envelope() -> tuple[bytes, bytes]:
     return _cut(encode(bulk_events_body(())))
+
+
+def unique_key(metric: str, unique_id: str) -> str:
+    """Return what a bulk job may hold once: an event's metric and unique_id, as one str."""
+    return metric + "\x00" + unique_id
 
 
 def encode_event(event: Event) -> bytes:
@@ -163,6 +169,9 @@ class OpenJob:
         self.size = self._base
         self.oldest: float | None = None
         self._by_key: dict[IdentityKey, int] = {}  # -> the profile's item in self.items
+        # metric + NUL + unique_id of every event here (plain strings: never visited by
+        # the garbage collector): Klaviyo fails a whole job that repeats one for a profile.
+        self._uniques: set[str] = set()
         # Every identifier in the job, built only once an identify asks (see mentions).
         self._who: set[tuple[str, str]] | None = None
 
@@ -170,17 +179,28 @@ class OpenJob:
         return self.events
 
     def add(
-        self, event_bytes: bytes, profile: Profile | IdentityKey, owner: object, now: float
+        self,
+        event_bytes: bytes,
+        profile: Profile | IdentityKey,
+        owner: object,
+        now: float,
+        unique: str | None = None,
     ) -> bool:
         """Add one encoded event for ``profile``, tagged with ``owner``.
 
         An identifier tuple stands for the profile of just those identifiers (no Profile
         object is built for the events of most calls).
 
+        Args:
+            unique: ``unique_key(metric, unique_id)`` of the event: a job holds each once
+                (None: not checked).
+
         Returns:
-            False, changing nothing, when the event does not fit (1,000 events or the size).
+            False, changing nothing, when the event does not fit (1,000 events or the
+            size), or repeats an event's metric and unique_id (Klaviyo would refuse the
+            whole job since revision 2025-01-15): it goes in the next job.
         """
-        if self.events >= MAX_JOB_EVENTS:
+        if self.events >= MAX_JOB_EVENTS or (unique is not None and unique in self._uniques):
             return False
         rich: Profile | None
         if isinstance(profile, tuple):
@@ -214,6 +234,8 @@ class OpenJob:
             self.items[index] = (rich, item[1], events, (*item[3], owner))  # type: ignore[index]
         self.size += grown
         self.events += 1
+        if unique is not None:
+            self._uniques.add(unique)
         if self.oldest is None:
             self.oldest = now
         return True

@@ -35,7 +35,7 @@ from ._stats import Counters, Stats, failure_key
 from ._subscriptions import Action, build_subscription
 from ._transport import Transport
 from ._wire import encode, request
-from ._worker import Worker
+from ._worker import DUPLICATE, Worker
 
 __all__ = ["Client"]
 
@@ -536,6 +536,8 @@ class Client:
         reason = delivery.reason
         if delivery.status is DeliveryStatus.FAILED:
             reason = failure_key(delivery.http_status)
+        elif reason is not None and reason.startswith(DUPLICATE):
+            reason = DUPLICATE  # one key for every repeated message id
         self._stats.outcome(delivery.status.value, reason)
         callback = self._config.on_delivery
         if callback is not None:

@@ -29,10 +29,10 @@ from typing import Protocol, cast
 
 import attrs
 
-from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_queued
+from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_queued, unique_key
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
-from ._events import ITEM_IDENTITY, ITEM_RULE, IdentityKey, Pending, pack
+from ._events import ITEM_IDENTITY, ITEM_RULE, ITEM_UNIQUE_ID, IdentityKey, Pending, pack
 from ._json import BYTES_PER_VALUE
 from ._lifecycle import adopt, release
 from ._models import ClientProfile, Event, KlaviyoObject, Profile
@@ -45,7 +45,7 @@ from ._subscription_batcher import SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Answer, Transport
 from ._wire import encode, profile_body
 
-__all__ = ["Worker"]
+__all__ = ["DUPLICATE", "Worker"]
 
 log = logging.getLogger("klaviyo_signal")
 
@@ -88,6 +88,18 @@ _BROKEN_IN_FLIGHT = Failure(
     None,
     "internal error",
 )
+
+
+DUPLICATE = "duplicate"
+"""The ``dropped_by_reason`` key of a call whose message id a queued call has."""
+
+
+def _duplicate(message_id: str) -> str:
+    shown = message_id if len(message_id) <= 80 else message_id[:77] + "..."
+    return (
+        f"{DUPLICATE}: a call with message_id {shown!r} is already queued (its events carry "
+        "that unique_id, and Klaviyo refuses a job that repeats one)"
+    )
 
 
 class _Batches(Protocol):
@@ -204,6 +216,11 @@ class Worker:
         # (sequence number, the call's objects), or a Pending call flattened by ``pack``.
         self._inbox: deque[tuple[object, ...]] = deque()
         self._calls = self._outcomes.calls
+        # The message ids of queued calls from the full route -> their sequence numbers: a
+        # call that repeats one is dropped (its events would repeat a unique_id). A dict of
+        # strings and ints, which the garbage collector does not track.
+        self._named: dict[str, int] = {}
+        self._named_seqs: dict[int, str] = {}
         self._seq = itertools.count()
         self._pending = 0
         self._arrivals = 0  # calls ever queued; the thread compares it with what it saw
@@ -251,8 +268,9 @@ class Worker:
                 worker (see ``Blueprint.prepare``).
         """
         if later is None:
-            return self._enqueue(message_id, _estimate(objects), objects, None)
-        return self._enqueue(message_id, _BASE_BYTES + _size(later.properties), (), pack(later))
+            return self._enqueue(message_id, _estimate(objects), objects, None, named=True)
+        size = _BASE_BYTES + _size(later.properties)
+        return self._enqueue(message_id, size, (), pack(later), named=True)
 
     def submit_packed(self, message_id: str, fields: tuple[object, ...], size: int) -> Ticket | str:
         """Queue a simple call the caller's fast lane packed (``_quick.quick_track``).
@@ -270,7 +288,11 @@ class Worker:
         size: int,
         objects: Sequence[KlaviyoObject],
         fields: tuple[object, ...] | None,
+        *,
+        named: bool = False,
     ) -> Ticket | str:
+        """Queue one call; ``named``: its message id may repeat a queued call's (a caller's
+        own), not one the fast lane made up."""
         if size > self._max_bytes:
             return "call larger than max_queue_bytes"
         # Numbered and ticketed before taking the lock (next() on a count is atomic): the
@@ -282,12 +304,17 @@ class Worker:
         with self._lock:
             if self._closed:
                 return "client is closed"
+            if named and message_id in self._named:
+                return _duplicate(message_id)
             if self._pending >= self._max_size or self._bytes + size > self._max_bytes:
                 if not self._block:
                     return "queue full"
                 if not self._wait_for_space(size):
                     return "client is closed"
             self._calls[seq] = (message_id, size)
+            if named:
+                self._named[message_id] = seq
+                self._named_seqs[seq] = message_id
             if len(objects) > 1:
                 self._outcomes.parts[seq] = len(objects)
             self._pending += 1
@@ -637,8 +664,10 @@ class Worker:
         objects: Sequence[KlaviyoObject] = item[1]  # type: ignore[assignment]
         if len(item) > 2:
             try:
-                data = encode_queued(item, self._rule_for(item[ITEM_RULE]))  # type: ignore[arg-type]
-                self._add_event(seq, data, item[ITEM_IDENTITY], now)  # type: ignore[arg-type]
+                rule = self._rule_for(item[ITEM_RULE])  # type: ignore[arg-type]
+                data = encode_queued(item, rule)
+                unique = unique_key(rule.metric, item[ITEM_UNIQUE_ID])  # type: ignore[arg-type]
+                self._add_event(seq, data, item[ITEM_IDENTITY], now, unique)  # type: ignore[arg-type]
             except (KlaviyoSignalError, ValueError, TypeError, KeyError) as exc:
                 # Never expected (Blueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")
@@ -649,7 +678,8 @@ class Worker:
         for obj in objects:
             try:
                 if isinstance(obj, Event):
-                    self._add_event(seq, encode_event(obj), obj.profile, now)
+                    unique = unique_key(obj.metric, obj.unique_id)
+                    self._add_event(seq, encode_event(obj), obj.profile, now, unique)
                 elif isinstance(obj, Profile):
                     self._add_identify(seq, obj)
                 elif isinstance(obj, ClientProfile):
@@ -670,14 +700,16 @@ class Worker:
             self._outbox.append(self._open.seal())
         self._outbox.append(Identify(seq, encode(profile_body(profile))))
 
-    def _add_event(self, seq: int, data: bytes, profile: Profile | IdentityKey, now: float) -> None:
-        if self._open.add(data, profile, seq, now):
+    def _add_event(
+        self, seq: int, data: bytes, profile: Profile | IdentityKey, now: float, unique: str
+    ) -> None:
+        if self._open.add(data, profile, seq, now, unique):
             if self._open.events >= MAX_JOB_EVENTS:
                 self._outbox.append(self._open.seal())
             return
         if self._open.events:
             self._outbox.append(self._open.seal())
-            if self._open.add(data, profile, seq, now):
+            if self._open.add(data, profile, seq, now, unique):
                 return
         reason = "the event alone is over Klaviyo's 5 MB request limit"
         self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None, "too large"))
@@ -792,9 +824,14 @@ class Worker:
     def _settled(self, finals: Sequence[tuple[int, int]]) -> None:
         """Release the queue room of calls that just became final (called by Outcomes)."""
         with self._lock:
-            for _, size in finals:
+            named = self._named
+            for seq, size in finals:
                 self._pending -= 1
                 self._bytes -= size
+                if named:
+                    message_id = self._named_seqs.pop(seq, None)
+                    if message_id is not None and named.get(message_id) == seq:
+                        del named[message_id]
             if self._waiting_for_space:
                 self._space.notify_all()
             if self._pending == 0:
