@@ -485,15 +485,15 @@ class Client:
 
     def _send_now(self, job: Job) -> Delivery:
         delivery, error = send_job(self._post, job)
-        self._final(delivery)
+        self._final(delivery, error)
         if error is not None:
             raise error
         return delivery
 
-    def _final(self, delivery: Delivery) -> Delivery:
+    def _final(self, delivery: Delivery, error: BaseException | None = None) -> Delivery:
         reason = delivery.reason
         if delivery.status is DeliveryStatus.FAILED:
-            reason = failure_key(delivery.http_status)
+            reason = failure_key(delivery.http_status, error)
         self._stats.outcome(delivery.status.value, reason)
         callback = self._config.on_delivery
         if callback is not None:

@@ -10,9 +10,11 @@ The tree::
     │   ├── BadRequestError         400
     │   ├── AuthenticationError     401
     │   ├── PermissionDeniedError   403
+    │   │   └── BlockedByEdgeError  403             an edge (Cloudflare, WAF) blocked it
     │   ├── RevisionGoneError       410
     │   ├── RateLimitError          429
-    │   └── ServerError             5xx
+    │   ├── ServerError             5xx
+    │   └── UnexpectedResponseError 3xx, other 2xx  not Klaviyo's answer: nothing delivered
     └── TransportError                             no usable answer from Klaviyo
         ├── NetworkError
         └── RequestTimeoutError
@@ -23,6 +25,7 @@ Messages say what to do next, and never contain the private API key.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import attrs
 
@@ -32,6 +35,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BlockedByEdgeError",
     "BlueprintError",
     "ConfigurationError",
     "ErrorRecord",
@@ -43,6 +47,7 @@ __all__ = [
     "RevisionGoneError",
     "ServerError",
     "TransportError",
+    "UnexpectedResponseError",
     "ValidationError",
     "api_error_for",
 ]
@@ -89,9 +94,12 @@ class APIError(KlaviyoSignalError):
         headers: The response headers.
         scopes: The private-key scopes the request's endpoint needs; the 403 advice
             names them, since they differ per endpoint.
+        transient: Whether the background worker sends it again with backoff, as it does
+            after a 5xx (class attribute).
     """
 
     hint = "See https://developers.klaviyo.com/en/docs/rate_limits_and_error_handling."
+    transient: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -152,6 +160,27 @@ class PermissionDeniedError(APIError):
     )
 
 
+class BlockedByEdgeError(PermissionDeniedError):
+    """403 from an edge in front of Klaviyo's API (a Cloudflare challenge, a WAF), not a scope."""
+
+    hint = (
+        "The request was blocked before it reached Klaviyo's API (a Cloudflare challenge or "
+        "WAF rule, often for traffic from cloud IPs such as AWS Lambda); the key's scopes were "
+        "not checked. Background mode retries it with backoff; if it persists, send from "
+        "another egress IP or ask Klaviyo support, quoting any ids below."
+    )
+    transient = True
+
+    def _message(self) -> str:
+        parts = [f"HTTP {self.status} from an edge in front of Klaviyo's API.", self.hint]
+        ray = _header(self.headers, "cf-ray")
+        if ray:
+            parts.append(f"Cloudflare ray id: {ray}.")
+        if self.request_id:
+            parts.append(f"Request id: {self.request_id}.")
+        return " ".join(parts)
+
+
 class RevisionGoneError(APIError):
     """410: the API revision this client sends is retired."""
 
@@ -175,6 +204,42 @@ class ServerError(APIError):
     hint = "Klaviyo had a server error and retries ran out; try again later."
 
 
+class UnexpectedResponseError(APIError):
+    """An answer Klaviyo's API does not send (a redirect, an HTML page): nothing was delivered.
+
+    Attributes:
+        problem: What was wrong with the answer.
+    """
+
+    hint = (
+        "Nothing was delivered. Check base_url (Klaviyo's is https://a.klaviyo.com) and any "
+        "proxy or captive portal between this process and Klaviyo."
+    )
+
+    def __init__(
+        self,
+        status: int,
+        problem: str,
+        *,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
+    ) -> None:
+        self.problem = problem
+        super().__init__(status, request_id=request_id, headers=headers, scopes=scopes)
+
+    def _message(self) -> str:
+        parts = [f"Not an answer from Klaviyo's API: HTTP {self.status}{self.problem}"]
+        location = _header(self.headers, "Location")
+        if location:
+            parts.append(f"(Location: {location})")
+        parts[-1] += "."
+        parts.append(self.hint)
+        if self.request_id:
+            parts.append(f"Request id: {self.request_id}.")
+        return " ".join(parts)
+
+
 class TransportError(KlaviyoSignalError):
     """No usable HTTP answer came back from Klaviyo."""
 
@@ -185,6 +250,12 @@ class NetworkError(TransportError):
 
 class RequestTimeoutError(TransportError):
     """Klaviyo did not answer within the configured timeout."""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Return a header's value, whatever the case of its name."""
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), None)
 
 
 def _and(names: tuple[str, ...]) -> str:
