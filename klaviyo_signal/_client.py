@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._blueprint import Blueprint, blueprint_for_variant
-from ._config import PUBLISHED, Config, mask
+from ._config import PUBLISHED, Config, _shown, mask
 from ._consent import consent_drop_reason
 from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
 from ._errors import ConfigurationError
@@ -180,6 +180,12 @@ class Client:
         ]
         if missing:
             raise ConfigurationError(f"environment variable(s) not set: {', '.join(missing)}")
+        if "pk_" in os.environ["KLAVIYO_PUBLIC_API_KEY"]:
+            raise ConfigurationError(
+                "KLAVIYO_PUBLIC_API_KEY looks like a private key (pk_***): it holds the "
+                "6-character public key (Site ID) and KLAVIYO_PRIVATE_API_KEY the private key; "
+                "swap the two values"
+            )
         if os.environ.get("KLAVIYO_BASE_URL"):
             options.setdefault("base_url", os.environ["KLAVIYO_BASE_URL"])
         return cls(
@@ -203,17 +209,23 @@ class Client:
         for key in ("public_api_key", "private_api_key"):
             if not isinstance(config.get(key), str):
                 raise ConfigurationError(f"install payload: config.{key} is missing")
+        if "pk_" in config["public_api_key"]:
+            raise ConfigurationError(
+                "install payload: config.public_api_key looks like a private key (pk_***): it "
+                "holds the 6-character public key (Site ID) and config.private_api_key the "
+                "private key; swap the two values"
+            )
         mode = payload.get("delivery_mode", "server_side")
         if mode != "server_side":
             raise ConfigurationError(
-                f"install payload: delivery_mode {mode!r} is not supported; this SDK delivers "
-                "server_side"
+                f"install payload: delivery_mode {_shown(mode)} is not supported; this SDK "
+                "delivers server_side"
             )
         variant = payload.get("variant", "default")
         if "blueprint" not in options:
-            if not isinstance(variant, str):
+            if not isinstance(variant, str) or "pk_" in variant:
                 raise ConfigurationError(
-                    f"install payload: variant must be a string, got {variant!r}"
+                    f"install payload: variant must be a variant name, got {_shown(variant)}"
                 )
             options["blueprint"] = blueprint_for_variant(variant)
         return cls(config["public_api_key"], config["private_api_key"], **options)
