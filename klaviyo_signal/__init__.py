@@ -9,6 +9,7 @@ from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    BlockedByEdgeError,
     BlueprintError,
     ConfigurationError,
     ErrorRecord,
@@ -20,6 +21,7 @@ from ._errors import (
     RevisionGoneError,
     ServerError,
     TransportError,
+    UnexpectedResponseError,
     ValidationError,
 )
 from ._explain import ExplainedRequest, Explanation
@@ -40,6 +42,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BlockedByEdgeError",
     "Blueprint",
     "BlueprintError",
     "CatchAll",
@@ -67,6 +70,7 @@ __all__ = [
     "Stats",
     "SubscribeRule",
     "TransportError",
+    "UnexpectedResponseError",
     "ValidationError",
     "__version__",
     "blueprint_for_variant",

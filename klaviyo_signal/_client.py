@@ -21,6 +21,7 @@ from ._config import PUBLISHED, Config, mask
 from ._consent import consent_drop_reason
 from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
 from ._errors import ConfigurationError, RevisionWarning
+from ._errors import shown as _shown
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
 from ._lifecycle import forget, manage
@@ -199,6 +200,12 @@ class Client:
         ]
         if missing:
             raise ConfigurationError(f"environment variable(s) not set: {', '.join(missing)}")
+        if "pk_" in os.environ["KLAVIYO_PUBLIC_API_KEY"]:
+            raise ConfigurationError(
+                "KLAVIYO_PUBLIC_API_KEY looks like a private key (pk_***): it holds the "
+                "6-character public key (Site ID) and KLAVIYO_PRIVATE_API_KEY the private key; "
+                "swap the two values"
+            )
         if os.environ.get("KLAVIYO_BASE_URL"):
             options.setdefault("base_url", os.environ["KLAVIYO_BASE_URL"])
         if os.environ.get("KLAVIYO_REVISION"):
@@ -224,17 +231,23 @@ class Client:
         for key in ("public_api_key", "private_api_key"):
             if not isinstance(config.get(key), str):
                 raise ConfigurationError(f"install payload: config.{key} is missing")
+        if "pk_" in config["public_api_key"]:
+            raise ConfigurationError(
+                "install payload: config.public_api_key looks like a private key (pk_***): it "
+                "holds the 6-character public key (Site ID) and config.private_api_key the "
+                "private key; swap the two values"
+            )
         mode = payload.get("delivery_mode", "server_side")
         if mode != "server_side":
             raise ConfigurationError(
-                f"install payload: delivery_mode {mode!r} is not supported; this SDK delivers "
-                "server_side"
+                f"install payload: delivery_mode {_shown(mode)} is not supported; this SDK "
+                "delivers server_side"
             )
         variant = payload.get("variant", "default")
         if "blueprint" not in options:
-            if not isinstance(variant, str):
+            if not isinstance(variant, str) or "pk_" in variant:
                 raise ConfigurationError(
-                    f"install payload: variant must be a string, got {variant!r}"
+                    f"install payload: variant must be a variant name, got {_shown(variant)}"
                 )
             options["blueprint"] = blueprint_for_variant(variant)
         return cls(config["public_api_key"], config["private_api_key"], **options)
@@ -527,15 +540,15 @@ class Client:
 
     def _send_now(self, job: Job) -> Delivery:
         delivery, error = send_job(self._post, job)
-        self._final(delivery)
+        self._final(delivery, error)
         if error is not None:
             raise error
         return delivery
 
-    def _final(self, delivery: Delivery) -> Delivery:
+    def _final(self, delivery: Delivery, error: BaseException | None = None) -> Delivery:
         reason = delivery.reason
         if delivery.status is DeliveryStatus.FAILED:
-            reason = failure_key(delivery.http_status)
+            reason = failure_key(delivery.http_status, error)
         elif reason is not None and reason.startswith(DUPLICATE):
             reason = DUPLICATE  # one key for every repeated message id
         self._stats.outcome(delivery.status.value, reason)

@@ -16,7 +16,8 @@ import attrs
 
 from ._blueprint import Blueprint, default_blueprint
 from ._delivery import Delivery
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, mask
+from ._errors import shown as _shown
 from ._ratelimit import published_limits
 from ._revisions import DEFAULT_REVISION, no_backfill, revision
 
@@ -33,11 +34,6 @@ _REGION = re.compile(r"^[A-Z]{2}$")
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
-def mask(private_api_key: str) -> str:
-    """Return a private key with everything after its ``pk_`` prefix hidden."""
-    return "pk_***" if private_api_key.startswith("pk_") else "***"
-
-
 def _is_loopback(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
@@ -48,10 +44,15 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_public_key(_: object, __: attrs.Attribute[str], value: str) -> None:
+    if isinstance(value, str) and "pk_" in value:
+        raise ConfigurationError(
+            "public_api_key: looks like a private key (pk_***): pass the public key (Site ID) "
+            "first and the private key second, Client(public_api_key, private_api_key)"
+        )
     if not isinstance(value, str) or not _PUBLIC_KEY.match(value):
         raise ConfigurationError(
-            f"public_api_key: {value!r} is not a Klaviyo public key (Site ID): it is 6 letters "
-            "or digits, shown in Account > Settings > API Keys"
+            f"public_api_key: {_shown(value)} is not a Klaviyo public key (Site ID): it is 6 "
+            "letters or digits, shown in Account > Settings > API Keys"
         )
 
 
@@ -74,10 +75,10 @@ def _check_private_key(_: object, __: attrs.Attribute[str], value: str) -> None:
 def _check_base_url(_: object, __: attrs.Attribute[str], value: str) -> None:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or not parts.hostname or parts.scheme not in ("https", "http"):
-        raise ConfigurationError(f"base_url: {value!r} is not an http(s) URL")
+        raise ConfigurationError(f"base_url: {_shown(value)} is not an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigurationError(
-            f"base_url: {value!r} uses plain http; the private key must travel over https "
+            f"base_url: {_shown(value)} uses plain http; the private key must travel over https "
             "(plain http is allowed only for loopback test servers such as 127.0.0.1)"
         )
 
@@ -89,28 +90,33 @@ def _check_revision(_: object, __: attrs.Attribute[str], value: str) -> None:
 def _check_region(_: object, __: attrs.Attribute[str | None], value: str | None) -> None:
     if value is not None and (not isinstance(value, str) or not _REGION.match(value)):
         raise ConfigurationError(
-            f"default_phone_region: {value!r} is not a two-letter ISO 3166 region such as 'GB'"
+            f"default_phone_region: {_shown(value)} is not a two-letter ISO 3166 region such as "
+            "'GB'"
         )
 
 
 def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(f"{attribute.name}: must be a number above 0, got {value!r}")
+        raise ConfigurationError(f"{attribute.name}: must be a number above 0, got {_shown(value)}")
 
 
 def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{attribute.name}: must be a whole number >= 0, got {value!r}")
+        raise ConfigurationError(
+            f"{attribute.name}: must be a whole number >= 0, got {_shown(value)}"
+        )
 
 
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{attribute.name}: must be a whole number >= 1, got {value!r}")
+        raise ConfigurationError(
+            f"{attribute.name}: must be a whole number >= 1, got {_shown(value)}"
+        )
 
 
 def _bool(_: object, attribute: attrs.Attribute[bool], value: bool) -> None:
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{attribute.name}: must be True or False, got {value!r}")
+        raise ConfigurationError(f"{attribute.name}: must be True or False, got {_shown(value)}")
 
 
 def _rate_limits(value: object, revision_name: str) -> dict[str, tuple[int, int]] | None:
@@ -125,12 +131,12 @@ def _rate_limits(value: object, revision_name: str) -> dict[str, tuple[int, int]
         raise ConfigurationError(
             "rate_limits: expected a mapping such as "
             "{'POST /api/event-bulk-create-jobs': (10, 150)}, 'published' or None, "
-            f"got {value!r}"
+            f"got {_shown(value)}"
         )
     for endpoint, pair in value.items():
         if not isinstance(endpoint, str) or not endpoint.startswith("POST /"):
             raise ConfigurationError(
-                f"rate_limits: key {endpoint!r} is not an endpoint such as "
+                f"rate_limits: key {_shown(endpoint)} is not an endpoint such as "
                 "'POST /api/event-bulk-create-jobs'"
             )
         if (
@@ -139,8 +145,8 @@ def _rate_limits(value: object, revision_name: str) -> dict[str, tuple[int, int]
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair)
         ):
             raise ConfigurationError(
-                f"rate_limits[{endpoint!r}]: expected (burst per second, steady per minute), "
-                f"two whole numbers >= 1, got {pair!r}"
+                f"rate_limits[{_shown(endpoint)}]: expected (burst per second, steady per "
+                f"minute), two whole numbers >= 1, got {_shown(pair)}"
             )
         burst, steady = pair
         limits[endpoint] = (burst, steady)
@@ -149,7 +155,9 @@ def _rate_limits(value: object, revision_name: str) -> dict[str, tuple[int, int]
 
 def _callable_or_none(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not callable(value):
-        raise ConfigurationError(f"{attribute.name}: must be a function or None, got {value!r}")
+        raise ConfigurationError(
+            f"{attribute.name}: must be a function or None, got {_shown(value)}"
+        )
 
 
 def _blueprint(value: Blueprint | None) -> Blueprint:

@@ -10,9 +10,11 @@ The tree::
     │   ├── BadRequestError         400
     │   ├── AuthenticationError     401
     │   ├── PermissionDeniedError   403
+    │   │   └── BlockedByEdgeError  403             an edge (Cloudflare, WAF) blocked it
     │   ├── RevisionGoneError       410
     │   ├── RateLimitError          429
-    │   └── ServerError             5xx
+    │   ├── ServerError             5xx
+    │   └── UnexpectedResponseError 3xx, other 2xx  not Klaviyo's answer: nothing delivered
     └── TransportError                             no usable answer from Klaviyo
         ├── NetworkError
         └── RequestTimeoutError
@@ -26,6 +28,7 @@ Messages say what to do next, and never contain the private API key.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 import attrs
 
@@ -35,6 +38,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BlockedByEdgeError",
     "BlueprintError",
     "ConfigurationError",
     "ErrorRecord",
@@ -47,8 +51,11 @@ __all__ = [
     "RevisionWarning",
     "ServerError",
     "TransportError",
+    "UnexpectedResponseError",
     "ValidationError",
     "api_error_for",
+    "mask",
+    "shown",
 ]
 
 
@@ -99,9 +106,12 @@ class APIError(KlaviyoSignalError):
             names them, since they differ per endpoint.
         advice: What to do, when the sender knows better than the class's hint (a 410
             names the retired revision).
+        transient: Whether the background worker sends it again with backoff, as it does
+            after a 5xx (class attribute).
     """
 
     hint = "See https://developers.klaviyo.com/en/docs/rate_limits_and_error_handling."
+    transient: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -164,6 +174,27 @@ class PermissionDeniedError(APIError):
     )
 
 
+class BlockedByEdgeError(PermissionDeniedError):
+    """403 from an edge in front of Klaviyo's API (a Cloudflare challenge, a WAF), not a scope."""
+
+    hint = (
+        "The request was blocked before it reached Klaviyo's API (a Cloudflare challenge or "
+        "WAF rule, often for traffic from cloud IPs such as AWS Lambda); the key's scopes were "
+        "not checked. Background mode retries it with backoff; if it persists, send from "
+        "another egress IP or ask Klaviyo support, quoting any ids below."
+    )
+    transient = True
+
+    def _message(self) -> str:
+        parts = [f"HTTP {self.status} from an edge in front of Klaviyo's API.", self.hint]
+        ray = _header(self.headers, "cf-ray")
+        if ray:
+            parts.append(f"Cloudflare ray id: {ray}.")
+        if self.request_id:
+            parts.append(f"Request id: {self.request_id}.")
+        return " ".join(parts)
+
+
 class RevisionGoneError(APIError):
     """410: the API revision this client sends is retired."""
 
@@ -187,6 +218,42 @@ class ServerError(APIError):
     hint = "Klaviyo had a server error and retries ran out; try again later."
 
 
+class UnexpectedResponseError(APIError):
+    """An answer Klaviyo's API does not send (a redirect, an HTML page): nothing was delivered.
+
+    Attributes:
+        problem: What was wrong with the answer.
+    """
+
+    hint = (
+        "Nothing was delivered. Check base_url (Klaviyo's is https://a.klaviyo.com) and any "
+        "proxy or captive portal between this process and Klaviyo."
+    )
+
+    def __init__(
+        self,
+        status: int,
+        problem: str,
+        *,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
+    ) -> None:
+        self.problem = problem
+        super().__init__(status, request_id=request_id, headers=headers, scopes=scopes)
+
+    def _message(self) -> str:
+        parts = [f"Not an answer from Klaviyo's API: HTTP {self.status}{self.problem}"]
+        location = _header(self.headers, "Location")
+        if location:
+            parts.append(f"(Location: {location})")
+        parts[-1] += "."
+        parts.append(self.hint)
+        if self.request_id:
+            parts.append(f"Request id: {self.request_id}.")
+        return " ".join(parts)
+
+
 class TransportError(KlaviyoSignalError):
     """No usable HTTP answer came back from Klaviyo."""
 
@@ -197,6 +264,33 @@ class NetworkError(TransportError):
 
 class RequestTimeoutError(TransportError):
     """Klaviyo did not answer within the configured timeout."""
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Return a header's value, whatever the case of its name."""
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), None)
+
+
+def mask(private_api_key: str) -> str:
+    """Return a private key with everything after its ``pk_`` prefix hidden."""
+    return "pk_***" if private_api_key.startswith("pk_") else "***"
+
+
+def shown(value: object) -> str:
+    """Return ``value`` as an error message may show it: its repr, unless it could hold a key.
+
+    A value holding ``pk_`` may be a private key passed in the wrong place, so it is shown
+    masked (``'pk_***'``), never whole.
+    """
+    text = repr(value)
+    if "pk_" not in text:
+        return text
+    shown = repr(mask(value)) if isinstance(value, str) else f"a {type(value).__name__}"
+    return (
+        f"{shown} (it looks like a private key, pk_***: the private key goes only in "
+        "Client's second argument)"
+    )
 
 
 def _and(names: tuple[str, ...]) -> str:

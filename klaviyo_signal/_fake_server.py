@@ -56,20 +56,30 @@ _FAULT_TEXT = {
 _SERVER_ERROR = ("error", "A server error occurred.", "A server error occurred.")
 
 
+_JSON_API = "application/vnd.api+json"
+
+
 @attrs.frozen
 class Response:
-    """What the handler writes back; ``body=None`` means an empty body."""
+    """What the handler writes back; ``body=None`` means an empty body.
+
+    ``raw`` bytes, when set, are sent instead of the JSON-encoded ``body``.
+    """
 
     status: int
     body: JSON = None
     headers: Mapping[str, str] = attrs.Factory(dict)
+    raw: bytes | None = None
+    content_type: str = _JSON_API
 
 
 @attrs.frozen
 class _Fault:
     status: int
     retry_after: float | None
-    body: JSON
+    body: JSON | bytes
+    content_type: str = _JSON_API
+    headers: Mapping[str, str] = attrs.Factory(dict)
 
 
 def published_rate_limits(revision_name: str = DEFAULT_REVISION) -> dict[str, tuple[int, int]]:
@@ -204,10 +214,20 @@ class FakeServer:
         thread.join()
         self._httpd = self._thread = None
 
-    def fail_next(self, status: int, times: int, retry_after: float | None, body: JSON) -> None:
-        """Queue ``times`` injected failures."""
+    def fail_next(
+        self,
+        status: int,
+        times: int,
+        retry_after: float | None,
+        body: JSON | bytes,
+        *,
+        content_type: str = _JSON_API,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue ``times`` injected failures; a ``bytes`` body is sent as it is."""
+        fault = _Fault(status, retry_after, body, content_type, dict(headers or {}))
         with self._lock:
-            self._faults.extend(_Fault(status, retry_after, body) for _ in range(times))
+            self._faults.extend(fault for _ in range(times))
 
     def drop_next_connection(self) -> None:
         """Close the next request's connection without answering."""
@@ -308,16 +328,21 @@ class FakeServer:
         if fault.status != 429:
             with self._lock:
                 headers.update(self._windows.take(endpoint)[1])
-        if fault.body is not None:
-            return Response(fault.status, fault.body, headers)
-        if fault.status == 429:
+        headers.update(fault.headers)
+        if isinstance(fault.body, bytes):
+            response = Response(fault.status, raw=fault.body)
+        elif fault.body is not None:
+            response = Response(fault.status, fault.body)
+        elif fault.status == 429:
             wait = math.ceil(fault.retry_after or 0)
             detail = f"Request was throttled. Expected available in {wait} seconds."
-            return Response(429, schema.real_error_body(429, detail), headers)
-        if fault.status == 401:
-            return Response(401, schema.real_error_body(401), headers)
-        code, title, detail = _FAULT_TEXT.get(fault.status, _SERVER_ERROR)
-        return attrs.evolve(_error(fault.status, detail, code=code, title=title), headers=headers)
+            response = Response(429, schema.real_error_body(429, detail))
+        elif fault.status == 401:
+            response = Response(401, schema.real_error_body(401))
+        else:
+            code, title, detail = _FAULT_TEXT.get(fault.status, _SERVER_ERROR)
+            response = _error(fault.status, detail, code=code, title=title)
+        return attrs.evolve(response, headers=headers, content_type=fault.content_type)
 
 
 def _throttled(wait: float) -> Response:
@@ -659,9 +684,11 @@ class _Handler(BaseHTTPRequestHandler):
         if response is None:
             self.close_connection = True
             return
-        payload = b"" if response.body is None else json.dumps(response.body).encode("utf-8")
+        payload = response.raw
+        if payload is None:
+            payload = b"" if response.body is None else json.dumps(response.body).encode("utf-8")
         self.send_response(response.status)
-        self.send_header("Content-Type", "application/vnd.api+json")
+        self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("X-Request-Id", uuid.uuid4().hex)
         for name, value in response.headers.items():

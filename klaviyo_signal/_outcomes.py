@@ -18,7 +18,13 @@ import attrs
 
 from ._batcher import BulkJob, failed_items
 from ._delivery import Board, Delivery, DeliveryStatus, Final, OnDelivery
-from ._errors import APIError, AuthenticationError, PermissionDeniedError, TransportError
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    PermissionDeniedError,
+    TransportError,
+    UnexpectedResponseError,
+)
 from ._stats import Counters, failure_key
 from ._subscription_batcher import SubscriptionJob
 
@@ -133,9 +139,10 @@ class Outcomes:
                 if len(bad) == unit.item_count():
                     return None  # every item refused: nothing left to send
                 return unit.without(bad)
-        if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
-            # Once per set of scopes: a key may lack the subscription scopes only.
-            self._once(f"auth {' '.join(exc.scopes)}", logging.ERROR, "klaviyo-signal: %s", exc)
+        if isinstance(exc, (AuthenticationError, PermissionDeniedError, UnexpectedResponseError)):
+            # Once per kind and set of scopes: a key may lack the subscription scopes only.
+            once = f"{type(exc).__name__} {' '.join(exc.scopes)}"
+            self._once(once, logging.ERROR, "klaviyo-signal: %s", exc)
         else:
             self._once(
                 f"http {exc.status}",
@@ -150,7 +157,8 @@ class Outcomes:
     def unreachable(self, unit: Unit, exc: TransportError) -> None:
         """No usable answer came back after the transport's retries."""
         self._once("network", logging.WARNING, "klaviyo-signal: %s (logged once)", exc)
-        self.settle(_calls(unit.owners()), Failure(DeliveryStatus.FAILED, str(exc), None))
+        failure = Failure(DeliveryStatus.FAILED, str(exc), None, failure_key(None, exc))
+        self.settle(_calls(unit.owners()), failure)
 
     def throttled(self, endpoint: str, pause: float) -> None:
         """Klaviyo answered 429; the endpoint pauses for ``pause`` seconds."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import ConfigurationError, ValidationError
+from ._errors import ConfigurationError, ValidationError, shown
 from ._models import ClientProfile, KlaviyoObject, Profile
 
 __all__ = [
@@ -255,9 +255,8 @@ SUPPORTED_REVISIONS: tuple[str, ...] = tuple(sorted(_REVISIONS))
 
 
 def _unsupported(name: object) -> str:
-    shown = name if isinstance(name, str) and len(name) <= 16 and "pk_" not in name else "…"
     return (
-        f"revision: {shown!r} is not a Klaviyo API revision this package supports; pass one of "
+        f"revision: {shown(name)} is not a Klaviyo API revision this package supports; pass one of "
         f"{', '.join(SUPPORTED_REVISIONS)} (default {DEFAULT_REVISION})"
     )
 

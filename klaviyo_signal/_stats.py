@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from ._errors import RequestTimeoutError
+
 __all__ = ["MAX_REASONS", "OTHER_REASON", "Counters", "Stats", "failure_key"]
 
 # Reasons are short sentences, but a blueprint's drop reason names the event: cap the keys so
@@ -109,13 +111,15 @@ class Counters:
             )
 
 
-def failure_key(http_status: int | None) -> str:
-    """Return the ``failed_by_reason`` key of a failure: ``HTTP 400`` or ``network``.
+def failure_key(http_status: int | None, error: BaseException | None = None) -> str:
+    """Return the ``failed_by_reason`` key of a failure: ``HTTP 400``, ``timeout`` or ``network``.
 
     Klaviyo's error text carries request ids and field values, so it would make one key per
     failure; the status makes a key a dashboard can chart.
     """
-    return f"HTTP {http_status}" if http_status is not None else "network"
+    if http_status is not None:
+        return f"HTTP {http_status}"
+    return "timeout" if isinstance(error, RequestTimeoutError) else "network"
 
 
 def _bump(by_reason: dict[str, int], reason: str | None, count: int) -> None:

@@ -3,6 +3,10 @@
 Retrying POST is safe because every event carries ``unique_id`` and profile-import is an
 upsert. ``raise_on_status=False`` hands the last answer back so we raise our own typed
 errors; no ``requests``/``urllib3`` exception reaches users.
+
+Only Klaviyo's documented answer counts as success: redirects are not followed (requests
+would turn a POST into a GET on 301-303, and nothing would reach Klaviyo), and a 3xx, an
+undocumented 2xx or a 2xx body that is not Klaviyo's JSON raises ``UnexpectedResponseError``.
 """
 
 from __future__ import annotations
@@ -14,18 +18,26 @@ from collections.abc import Mapping
 import attrs
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InvalidHeader
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidHeader,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 from urllib3.util import Retry
 
 from ._errors import (
+    APIError,
+    BlockedByEdgeError,
     ErrorRecord,
     NetworkError,
     RequestTimeoutError,
     TransportError,
+    UnexpectedResponseError,
     api_error_for,
 )
 from ._json import JSON
-from ._operations import required_scopes
+from ._operations import required_scopes, success_statuses
 from ._revisions import DEFAULT_REVISION, FALL_FORWARD_OPT_OUT, revision
 from ._version import VERSION
 
@@ -36,6 +48,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # in its rate limiter, which a per-request urllib3 retry would bypass.
 SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 CONNECT_TIMEOUT = 3.05
+# The media types Klaviyo's JSON bodies come with (JSON:API, or plain JSON from its gateway).
+_JSON_TYPES = ("application/vnd.api+json", "application/json")
 
 
 class _RetryWithout429(Retry):
@@ -131,6 +145,35 @@ def _parse(response: requests.Response) -> JSON:
     return parsed
 
 
+def _is_error_document(payload: JSON) -> bool:
+    """Whether ``payload`` is a JSON:API errors document, as Klaviyo's API sends with a 4xx."""
+    return isinstance(payload, dict) and isinstance(payload.get("errors"), list)
+
+
+def _not_klaviyo(endpoint: str, response: requests.Response, payload: JSON) -> str | None:
+    """Say why a sub-400 answer is not Klaviyo's documented success, or None when it is.
+
+    Klaviyo answers 202 with an empty body (events, subscriptions) or a JSON:API document
+    (bulk jobs), and 200/201 with the profile (profile-import); the statuses per endpoint
+    are in ``_schemas/rate_limits.json``.
+    """
+    status = response.status_code
+    expected = success_statuses(endpoint)
+    kind = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    foreign = bool(response.content) and (kind not in _JSON_TYPES or not isinstance(payload, dict))
+    body = f" with a {kind or 'untyped'} body" if foreign else ""
+    if 300 <= status < 400:
+        return f"{body}: a redirect, not followed (Klaviyo's API answers {endpoint} without one)"
+    if status not in expected:
+        wanted = " or ".join(str(code) for code in sorted(expected))
+        return f"{body}, which Klaviyo does not send for {endpoint} (it answers {wanted})"
+    if foreign:
+        return f"{body} that is not Klaviyo's JSON"
+    if not response.content and status != 202:
+        return f" with an empty body, where Klaviyo sends JSON for {endpoint}"
+    return None
+
+
 class Transport:
     """Sends request bodies to Klaviyo and returns an ``Answer`` or raises a typed error."""
 
@@ -202,7 +245,9 @@ class Transport:
             headers = _PUBLIC_ONLY
         error: TransportError | None = None
         try:
-            response = self._session.post(url, data=body, timeout=limit, headers=headers)
+            response = self._session.post(
+                url, data=body, timeout=limit, headers=headers, allow_redirects=False
+            )
         except requests.exceptions.RequestException as exc:
             error = self._translate(exc, path)
         if error is not None:
@@ -212,16 +257,17 @@ class Transport:
             raise error
         history = getattr(getattr(response.raw, "retries", None), "history", ())
         payload = _parse(response)
+        endpoint = f"POST {path}"
         if response.status_code >= 400:
-            raise api_error_for(response.status_code)(
+            raise self._refusal(response, payload, endpoint)
+        problem = _not_klaviyo(endpoint, response, payload)
+        if problem is not None:
+            raise UnexpectedResponseError(
                 response.status_code,
-                _records(payload),
-                request_id=response.headers.get("X-Request-Id")
-                or response.headers.get("x-klaviyo-request-id"),
+                problem,
+                request_id=_request_id(response),
                 headers=dict(response.headers),
-                retry_after=_retry_after(response.headers.get("Retry-After")),
-                scopes=required_scopes(f"POST {path}"),
-                advice=_gone(self._revision) if response.status_code == 410 else None,
+                scopes=required_scopes(endpoint),
             )
         return Answer(
             status=response.status_code,
@@ -231,9 +277,35 @@ class Transport:
             sent_bytes=len(body),
         )
 
+    def _refusal(self, response: requests.Response, payload: JSON, endpoint: str) -> APIError:
+        """Return the typed error for a 4xx/5xx answer."""
+        cls = api_error_for(response.status_code)
+        # A 403 that is not Klaviyo's JSON:API errors document (or carries Cloudflare's
+        # challenge header) never reached the API, so the key's scopes are not the problem.
+        if response.status_code == 403 and (
+            "cf-mitigated" in response.headers or not _is_error_document(payload)
+        ):
+            cls = BlockedByEdgeError
+        return cls(
+            response.status_code,
+            _records(payload),
+            request_id=_request_id(response),
+            headers=dict(response.headers),
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+            scopes=required_scopes(endpoint),
+            advice=_gone(self._revision) if response.status_code == 410 else None,
+        )
+
     def _translate(self, exc: requests.exceptions.RequestException, path: str) -> TransportError:
         """The one place a requests error becomes ours."""
-        if isinstance(exc, requests.exceptions.Timeout):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        # With urllib3 retries on, a read timeout arrives as a ConnectionError around a
+        # MaxRetryError whose reason is the timeout: Klaviyo was reached, it was slow.
+        # urllib3's NewConnectionError (refused, DNS) subclasses ConnectTimeoutError.
+        timed_out = isinstance(reason, (ReadTimeoutError, ConnectTimeoutError))
+        if isinstance(exc, requests.exceptions.Timeout) or (
+            timed_out and not isinstance(reason, NewConnectionError)
+        ):
             return RequestTimeoutError(
                 f"Klaviyo did not answer {path} within {self._timeout[1]} s (after retries); "
                 "raise timeout= or check the network."
@@ -263,6 +335,10 @@ def _gone(name: str) -> str:
         f"Klaviyo treats revision {name} as retired; pass revision={DEFAULT_REVISION!r} "
         "(the newest this package supports)."
     )
+
+
+def _request_id(response: requests.Response) -> str | None:
+    return response.headers.get("X-Request-Id") or response.headers.get("x-klaviyo-request-id")
 
 
 def _safe(exc: BaseException) -> str:

@@ -769,7 +769,9 @@ class Worker:
                 self._stats.retry()
                 self._outcomes.throttled(endpoint, limiter.throttle(exc.retry_after))
                 return 0.0
-            if exc.status in SERVER_ERROR_STATUSES and self._retry_head(limiter, exc.retry_after):
+            if (exc.status in SERVER_ERROR_STATUSES or exc.transient) and self._retry_head(
+                limiter, exc.retry_after
+            ):
                 return 0.0
             rest = self._outcomes.refused(unit, exc)
         except TransportError as exc:

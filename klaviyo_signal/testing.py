@@ -16,7 +16,7 @@ Needs the ``testing`` extra: ``pip install 'klaviyo-signal[testing]'``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 from klaviyo_signal import _fake_schema
@@ -172,23 +172,49 @@ class FakeKlaviyo:
         status: int,
         times: int = 1,
         retry_after: float | None = None,
-        body: JSON = None,
+        body: JSON | bytes = None,
+        *,
+        content_type: str = "application/vnd.api+json",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Answer the next ``times`` requests with ``status`` and a Klaviyo-shaped error body.
 
-        Failed requests are recorded in ``requests`` but change no state.
+        Failed requests are recorded in ``requests`` but change no state. To play an edge
+        block (a Cloudflare challenge, see ``BlockedByEdgeError``)::
+
+            fake.fail_next(403, body=b"<html>...</html>", content_type="text/html",
+                           headers={"cf-mitigated": "challenge"})
 
         Args:
             status: 400-599. 429 sends Klaviyo's real throttled body, 401 its real 401 body.
             times: How many requests in a row fail.
             retry_after: Sent as the ``Retry-After`` header (formatted with ``%g``).
-            body: A JSON body to send instead of the default one.
+            body: A body to send instead of the default one: ``bytes`` or ``str`` are sent
+                as they are (``str`` UTF-8 encoded), anything else JSON-encoded.
+            content_type: The ``Content-Type`` header of the answer.
+            headers: More response headers (they win over ``Retry-After`` and the
+                ``RateLimit-*`` ones; a ``Content-Type`` here replaces ``content_type``).
+
+        Raises:
+            ValueError: ``status`` is not 400-599, ``times`` is below 1, or a header name or
+                value is not a string or holds a line break.
         """
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
         if times < 1:
             raise ValueError(f"times must be >= 1, got {times!r}")
-        self._server.fail_next(status, times, retry_after, body)
+        extra = dict(headers or {})
+        for name, value in [("Content-Type", content_type), *extra.items()]:
+            if not (isinstance(name, str) and isinstance(value, str)) or any(
+                c in name + value for c in "\r\n"
+            ):
+                raise ValueError(f"header {name!r}: name and value must be one-line strings")
+        for name in [n for n in extra if n.lower() == "content-type"]:
+            content_type = extra.pop(name)
+        raw = body.encode("utf-8") if isinstance(body, str) else body
+        self._server.fail_next(
+            status, times, retry_after, raw, content_type=content_type, headers=extra
+        )
 
     def drop_next_connection(self) -> None:
         """Close the next request's connection without any response (recorded with status None)."""
