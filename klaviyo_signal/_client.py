@@ -22,6 +22,7 @@ from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket,
 from ._errors import ConfigurationError
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
+from ._json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
 from ._lifecycle import forget, manage
 from ._messages import Message, build_message
 from ._models import Event, KlaviyoObject, Profile
@@ -44,11 +45,19 @@ _MIN_ANSWER_TIMEOUT = 2.0
 
 def _request(obj: KlaviyoObject) -> tuple[str, bytes]:
     if isinstance(obj, Event):
-        return "/api/events", encode(event_body(obj))
+        return "/api/events", _fits(encode(event_body(obj)), MAX_EVENT_REQUEST_BYTES, "the event")
     if isinstance(obj, Profile):
-        return "/api/profile-import", encode(profile_body(obj))
+        body = encode(profile_body(obj))
+        return "/api/profile-import", _fits(body, MAX_PROFILE_IMPORT_BYTES, "the profile import")
     # Sync mode: a job of one, so the call's outcome is its own.
     return obj.path, encode(subscription_body((obj,)))
+
+
+def _fits(body: bytes, limit: int, what: str) -> bytes:
+    """Return a sync request's body, or raise ValidationError if Klaviyo would refuse its size."""
+    if len(body) > limit:
+        raise request_too_large(len(body), limit, what)
+    return body
 
 
 class Client:
@@ -219,7 +228,11 @@ class Client:
         return cls(config["public_api_key"], config["private_api_key"], **options)
 
     def __repr__(self) -> str:
-        c = self._config
+        # A Client whose __init__ failed (or a subclass before super().__init__) has no
+        # config yet; a repr must never raise, or the error report that shows it fails too.
+        c: Config | None = getattr(self, "_config", None)
+        if c is None:
+            return f"<{type(self).__name__} (not configured)>"
         mode = "sync" if c.sync_mode else "background"
         return (
             f"Client(public_api_key={c.public_api_key!r}, "
