@@ -24,9 +24,10 @@ from ._errors import ConfigurationError, RevisionWarning
 from ._errors import shown as _shown
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
+from ._json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
 from ._lifecycle import forget, manage
 from ._messages import Message, build_message
-from ._models import KlaviyoObject, with_backfill
+from ._models import Event, KlaviyoObject, Profile, with_backfill
 from ._quick import MESSAGE_ID as _MESSAGE_ID
 from ._quick import quick_track
 from ._ratelimit import RateLimits
@@ -48,7 +49,19 @@ _MIN_ANSWER_TIMEOUT = 2.0
 
 def _request(obj: KlaviyoObject) -> tuple[str, bytes]:
     path, body = request(obj)
-    return path, encode(body)
+    data = encode(body)
+    if isinstance(obj, Event):
+        return path, _fits(data, MAX_EVENT_REQUEST_BYTES, "the event")
+    if isinstance(obj, Profile):
+        return path, _fits(data, MAX_PROFILE_IMPORT_BYTES, "the profile import")
+    return path, data
+
+
+def _fits(body: bytes, limit: int, what: str) -> bytes:
+    """Return a sync request's body, or raise ValidationError if Klaviyo would refuse its size."""
+    if len(body) > limit:
+        raise request_too_large(len(body), limit, what)
+    return body
 
 
 class Client:
@@ -253,7 +266,11 @@ class Client:
         return cls(config["public_api_key"], config["private_api_key"], **options)
 
     def __repr__(self) -> str:
-        c = self._config
+        # A Client whose __init__ failed (or a subclass before super().__init__) has no
+        # config yet; a repr must never raise, or the error report that shows it fails too.
+        c: Config | None = getattr(self, "_config", None)
+        if c is None:
+            return f"<{type(self).__name__} (not configured)>"
         mode = "sync" if c.sync_mode else "background"
         return (
             f"Client(public_api_key={c.public_api_key!r}, "

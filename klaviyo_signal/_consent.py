@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ._errors import ValidationError
-from ._json import JSON
+from ._json import JSON, check_key
 
 __all__ = ["MARKETING", "NO_CONSENT", "consent_drop_reason", "resolve_consent"]
 
@@ -34,6 +34,7 @@ def _categories(value: object, path: str) -> dict[str, bool]:
     for key, granted in value.items():
         if not isinstance(key, str):
             raise ValidationError(f"{path}: category names must be strings, got {key!r}")
+        key = check_key(key, path)  # noqa: PLW2901 - sent as the event's consent property
         if not isinstance(granted, bool):
             raise ValidationError(f"{path}[{key!r}]: must be True or False, got {granted!r}")
         other = seen.setdefault(key.casefold(), key)

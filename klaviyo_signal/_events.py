@@ -18,7 +18,7 @@ from ._json import JSON, MAX_EVENT_PROPERTIES, clean_properties
 from ._messages import Message, _timestamp
 from ._models import Event, Profile
 from ._paths import MISSING, lookup, message_view
-from ._properties import apply_properties, first_present
+from ._properties import CONSENT, apply_properties, first_present, passes_through
 from ._rules import ItemRule, Mapper, Rule
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "build_events",
     "pack",
     "pending",
+    "reserved_consent",
     "simple_extra",
 ]
 
@@ -91,6 +92,16 @@ def _time(view: Mapping[str, JSON], path: str, message: Message) -> datetime:
         raise ValidationError(f"{path}: {str(exc).removeprefix('timestamp: ')}") from None
 
 
+def reserved_consent(path: str) -> ValidationError:
+    """The error for a caller's value that would take the ``consent`` event property."""
+    return ValidationError(
+        f"{path}: the event property 'consent' is reserved for the call's consent state, "
+        "which klaviyo-signal writes there on every event; pass consent state as "
+        "consent={'marketing': True}, and send this value under another name (or rename "
+        "it in the blueprint rule: PropertyMap(rename={'consent': 'consent_value'}))"
+    )
+
+
 def _checked(properties: dict[str, JSON], metric: str) -> dict[str, JSON]:
     if len(properties) > MAX_EVENT_PROPERTIES:
         raise ValidationError(
@@ -117,7 +128,9 @@ def _item_events(
             raise ValidationError(f"{items.path}[{index}]: must be an object, got {item!r}")
         item_view = {**view, "item": item}
         properties = apply_properties(items.properties, item, item_view)
-        properties["consent"] = consent
+        if CONSENT in properties:
+            raise reserved_consent(f"{items.path}[{index}].{CONSENT}")
+        properties[CONSENT] = consent
         events.append(
             Event(
                 metric=items.metric,
@@ -155,13 +168,18 @@ def build_events(
         mapped = mapper(message)
         if mapped is None:
             return None
-        properties = clean_properties(mapped, f"mapper {getattr(mapper, '__qualname__', mapper)!s}")
+        source = f"mapper {getattr(mapper, '__qualname__', mapper)!s}"
+        properties = clean_properties(mapped, source)
+        if CONSENT in properties:
+            raise reserved_consent(f"{source}: {CONSENT}")
     else:
         properties = apply_properties(rule.properties, message.properties, view)
+        if CONSENT in properties:
+            raise reserved_consent(f"properties.{CONSENT}")
     # The Message's own dict, built fresh for this call: shared by its events, not copied
     # (every byte here is held per queued event).
     consent = cast(dict[str, JSON], message.consent)
-    properties["consent"] = consent
+    properties[CONSENT] = consent
     event = Event(
         metric=rule.metric,
         profile=profile,
@@ -229,8 +247,11 @@ def pending(
     """Check a simple rule's call as ``build_events`` would and keep what it needs.
 
     Raises:
-        ValidationError: The value is not a number, or the currency not an ISO 4217 code.
+        ValidationError: The value is not a number, the currency not an ISO 4217 code, or
+            a property would take the reserved ``consent`` key.
     """
+    if CONSENT in message.properties and passes_through(rule.properties, CONSENT):
+        raise reserved_consent(f"properties.{CONSENT}")
     return Pending(
         key,
         message.identity.key(),

@@ -29,8 +29,12 @@ __all__ = [
     "MAX_ARRAY_ITEMS",
     "MAX_DEPTH",
     "MAX_EVENT_PROPERTIES",
+    "MAX_EVENT_REQUEST_BYTES",
+    "MAX_PROFILE_IMPORT_BYTES",
     "MAX_STRING_BYTES",
+    "MEASURE_ABOVE",
     "SAFE_STR_CHARS",
+    "check_key",
     "check_str",
     "clean_properties",
     "clean_value",
@@ -38,6 +42,8 @@ __all__ = [
     "dumps_text",
     "finish",
     "pretty",
+    "request_too_large",
+    "utf8_size",
 ]
 
 # Decimal is kept (not turned into float) until dumps() writes the bytes: money stays exact.
@@ -49,17 +55,37 @@ MAX_ARRAY_ITEMS = 4000
 MAX_DEPTH = 10
 MAX_EVENT_PROPERTIES = 300
 
+# Klaviyo's request size limits: one place for the numbers (they may differ by revision).
+# An event must fit one POST /api/events (sync mode) or one bulk job (background) alone.
+MAX_EVENT_REQUEST_BYTES = 5_000_000
+MAX_PROFILE_IMPORT_BYTES = 5_000_000
+
 # What one cleaned value counts for against max_queue_bytes, besides its text (the
 # worker's estimate of a queued call's memory, and the fast lane's, which must agree).
 BYTES_PER_VALUE = 64
+# No cleaned value is written as more than BYTES_PER_VALUE times what the size estimate
+# counts for it (a 4000-digit number counts BYTES_PER_VALUE; a character escapes to at most
+# 6 bytes), so only a call estimated above this can be too large for a request: only those
+# are measured exactly, and the common call pays one comparison.
+MEASURE_ABOVE = min(MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES) // BYTES_PER_VALUE
 # A str of at most this many characters cannot exceed MAX_STRING_BYTES (UTF-8 is <= 4 bytes
 # per character), so only longer ones pay for an encode.
 SAFE_STR_CHARS = MAX_STRING_BYTES // 4
 # Python refuses to write ints of more than ~4300 digits (sys.int_info.str_digits_check_threshold
 # applies to json too); reject them here rather than fail in dumps() on a worker thread.
-_MAX_INT = 10**4000
+_MAX_DIGITS = 4000
+_MAX_INT = 10**_MAX_DIGITS
 _isfinite = math.isfinite
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def request_too_large(size: int, limit: int, what: str) -> ValidationError:
+    """The error for one call whose request (``size`` bytes, with its envelope) cannot fit."""
+    return ValidationError(
+        f"properties: {what} takes {size} bytes as JSON, and Klaviyo accepts at most {limit} "
+        "bytes per request; one call must fit one request alone, so send fewer or smaller "
+        "properties (or traits)"
+    )
 
 
 def _key_path(path: str, key: str) -> str:
@@ -73,24 +99,45 @@ def _type_name(value: object) -> str:
     return type(value).__qualname__
 
 
-def check_str(value: str, path: str) -> str:
-    """Return ``value`` as a plain str if it is valid UTF-8 and within the 100 kB limit."""
+def utf8_size(value: str) -> int | None:
+    """Return the UTF-8 size of ``value``, or None if a lone surrogate makes it unsendable."""
     if value.isascii():
-        size = len(value)
-    else:
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise ValidationError(
-                f"{path}: the string contains a lone surrogate (e.g. from a bad decode) "
-                "and is not valid Unicode; it cannot be sent as UTF-8 JSON"
-            ) from None
+        return len(value)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
+def check_str(value: str, path: str, *, what: str = "the string") -> str:
+    """Return ``value`` as a plain str if it is valid UTF-8 and within the 100 kB limit.
+
+    Every string a call can carry (names, keys, values, blueprint text) passes this one
+    check, so no lone surrogate reaches the encoder on a worker thread.
+    """
+    size = utf8_size(value)
+    if size is None:
+        raise ValidationError(
+            f"{path}: {what} contains a lone surrogate (e.g. from a bad decode) "
+            "and is not valid Unicode; it cannot be sent as UTF-8 JSON"
+        )
     if size > MAX_STRING_BYTES:
         raise ValidationError(
-            f"{path}: the string is {size} bytes in UTF-8, over Klaviyo's limit of "
+            f"{path}: {what} is {size} bytes in UTF-8, over Klaviyo's limit of "
             f"{MAX_STRING_BYTES} bytes (100 kB) per string"
         )
     return str.__str__(value)
+
+
+def check_key(key: object, path: str) -> str:
+    """Return a mapping's key as a plain str; raise ValidationError naming ``path``."""
+    if type(key) is not str and not isinstance(key, str):
+        raise ValidationError(
+            f"{path}: key {key!r} is of type {_type_name(key)}; keys must be strings"
+        )
+    if type(key) is str and key.isascii() and len(key) <= SAFE_STR_CHARS:
+        return key
+    return check_str(key, path, what=f"key {key!r}")
 
 
 def _clean_mapping(value: Mapping[object, object], path: str, level: int) -> dict[str, JSON]:
@@ -101,24 +148,13 @@ def _clean_mapping(value: Mapping[object, object], path: str, level: int) -> dic
         )
     out: dict[str, JSON] = {}
     for key, item in value.items():
-        if type(key) is not str:
-            if not isinstance(key, str):
-                raise ValidationError(
-                    f"{path}: key {key!r} is of type {_type_name(key)}; keys must be strings"
-                )
-            key = str.__str__(key)  # noqa: PLW2901 - a str subclass becomes a plain str
-        if not key.isascii():
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValidationError(
-                    f"{path}: key {key!r} contains a lone surrogate and is not valid Unicode"
-                ) from None
+        if type(key) is not str or not key.isascii():
+            key = check_key(key, path)  # noqa: PLW2901 - a str subclass becomes a plain str
         # _clean's first cases, inlined: a call per value was a third of the cost.
         kind = type(item)
         if (
             (kind is str and len(item) <= SAFE_STR_CHARS and item.isascii())  # type: ignore[arg-type,attr-defined]
-            or (kind is int and -_MAX_INT < item < _MAX_INT)  # type: ignore[operator]
+            or (kind is int and -_MAX_INT < item < _MAX_INT)
             or (kind is float and _isfinite(item))  # type: ignore[arg-type]
             or item is None
             or kind is bool
@@ -219,6 +255,11 @@ def clean_value(value: object, path: str, *, depth: int = 0) -> JSON:
             raise ValidationError(
                 f"{path}: Decimal({str(value)!r}) is not a finite number; "
                 "JSON cannot carry NaN or Infinity"
+            )
+        if len(value.as_tuple().digits) > _MAX_DIGITS:
+            raise ValidationError(
+                f"{path}: the Decimal has more than {_MAX_DIGITS} digits; "
+                "numbers that long are refused like integers"
             )
         return value
     return _convert(value, path, depth)

@@ -18,7 +18,7 @@ import attrs
 from ._consent import resolve_consent
 from ._errors import ValidationError
 from ._identity import Identity, identity_from, normalize_id
-from ._json import JSON, MAX_EVENT_PROPERTIES, check_str, clean_properties
+from ._json import JSON, MAX_EVENT_PROPERTIES, check_str, clean_properties, utf8_size
 
 __all__ = ["Kind", "Message", "Reads", "build_message"]
 
@@ -163,7 +163,12 @@ def plain_name(value: object) -> TypeGuard[str]:
     The common case, in one test; anything else goes through the checks that say what is
     wrong with it.
     """
-    return type(value) is str and 0 < len(value) < _MAX_NAME and not value.isspace()
+    return (
+        type(value) is str
+        and 0 < len(value) < _MAX_NAME
+        and not value.isspace()
+        and (value.isascii() or utf8_size(value) is not None)  # no lone surrogate
+    )
 
 
 def _metric_name(field: str, value: object, *, takes_it: str, kind: str) -> str | None:
@@ -188,7 +193,7 @@ def _metric_name(field: str, value: object, *, takes_it: str, kind: str) -> str 
             f"{field}: {value[:40]!r}... is {len(value)} characters; it must be fewer than "
             f"{_MAX_NAME} characters (Klaviyo's metric name limit)"
         )
-    return str.__str__(value)
+    return check_str(value, field)  # a lone surrogate cannot be sent
 
 
 def _traits(traits: Mapping[str, object] | None, context: Mapping[str, JSON]) -> Mapping[str, JSON]:

@@ -9,7 +9,17 @@ from ._json import JSON
 from ._paths import MISSING, split_path
 from ._rules import PropertyMap
 
-__all__ = ["apply_properties", "first_present"]
+__all__ = ["CONSENT", "apply_properties", "first_present", "passes_through"]
+
+
+CONSENT = "consent"
+"""The event property that carries the call's consent state: no caller value may take it."""
+
+
+def passes_through(pmap: PropertyMap, name: str) -> bool:
+    """Whether a call's property ``name`` reaches the output of ``pmap`` under that name."""
+    kept = pmap.keep == "all" or name in pmap.keep
+    return kept and name not in pmap.drop and name not in pmap.rename
 
 
 # Paths come from blueprints, so this stays small; a dict lookup is cheaper than a call.

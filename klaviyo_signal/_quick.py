@@ -24,7 +24,7 @@ import attrs
 
 from ._events import CURRENCY, ITEM_UNIQUE_ID
 from ._identity import plain_email, plain_id
-from ._json import BYTES_PER_VALUE, MAX_EVENT_PROPERTIES, SAFE_STR_CHARS
+from ._json import BYTES_PER_VALUE, MAX_EVENT_PROPERTIES, MEASURE_ABOVE, SAFE_STR_CHARS
 from ._messages import new_message_id
 from ._reads import Reads
 from ._rules import Rule
@@ -158,7 +158,10 @@ def quick_track(
     )
     # As _worker._size counts the properties: a fixed cost per value, plus the length of
     # keys and strings.
-    return fields, size + (len(pairs) // 2 + 1) * BYTES_PER_VALUE
+    size += (len(pairs) // 2 + 1) * BYTES_PER_VALUE
+    if size > MEASURE_ABOVE:
+        return None  # it may not fit one request: the full route measures it exactly
+    return fields, size
 
 
 def _read(

@@ -8,13 +8,13 @@ that can be applied to any call without a configuration error.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol, TypeAlias
 
 import attrs
 
 from ._errors import ValidationError
-from ._json import JSON, clean_value
+from ._json import JSON, check_str, clean_value
 from ._messages import Message
 from ._paths import ITEM_ROOTS, check_path
 from ._subscriptions import CHANNELS
@@ -75,6 +75,15 @@ def check_metric(value: object) -> str | None:
         return f"expected a non-empty metric name, got {value!r}"
     if len(value) >= _MAX_METRIC:
         return f"the metric name is {len(value)} characters; Klaviyo needs fewer than 128"
+    return _text_problem(value)
+
+
+def _text_problem(value: str) -> str | None:
+    """Return why a blueprint string cannot be sent (a lone surrogate), or None."""
+    try:
+        check_str(value, "")
+    except ValidationError as exc:
+        return str(exc).removeprefix(": ")
     return None
 
 
@@ -122,7 +131,27 @@ def _keep(value: str | tuple[str, ...] | list[str]) -> Keep:
     return "all" if value == "all" else tuple(value)
 
 
+def _check_names(attribute: attrs.Attribute[Any], names: Iterable[object]) -> None:
+    """Property names (and rename targets) are sent as keys: each must be a sendable str."""
+    for name in names:
+        if not isinstance(name, str):
+            raise ValidationError(f"{attribute.name}: expected property names, got {name!r}")
+        problem = _text_problem(name)
+        if problem is not None:
+            raise ValidationError(f"{attribute.name}[{name!r}]: {problem}")
+
+
+def _names(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value != "all":
+        _check_names(attribute, value)
+
+
+def _renames(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _check_names(attribute, (*value, *value.values()))
+
+
 def _json_values(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _check_names(attribute, value)
     for key, item in value.items():
         problem = check_json(item, f"{attribute.name}[{key!r}]")
         if problem is not None:
@@ -142,16 +171,32 @@ class PropertyMap:
         constants: Target name -> value, always set.
     """
 
-    keep: Keep = attrs.field(default="all", converter=_keep)
-    drop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    rename: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    keep: Keep = attrs.field(default="all", converter=_keep, validator=_names)
+    drop: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_names)
+    rename: Mapping[str, str] = attrs.field(factory=dict, converter=dict, validator=_renames)
     sources: Mapping[str, tuple[str, ...]] = attrs.field(
-        factory=dict, converter=_paths_map, validator=_all_paths
+        factory=dict, converter=_paths_map, validator=[_names, _all_paths]
     )
     defaults: Mapping[str, JSON] = attrs.field(factory=dict, converter=dict, validator=_json_values)
     constants: Mapping[str, JSON] = attrs.field(
         factory=dict, converter=dict, validator=_json_values
     )
+
+
+def _no_consent_target(_: Any, attribute: attrs.Attribute[Any], value: PropertyMap) -> None:
+    """An event's ``consent`` property is the call's consent state: no rule may set it."""
+    targets = (
+        *(() if value.keep == "all" else value.keep),
+        *value.rename.values(),
+        *value.sources,
+        *value.defaults,
+        *value.constants,
+    )
+    if "consent" in targets:
+        raise ValidationError(
+            f"{attribute.name}: the event property 'consent' is reserved for the call's "
+            "consent state (written on every event); give this property another name"
+        )
 
 
 @attrs.frozen
@@ -171,7 +216,7 @@ class ItemRule:
 
     path: str = attrs.field(validator=_path)
     metric: str = attrs.field(validator=_metric)
-    properties: PropertyMap = attrs.field(factory=PropertyMap)
+    properties: PropertyMap = attrs.field(factory=PropertyMap, validator=_no_consent_target)
     value: tuple[str, ...] = attrs.field(default=(), converter=_paths, validator=_all_paths)
     value_currency: tuple[str, ...] = attrs.field(
         default=(), converter=_paths, validator=_all_paths
@@ -197,7 +242,7 @@ class Rule:
 
     metric: str = attrs.field(validator=_metric)
     enabled: bool = True
-    properties: PropertyMap = attrs.field(factory=PropertyMap)
+    properties: PropertyMap = attrs.field(factory=PropertyMap, validator=_no_consent_target)
     value: tuple[str, ...] = attrs.field(default=(), converter=_paths, validator=_all_paths)
     value_currency: tuple[str, ...] = attrs.field(
         default=(), converter=_paths, validator=_all_paths
@@ -229,7 +274,7 @@ def check_name(value: object) -> str | None:
     """Return why ``value`` cannot be a trait name, list id or source, or None."""
     if not isinstance(value, str) or not value.strip():
         return f"expected a non-empty string, got {value!r}"
-    return None
+    return _text_problem(value)
 
 
 def _name(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

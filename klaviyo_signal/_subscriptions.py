@@ -71,10 +71,16 @@ def _channels(
     if channels is None:
         chosen = [name for name, given in (("email", email), ("sms", phone)) if given]
         return tuple(chosen)
-    if isinstance(channels, str):
+    if isinstance(channels, (str, bytes)):
         raise ValidationError(
             f"channels: pass an iterable of channel names such as ['email'], not the string "
             f"{channels!r}"
+        )
+    # A mapping would be read by its keys only ({'email': False} would subscribe email).
+    if isinstance(channels, Mapping) or not isinstance(channels, Iterable):
+        raise ValidationError(
+            "channels: must be a list of channel names such as ['email', 'sms'], "
+            f"got a value of type {type(channels).__name__}"
         )
     chosen = []
     for name in channels:
@@ -109,8 +115,15 @@ def _consented_at(value: object, now: datetime) -> datetime | None:
         raise ValidationError(
             f"consented_at: must be a datetime or an ISO 8601 str, got {type(value).__name__}"
         )
-    when = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-    when = when.astimezone(timezone.utc)
+    when = value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)
+    try:
+        when = when.astimezone(timezone.utc)
+    except OverflowError:
+        # Only the very ends of the calendar overflow when moved to UTC.
+        raise ValidationError(
+            f"consented_at: {value.isoformat()} cannot be written in UTC (it falls outside "
+            "the years 1 to 9999 there); give the real date consent was given"
+        ) from None
     if when > now:
         raise ValidationError(
             f"consented_at: {when.isoformat()} is in the future; it records when consent was "

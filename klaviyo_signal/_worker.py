@@ -29,11 +29,18 @@ from typing import Protocol, cast
 
 import attrs
 
-from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_queued, unique_key
+from ._batcher import (
+    MAX_JOB_BYTES,
+    MAX_JOB_EVENTS,
+    OpenJob,
+    encode_event,
+    encode_queued,
+    unique_key,
+)
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
 from ._events import ITEM_IDENTITY, ITEM_RULE, ITEM_UNIQUE_ID, IdentityKey, Pending, pack
-from ._json import BYTES_PER_VALUE
+from ._json import BYTES_PER_VALUE, MAX_PROFILE_IMPORT_BYTES, MEASURE_ABOVE, request_too_large
 from ._lifecycle import adopt, release
 from ._models import ClientProfile, Event, KlaviyoObject, Profile
 from ._outcomes import CLIENT_PROFILES, Failure, Identify, Outcomes, Unit
@@ -157,6 +164,27 @@ def _estimate(objects: Sequence[KlaviyoObject]) -> int:
     return size
 
 
+def _check_fits(objects: Sequence[KlaviyoObject], event: tuple[bytes, IdentityKey] | None) -> None:
+    """Raise ValidationError, on the caller's thread, for an event or a profile import that
+    cannot fit one request alone: the worker could only fail it later.
+
+    Args:
+        objects: A decided call's objects.
+        event: A simple call's encoded event (``encode_queued``) and its profile's identifiers.
+    """
+    events: list[tuple[bytes, Profile | IdentityKey]] = [] if event is None else [event]
+    for obj in objects:
+        if type(obj) is Event:
+            events.append((encode_event(obj), obj.profile))
+        elif type(obj) is Profile:
+            body = encode(profile_body(obj))
+            if len(body) > MAX_PROFILE_IMPORT_BYTES:
+                raise request_too_large(len(body), MAX_PROFILE_IMPORT_BYTES, "the profile import")
+    for data, profile in events:
+        if not OpenJob().add(data, profile, None, 0.0):  # as the worker adds it, alone
+            raise request_too_large(len(data), MAX_JOB_BYTES, "the event")
+
+
 class Worker:
     """Queues calls and sends them from one background thread.
 
@@ -268,9 +296,16 @@ class Worker:
                 worker (see ``Blueprint.prepare``).
         """
         if later is None:
-            return self._enqueue(message_id, _estimate(objects), objects, None, named=True)
+            size = _estimate(objects)
+            if size > MEASURE_ABOVE:
+                _check_fits(objects, None)
+            return self._enqueue(message_id, size, objects, None, named=True)
         size = _BASE_BYTES + _size(later.properties)
-        return self._enqueue(message_id, size, (), pack(later), named=True)
+        fields = pack(later)
+        if size > MEASURE_ABOVE:
+            data = encode_queued((0, (), *fields), self._rule_for(later.rule))
+            _check_fits((), (data, later.identity))
+        return self._enqueue(message_id, size, (), fields, named=True)
 
     def submit_packed(self, message_id: str, fields: tuple[object, ...], size: int) -> Ticket | str:
         """Queue a simple call the caller's fast lane packed (``_quick.quick_track``).

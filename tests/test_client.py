@@ -301,3 +301,18 @@ def test_enable_checks_its_arguments() -> None:
         default_blueprint().enable("Signed Up", metric="")
     with pytest.raises(ValidationError, match="disable: name"):
         default_blueprint().disable("")
+
+
+def test_repr_of_a_half_built_client_does_not_raise() -> None:
+    """repr() of a Client whose construction failed, or of a subclass before super().__init__,
+    shows it is not configured instead of raising."""
+
+    class Early(Client):
+        def __init__(self) -> None:
+            self.shown = repr(self)
+
+    assert Early().shown == "<Early (not configured)>"
+    client = Client.__new__(Client)
+    with pytest.raises(ConfigurationError):
+        client.__init__("", PRIVATE_KEY)  # type: ignore[misc]
+    assert repr(client) == "<Client (not configured)>"
