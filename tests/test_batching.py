@@ -190,3 +190,22 @@ def test_worker_encodes_off_the_callers_thread(fake: FakeKlaviyo) -> None:
     assert fake.requests == []
     client.close()
     assert delivery.wait(timeout=10).status is DeliveryStatus.DELIVERED
+
+
+def test_partial_400_naming_one_event_fails_only_its_call(fake: FakeKlaviyo) -> None:
+    """A 400 naming one event of a profile's item fails only that call; its siblings are resent."""
+    pointer = "/data/attributes/events-bulk-create/data/0/attributes/events/data/1/attributes/time"
+    detail = "The event time must be after the year 2000 and at most 1 year in the future."
+    refuse_item(fake, pointer, detail)
+    client = client_for(fake)
+    # Text that looks like JSON punctuation must not confuse where one event ends.
+    note = 'a,"b"},{"c": [1, 2]'
+    calls = [client.track("Signed Up", {"n": i, "note": note}, user_id="user-1") for i in range(3)]
+    close_and_check_middle_refused(client, calls, detail)
+    assert sorted(e.properties["n"] for e in fake.events) == [0, 2]
+    assert {e.properties["note"] for e in fake.events} == {note}
+    assert [r.status for r in fake.requests] == [400, 202]
+    resent = fake.requests[1].body
+    assert_valid(BULK, resent)
+    assert event_count(resent) == 2
+    assert client.stats.failed_by_reason == {"HTTP 400": 1}
