@@ -209,7 +209,11 @@ class Worker:
         self._arrivals = 0  # calls ever queued; the thread compares it with what it saw
         self._seen = 0
         self._bytes = 0
-        self._flushers = 0
+        # What each waiting flush() still waits for: the calls queued before it was called.
+        self._flushes: list[set[int]] = []
+        # Calls ever taken from the queue, and how many a flush() wants taken and sealed.
+        self._taken = 0
+        self._flush_mark = 0
         self._waiting_for_space = 0
         self._idle = True
         self._closed = False
@@ -232,6 +236,7 @@ class Worker:
         # Attempts of the outbox's first unit that failed with 5xx or no answer.
         self._head_failures = 0
         self._deadline: float | None = None
+        self._sealed_mark = 0  # the last _flush_mark the open jobs were sealed for
 
     @property
     def _batches(self) -> tuple[_Batches, ...]:
@@ -346,19 +351,25 @@ class Worker:
         return thread is not None and thread.is_alive()
 
     def flush(self, timeout: float | None) -> bool:
-        """Send everything queued now; False if ``timeout`` seconds pass first."""
+        """Send everything queued now; False if ``timeout`` seconds pass first.
+
+        It waits for the calls queued before it only, so it returns under steady traffic,
+        and the worker seals the jobs holding those calls once (see ``_loop``).
+        """
         with self._lock:
             if self._pending == 0:
                 return True
-            self._flushers += 1
+            waiting = set(self._calls)
+            self._flushes.append(waiting)
+            self._flush_mark = max(self._flush_mark, self._arrivals)
             self._idle = False
         self._wake.set()
         try:
             with self._lock:
-                return self._drained.wait_for(lambda: self._pending == 0, timeout)
+                return self._drained.wait_for(lambda: not waiting, timeout)
         finally:
             with self._lock:
-                self._flushers -= 1
+                self._flushes = [other for other in self._flushes if other is not waiting]
 
     def close(self, timeout: float) -> int:
         """Refuse new calls, send what is queued for up to ``timeout`` s, stop the thread.
@@ -458,6 +469,7 @@ class Worker:
             if keep_queue:
                 keep = keep | {item[0] for item in self._inbox}
             else:
+                self._taken += len(self._inbox)  # a later flush() must not wait for these
                 self._inbox.clear()
             left = [seq for seq in self._calls if seq not in keep]
         if unit is not None:
@@ -558,16 +570,26 @@ class Worker:
                 self._seen = self._arrivals
                 size = min(_BUSY_CHUNK if callers_busy else _CHUNK, len(self._inbox))
                 chunk = [self._inbox.popleft() for _ in range(size)]
+                self._taken += size
+                taken = self._taken
+                mark = self._flush_mark
                 backlog = bool(self._inbox)
-                hurry = self._flushers > 0 or self._closed
+                closing = self._closed
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
                 return
             self._take_in(chunk, now, yield_to_callers=backlog and callers_busy)
-            # A partial job is sealed only once the backlog has joined it, so a flush of a
-            # long queue still sends full jobs.
+            if mark > self._sealed_mark and taken >= mark:
+                # Every call queued before a flush() has joined a job: seal those jobs, once.
+                # Calls queued since then go on filling new jobs (a flush under steady
+                # traffic must not cut every job short), and a flush of a long queue still
+                # sends full jobs.
+                self._sealed_mark = taken
+                for batches in self._batches:
+                    self._outbox.extend(batches.due(None))
+            # While closing, a partial job is sealed once the backlog has joined it.
             if not backlog:
-                cutoff = None if hurry else now - self._interval
+                cutoff = None if closing else now - self._interval
                 for batches in self._batches:
                     self._outbox.extend(batches.due(cutoff))
             wait = self._exchange()
@@ -794,5 +816,10 @@ class Worker:
                 self._bytes -= size
             if self._waiting_for_space:
                 self._space.notify_all()
-            if self._pending == 0:
+            flushed = False
+            for waiting in self._flushes:
+                for seq, _ in finals:
+                    waiting.discard(seq)
+                flushed = flushed or not waiting
+            if flushed or self._pending == 0:
                 self._drained.notify_all()
