@@ -111,15 +111,23 @@ lengthens the pauses it makes."""
 class BulkJob:
     """A sealed job: its items, ready to send (and to re-send without some of them)."""
 
-    __slots__ = ("items",)
+    __slots__ = ("_keys", "_who", "items")
     endpoint = "POST /api/event-bulk-create-jobs"
     ITEMS = "/data/attributes/events-bulk-create/data"
     """Where Klaviyo's error pointers find the items (one per profile)."""
     PARTS = "/attributes/events/data"
     """Where, inside an item, Klaviyo's error pointers find its events."""
 
-    def __init__(self, items: Sequence[Item]) -> None:
+    def __init__(self, items: Sequence[Item], keys: Iterable[IdentityKey] = ()) -> None:
         self.items = list(items)
+        self._keys = keys  # every profile in the job (the open job's index, not a copy)
+        self._who: set[tuple[str, str]] | None = None
+
+    def mentions(self, identity: Identity) -> bool:
+        """Whether any event here is for a profile sharing an identifier with ``identity``."""
+        if self._who is None:
+            self._who = {pair for key in self._keys for pair in _pairs(key)}
+        return any(pair in self._who for pair in _pairs(identity.key()))
 
     def item_count(self) -> int:
         """How many items (profiles) the job carries."""
@@ -168,7 +176,7 @@ class BulkJob:
             if events:
                 owners = tuple(o for j, o in enumerate(item[3]) if j not in drop)
                 kept.append((item[0], item[1], b",".join(events), owners))
-        return BulkJob(kept)
+        return BulkJob(kept, self._keys)
 
 
 class OpenJob:
@@ -262,7 +270,7 @@ class OpenJob:
 
     def seal(self) -> BulkJob:
         """Return the job to send and start an empty one."""
-        job = BulkJob(self.items)
+        job = BulkJob(self.items, self._by_key)
         self._clear()
         return job
 

@@ -6,9 +6,18 @@ into one flat tuple (which the garbage collector stops visiting at once). Buildi
 encoding, grouping and HTTP all happen on the worker thread. The thread takes queued
 calls in chunks, encodes their events into the open bulk job (``_batcher``) and their
 subscriptions into the open job of their list (``_subscription_batcher``), seals a job when
-it is full, when its oldest call is ``flush_interval`` old, or on ``flush()``/``close()``,
-and sends sealed jobs and profile imports in order, each when its endpoint's limiter
-(``_ratelimit``) allows. What an answer means for each call is ``_outcomes``' business.
+it is full, when its oldest call is ``flush_interval`` old, or on ``flush()``/``close()``
+(once, for the jobs holding the calls queued before it), and sends sealed jobs and profile
+imports one request at a time, each when its endpoint's limiter (``_ratelimit``) allows.
+What an answer means for each call is ``_outcomes``' business.
+
+Ordering. Each endpoint has an outbox of its own (all subscription jobs share one), so a
+429 or a server error on one endpoint pauses that outbox only. Each outbox is sent in
+order; the next request is the oldest first unit of any outbox that may go. Across
+outboxes only one person's identify and events are ordered: an identify waits for the
+event jobs holding that person's earlier events, and an event job holding a later event
+of a person whose identify still waits waits for that identify (and, being first in
+its outbox, holds back the event jobs behind it until then).
 
 Nothing starts before the first call, and ``close()`` leaves no thread behind.
 """
@@ -23,16 +32,17 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol, cast
 
 import attrs
 
-from ._batcher import MAX_JOB_EVENTS, OpenJob, encode_event, encode_queued
+from ._batcher import MAX_JOB_EVENTS, BulkJob, OpenJob, encode_event, encode_queued
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
 from ._events import ITEM_IDENTITY, ITEM_RULE, IdentityKey, Pending, pack
+from ._identity import Identity
 from ._json import BYTES_PER_VALUE
 from ._lifecycle import adopt, release
 from ._models import Event, KlaviyoObject, Profile
@@ -41,7 +51,7 @@ from ._ratelimit import EndpointLimiter, RateLimits
 from ._rules import Rule
 from ._sender import Sender, Sent
 from ._stats import Counters
-from ._subscription_batcher import SubscriptionJobs
+from ._subscription_batcher import SubscriptionJob, SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Answer, Transport
 from ._wire import encode, profile_body
 
@@ -81,6 +91,9 @@ _IN_FLIGHT_REASON = (
 _IN_FLIGHT = Failure(DeliveryStatus.FAILED, _IN_FLIGHT_REASON, None, "shutdown")
 _BROKEN_REASON = "internal error in the delivery worker (see the klaviyo_signal log)"
 _BROKEN = Failure(DeliveryStatus.FAILED, _BROKEN_REASON, None, "internal error")
+# Subscribe and unsubscribe jobs share one outbox, so one person's consent changes keep
+# the order they were made in across the two endpoints.
+_SUBSCRIPTIONS = "subscriptions"
 _BROKEN_IN_FLIGHT = Failure(
     DeliveryStatus.FAILED,
     "internal error in the delivery worker while the request was in flight; Klaviyo may "
@@ -99,6 +112,11 @@ class _Batches(Protocol):
 
     def due(self, cutoff: float | None) -> Sequence[Unit]:
         """Seal and return the jobs whose oldest call was queued at ``cutoff`` or before."""
+
+
+def _outbox_of(unit: Unit) -> str:
+    """Return the outbox a unit waits in: its endpoint's, one for all subscription jobs."""
+    return _SUBSCRIPTIONS if type(unit) is SubscriptionJob else unit.endpoint
 
 
 def _size(value: object) -> int:
@@ -223,7 +241,12 @@ class Worker:
         # Owned by the worker thread only.
         self._open = OpenJob()
         self._subscriptions = SubscriptionJobs()
-        self._outbox: deque[Unit] = deque()
+        # Sealed units by endpoint (all subscription jobs share one): (order, unit, the
+        # (outbox, order) it waits for or None). See "Ordering" in the module docstring.
+        self._outboxes: dict[str, deque[tuple[int, Unit, tuple[str, int] | None]]] = {}
+        self._order = itertools.count()
+        # Identifies still in their outbox, oldest first: (order, identity).
+        self._identifying: deque[tuple[int, Identity]] = deque()
         self._limiters: dict[str, EndpointLimiter] = {}
         self._in_flight: Unit | None = None
         # The request of _in_flight waits for its answer here; (unit, limiter, bytes) of it.
@@ -231,10 +254,10 @@ class Worker:
         self._sending: tuple[Unit, EndpointLimiter, int] | None = None
         self._retired: list[Sender] = []  # senders left waiting by an internal error
         self._paused = 0.0  # when this thread last paused for the sender
-        # The outbox's first unit once a try got no answer or a 5xx: Klaviyo may have it.
-        self._maybe_sent: Unit | None = None
-        # Attempts of the outbox's first unit that failed with 5xx or no answer.
-        self._head_failures = 0
+        # Per outbox, its first unit once a try got no answer or a 5xx: Klaviyo may have it.
+        self._maybe_sent: dict[str, Unit] = {}
+        # Per outbox, attempts of its first unit that failed with 5xx or no answer.
+        self._head_failures: dict[str, int] = {}
         self._deadline: float | None = None
         self._sealed_mark = 0  # the last _flush_mark the open jobs were sealed for
 
@@ -464,7 +487,9 @@ class Worker:
         saying Klaviyo may have them, never ``dropped``: they were sent. ``keep_queue``
         spares the calls the worker has not taken from the queue yet.
         """
-        unit = self._in_flight or self._maybe_sent
+        units = [*self._maybe_sent.values()]
+        if self._in_flight is not None:
+            units.append(self._in_flight)
         with self._lock:
             if keep_queue:
                 keep = keep | {item[0] for item in self._inbox}
@@ -472,8 +497,8 @@ class Worker:
                 self._taken += len(self._inbox)  # a later flush() must not wait for these
                 self._inbox.clear()
             left = [seq for seq in self._calls if seq not in keep]
-        if unit is not None:
-            sent = set(unit.owners())
+        if units:
+            sent = {owner for unit in units for owner in unit.owners()}
             self._outcomes.settle([s for s in left if s in sent], in_flight, whole=True)
             left_unsent = [s for s in left if s not in sent]
             self._outcomes.settle(left_unsent, failure, whole=True)
@@ -519,9 +544,11 @@ class Worker:
         self._end_in_flight(keep)
         self._open = OpenJob()
         self._subscriptions = SubscriptionJobs()
-        self._outbox.clear()
-        self._in_flight = self._maybe_sent = None
-        self._head_failures = 0
+        self._outboxes.clear()
+        self._identifying.clear()
+        self._in_flight = None
+        self._maybe_sent.clear()
+        self._head_failures.clear()
 
     def _end_in_flight(self, owners: frozenset[object]) -> None:
         """Wait for the answer to the request in flight and end its calls (``owners``) by it.
@@ -586,12 +613,12 @@ class Worker:
                 # sends full jobs.
                 self._sealed_mark = taken
                 for batches in self._batches:
-                    self._outbox.extend(batches.due(None))
+                    self._put_all(batches.due(None))
             # While closing, a partial job is sealed once the backlog has joined it.
             if not backlog:
                 cutoff = None if closing else now - self._interval
                 for batches in self._batches:
-                    self._outbox.extend(batches.due(cutoff))
+                    self._put_all(batches.due(cutoff))
             wait = self._exchange()
             if wait == 0.0 and callers_busy:
                 time.sleep(_YIELD)  # after a request and its outcomes, callers go first
@@ -628,7 +655,7 @@ class Worker:
             return None if sent is None else self._sent(sent)
         if self._stop:
             return None  # closed from a callback: nothing more goes out
-        return self._send_next() if self._outbox else None
+        return self._send_next() if any(self._outboxes.values()) else None
 
     def _step_aside(self) -> None:
         """Let calling threads have the GIL for a moment, if any is queueing calls."""
@@ -645,9 +672,10 @@ class Worker:
         with self._lock:
             if self._inbox or self._stop:
                 return
-            # With a request in flight there is nothing to send until its answer, so new
-            # calls wake the thread to join the next job meanwhile.
-            self._idle = wait is None and oldest is None and len(self._outbox) <= self._sender.busy
+            # With no open job, the first new call wakes the thread: to join the next job
+            # while a request is in flight, and to start its job's timer while the thread
+            # waits out one endpoint's pause (the call may go to another endpoint).
+            self._idle = oldest is None
             self._wake.clear()
         if self._sender.done:
             return  # the answer came before the clear: its wake-up is gone, take it now
@@ -675,7 +703,7 @@ class Worker:
                 elif isinstance(obj, Profile):
                     self._add_identify(seq, obj)
                 else:
-                    self._outbox.extend(self._subscriptions.add(obj, seq, now))
+                    self._put_all(self._subscriptions.add(obj, seq, now))
             except (KlaviyoSignalError, ValueError, TypeError) as exc:
                 # A value the JSON writer refuses fails this call alone, not its batch.
                 reason = f"could not encode the call: {exc}"
@@ -683,19 +711,61 @@ class Worker:
                 self._outcomes.settle([seq], failure)
 
     def _add_identify(self, seq: int, profile: Profile) -> None:
-        if self._open.mentions(profile.identity):
+        identity = profile.identity
+        if self._open.mentions(identity):
             # Events of this person queued before the identify go first, so a later
             # bulk job cannot overwrite what the identify set.
-            self._outbox.append(self._open.seal())
-        self._outbox.append(Identify(seq, encode(profile_body(profile))))
+            self._put(self._open.seal())
+        after = None
+        for order, job, _ in reversed(self._outboxes.get(BulkJob.endpoint, ())):
+            if cast(BulkJob, job).mentions(identity):
+                after = (BulkJob.endpoint, order)  # the last job with their earlier events
+                break
+        order = self._put(Identify(seq, encode(profile_body(profile))), after)
+        self._identifying.append((order, identity))
+
+    def _put(self, unit: Unit, after: tuple[str, int] | None = None) -> int:
+        """Queue a sealed unit at the end of its endpoint's outbox; return its order."""
+        if after is None and self._identifying and type(unit) is BulkJob:
+            after = self._identify_before(unit)
+        key = _outbox_of(unit)
+        outbox = self._outboxes.get(key)
+        if outbox is None:
+            outbox = self._outboxes[key] = deque()
+        order = next(self._order)
+        outbox.append((order, unit, after))
+        return order
+
+    def _put_all(self, units: Iterable[Unit]) -> None:
+        for unit in units:
+            self._put(unit)
+
+    def _identify_before(self, job: BulkJob) -> tuple[str, int] | None:
+        """Return the last identify still waiting for a person of ``job``, if any."""
+        outbox = self._outboxes.get(Identify.endpoint)
+        head = outbox[0][0] if outbox else None
+        waiting = self._identifying
+        while waiting and (head is None or waiting[0][0] < head):
+            waiting.popleft()  # sent (or ended) already
+        for order, identity in reversed(waiting):
+            if job.mentions(identity):
+                return (Identify.endpoint, order)
+        return None
+
+    def _ready(self, after: tuple[str, int] | None) -> bool:
+        """Whether the unit that waits for ``after`` may go: that unit left its outbox."""
+        if after is None:
+            return True
+        outbox = self._outboxes.get(after[0])
+        return not outbox or outbox[0][0] > after[1]
 
     def _add_event(self, seq: int, data: bytes, profile: Profile | IdentityKey, now: float) -> None:
         if self._open.add(data, profile, seq, now):
             if self._open.events >= MAX_JOB_EVENTS:
-                self._outbox.append(self._open.seal())
+                self._put(self._open.seal())
             return
         if self._open.events:
-            self._outbox.append(self._open.seal())
+            self._put(self._open.seal())
             if self._open.add(data, profile, seq, now):
                 return
         reason = "the event alone is over Klaviyo's 5 MB request limit"
@@ -712,18 +782,33 @@ class Worker:
         return limiter
 
     def _send_next(self) -> float | None:
-        """Send the outbox's first unit if its endpoint allows; else return the wait.
+        """Send the oldest first unit of any outbox that may go now; else return the wait.
+
+        A first unit may go when its endpoint's limiter allows and the unit it waits for
+        (if any) has left its outbox.
 
         Returns:
             0.0 when the request ended already (sent inline), None while its answer is
-            awaited (the Sender wakes the thread), else the seconds until it may go.
+            awaited (the Sender wakes the thread), else the seconds until one may go.
         """
-        unit = self._outbox[0]
-        endpoint = unit.endpoint
-        limiter = self._limiter(endpoint)
-        wait = limiter.delay()
-        if wait > 0:
+        best: tuple[int, Unit, EndpointLimiter] | None = None
+        wait: float | None = None
+        for outbox in self._outboxes.values():
+            if not outbox:
+                continue
+            order, head, after = outbox[0]
+            if not self._ready(after) or (best is not None and best[0] < order):
+                continue
+            head_limiter = self._limiter(head.endpoint)
+            delay = head_limiter.delay()
+            if delay > 0:
+                wait = delay if wait is None else min(wait, delay)
+                continue
+            best = (order, head, head_limiter)
+        if best is None:
             return wait
+        _, unit, limiter = best
+        endpoint = unit.endpoint
         if self._transport is None:
             self._transport = self._make_transport()
         body = unit.body()
@@ -781,29 +866,34 @@ class Worker:
             rest = None
         finally:
             self._in_flight = None
-        self._outbox.popleft()
-        self._head_failures = 0
-        self._maybe_sent = None
+        key = _outbox_of(unit)
+        outbox = self._outboxes[key]
+        order = outbox.popleft()[0]  # the unit in flight is its outbox's first
+        self._head_failures.pop(key, None)
+        self._maybe_sent.pop(key, None)
         if rest is not None:
-            # The items Klaviyo did not object to go again, first in line.
+            # The items Klaviyo did not object to go again, first in line, in its place.
             self._stats.retry()
-            self._outbox.appendleft(rest)
+            outbox.appendleft((order, rest, None))
         return 0.0
 
     def _retry_head(self, limiter: EndpointLimiter, retry_after: float | None) -> bool:
-        """Schedule the first unit again after a 5xx or no answer; False when retries ran out.
+        """Schedule the unit in flight again after a 5xx or no answer; False when retries ran out.
 
         Retries go back through the endpoint's limiter (a pause with backoff), so they
-        count against Klaviyo's windows like any other request.
+        count against Klaviyo's windows like any other request; other outboxes go on.
         """
-        if self._head_failures >= self._max_retries:
+        unit = cast(Unit, self._in_flight)  # still set while _sent reads the answer
+        key = _outbox_of(unit)
+        failures = self._head_failures.get(key, 0)
+        if failures >= self._max_retries:
             return False
-        self._head_failures += 1
-        self._maybe_sent = self._outbox[0]
+        failures = self._head_failures[key] = failures + 1
+        self._maybe_sent[key] = unit
         self._stats.retry()
         if retry_after is None:
             # Exponential backoff with jitter, as urllib3 would: 0.5 s, 1 s, 2 s... up to 30 s.
-            backoff = min(_MAX_BACKOFF, 0.5 * 2 ** (self._head_failures - 1))
+            backoff = min(_MAX_BACKOFF, 0.5 * 2 ** (failures - 1))
             retry_after = backoff * (0.5 + random.random() / 2)  # jitter, not a secret
         limiter.throttle(retry_after)
         return True
