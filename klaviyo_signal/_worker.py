@@ -869,6 +869,9 @@ class Worker:
         key = _outbox_of(unit)
         outbox = self._outboxes[key]
         order = outbox.popleft()[0]  # the unit in flight is its outbox's first
+        waiting = self._identifying
+        while waiting and waiting[0][0] <= order and type(unit) is Identify:
+            waiting.popleft()  # identifies end in order: this one is the oldest
         self._head_failures.pop(key, None)
         self._maybe_sent.pop(key, None)
         if rest is not None:
