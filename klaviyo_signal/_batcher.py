@@ -13,8 +13,9 @@ empty arrays, so it knows that the items and the events are JSON arrays, nothing
 from __future__ import annotations
 
 import functools
+import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from ._events import (
     ITEM_CONSENT,
@@ -41,6 +42,7 @@ __all__ = [
     "encode_event",
     "encode_queued",
     "failed_items",
+    "failed_parts",
     "unique_key",
 ]
 
@@ -115,20 +117,30 @@ lengthens the pauses it makes."""
 class BulkJob:
     """A sealed job: its items, ready to send (and to re-send without some of them)."""
 
-    __slots__ = ("items",)
+    __slots__ = ("_keys", "_who", "items")
     endpoint = "POST /api/event-bulk-create-jobs"
     ITEMS = "/data/attributes/events-bulk-create/data"
     """Where Klaviyo's error pointers find the items (one per profile)."""
+    PARTS = "/attributes/events/data"
+    """Where, inside an item, Klaviyo's error pointers find its events."""
 
-    def __init__(self, items: Sequence[Item]) -> None:
+    def __init__(self, items: Sequence[Item], keys: Iterable[IdentityKey] = ()) -> None:
         self.items = list(items)
+        self._keys = keys  # every profile in the job (the open job's index, not a copy)
+        self._who: set[tuple[str, str]] | None = None
+
+    def mentions(self, identity: Identity) -> bool:
+        """Whether any event here is for a profile sharing an identifier with ``identity``."""
+        if self._who is None:
+            self._who = {pair for key in self._keys for pair in _pairs(key)}
+        return any(pair in self._who for pair in _pairs(identity.key()))
 
     def item_count(self) -> int:
         """How many items (profiles) the job carries."""
         return len(self.items)
 
     def owners_of(self, index: int) -> list[object]:
-        """Who waits for the events of one item."""
+        """Who waits for the events of one item, one entry per event, in their order."""
         return list(self.items[index][3])
 
     def body(self) -> bytes:
@@ -147,10 +159,30 @@ class BulkJob:
         """Return who waits for each event, one entry per event."""
         return [owner for item in self.items for owner in item[3]]
 
-    def without(self, indexes: Iterable[int]) -> BulkJob:
-        """Return this job minus the items at ``indexes``."""
+    def without(
+        self, indexes: Iterable[int], parts: Mapping[int, Iterable[int]] | None = None
+    ) -> BulkJob:
+        """Return this job minus the items at ``indexes`` and the events named in ``parts``.
+
+        Args:
+            indexes: Items to drop whole.
+            parts: Item index -> the indexes of its events to drop; an item left with no
+                event is dropped.
+        """
         gone = set(indexes)
-        return BulkJob([item for i, item in enumerate(self.items) if i not in gone])
+        kept: list[Item] = []
+        for i, item in enumerate(self.items):
+            if i in gone:
+                continue
+            drop = set(parts.get(i, ())) if parts else set()
+            if not drop:
+                kept.append(item)
+                continue
+            events = [e for j, e in enumerate(_split_events(item[2])) if j not in drop]
+            if events:
+                owners = tuple(o for j, o in enumerate(item[3]) if j not in drop)
+                kept.append((item[0], item[1], b",".join(events), owners))
+        return BulkJob(kept, self._keys)
 
 
 class OpenJob:
@@ -260,7 +292,7 @@ class OpenJob:
 
     def seal(self) -> BulkJob:
         """Return the job to send and start an empty one."""
-        job = BulkJob(self.items)
+        job = BulkJob(self.items, self._by_key)
         self._clear()
         return job
 
@@ -278,9 +310,65 @@ class OpenJob:
         return [self.seal()]
 
 
+def _split_events(events: bytes | bytearray) -> list[bytes]:
+    """Cut an item's comma-joined events back into each event's bytes (only after a 400).
+
+    ``_wire`` writes compact JSON, so each event ends where the decoder stops and the next
+    starts one comma later; the bytes are sliced, not encoded again.
+    """
+    text = bytes(events).decode("utf-8")
+    decoder = json.JSONDecoder()
+    found: list[bytes] = []
+    at = 0
+    while at < len(text):
+        end = decoder.raw_decode(text, at)[1]
+        found.append(text[at:end].encode("utf-8"))
+        at = end + 1
+    return found
+
+
 @functools.cache
 def _item_pointer(items: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(items)}/(\d+)(?:/|$)")
+
+
+@functools.cache
+def _part_pointer(items: str, parts: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(items)}/(\d+){re.escape(parts)}/(\d+)(?:/|$)")
+
+
+def failed_parts(
+    pointers: Iterable[str | None], items: str, parts: str | None
+) -> dict[int, set[int] | None] | None:
+    """Return what Klaviyo's error pointers name: item index -> its named parts, or None.
+
+    Args:
+        pointers: The ``source.pointer`` of each error.
+        items: The JSON pointer of the job's items array (a job class's ``ITEMS``).
+        parts: Where an item's parts (a bulk item's events) sit inside it, or None when
+            an item is refused whole.
+
+    Returns:
+        None when any error names no item (then the whole job failed). An item maps to
+        None when an error names the item itself (its profile, say): all of it failed.
+    """
+    item_pattern = _item_pointer(items)
+    part_pattern = None if parts is None else _part_pointer(items, parts)
+    found: dict[int, set[int] | None] = {}
+    for pointer in pointers:
+        text = pointer or ""
+        match = item_pattern.match(text)
+        if match is None:
+            return None
+        index = int(match.group(1))
+        part = None if part_pattern is None else part_pattern.match(text)
+        if part is None:
+            found[index] = None
+            continue
+        named = found.setdefault(index, set())
+        if named is not None:
+            named.add(int(part.group(2)))
+    return found or None
 
 
 def failed_items(pointers: Iterable[str | None], items: str) -> set[int] | None:

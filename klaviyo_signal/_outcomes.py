@@ -1,8 +1,9 @@
 """What Klaviyo's answer to a background request means for each call in it.
 
 A 2xx delivers every call in the request. A 400 whose error pointers name bulk items fails
-only the calls of those items (their Delivery carries Klaviyo's ``detail``) and hands back
-the rest of the job to send again; any other 4xx, or no usable answer after the
+only the calls of those items (their Delivery carries Klaviyo's ``detail``), or, when a
+pointer names one event inside an item, only that event's call, and hands back the rest
+of the job to send again; any other 4xx, or no usable answer after the
 transport's retries, fails them all. Problems are logged once per kind, with no event
 data and no key. Every call ends exactly once: the worker's answers and the shutdown
 sweep race for the same calls, and only the first to settle one counts.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
-from ._batcher import BulkJob, failed_items
+from ._batcher import BulkJob, failed_parts
 from ._delivery import Board, Delivery, DeliveryStatus, Final, OnDelivery
 from ._errors import (
     APIError,
@@ -123,12 +124,22 @@ class Outcomes:
     def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
         """Klaviyo answered with an error other than 429; return what to send again."""
         if isinstance(unit, (BulkJob, SubscriptionJob)) and exc.status == 400:
-            bad = failed_items((err.pointer for err in exc.errors), unit.ITEMS)
-            if bad is not None and max(bad) < unit.item_count():
+            parts = unit.PARTS if isinstance(unit, BulkJob) else None
+            bad = failed_parts((err.pointer for err in exc.errors), unit.ITEMS, parts)
+            if bad is not None and _within(unit, bad):
                 for index in sorted(bad):
-                    reason = _detail_for(exc, unit.ITEMS, index)
-                    failure = Failure(DeliveryStatus.FAILED, reason, 400)
-                    self.settle(_calls(unit.owners_of(index)), failure)
+                    item = f"{unit.ITEMS}/{index}"
+                    named = bad[index]
+                    if named is None:
+                        failure = Failure(DeliveryStatus.FAILED, _detail_for(exc, item), 400)
+                        self.settle(_calls(unit.owners_of(index)), failure)
+                        continue
+                    # Only the events an error names fail; the item's others go again.
+                    owners = unit.owners_of(index)
+                    for event in sorted(named):
+                        reason = _detail_for(exc, f"{item}{parts}/{event}")
+                        failure = Failure(DeliveryStatus.FAILED, reason, 400)
+                        self.settle(_calls([owners[event]]), failure)
                 self._once(
                     "item",
                     logging.WARNING,
@@ -136,9 +147,13 @@ class Outcomes:
                     "the rest is sent again and each refused call's Delivery says why "
                     "(logged once)",
                 )
-                if len(bad) == unit.item_count():
+                whole = [index for index, named in bad.items() if named is None]
+                if len(whole) == unit.item_count():
                     return None  # every item refused: nothing left to send
-                return unit.without(bad)
+                if isinstance(unit, SubscriptionJob):
+                    return unit.without(whole)
+                rest = unit.without(whole, {i: set(n) for i, n in bad.items() if n is not None})
+                return rest if rest.item_count() else None
         if isinstance(exc, (AuthenticationError, PermissionDeniedError, UnexpectedResponseError)):
             # Once per kind and set of scopes: a key may lack the subscription scopes only.
             once = f"{type(exc).__name__} {' '.join(exc.scopes)}"
@@ -277,9 +292,17 @@ def _calls(owners: Sequence[object]) -> list[int]:
     return [owner for owner in owners if type(owner) is int]
 
 
-def _detail_for(exc: APIError, items: str, index: int) -> str:
-    """Return Klaviyo's words about one item: the detail of each error that names it."""
-    prefix = f"{items}/{index}"
+def _within(unit: BulkJob | SubscriptionJob, bad: dict[int, set[int] | None]) -> bool:
+    """Whether every item and event the errors name is in ``unit`` (else it all failed)."""
+    count = unit.item_count()
+    for index, named in bad.items():
+        if index >= count or (named and max(named) >= len(unit.owners_of(index))):
+            return False
+    return True
+
+
+def _detail_for(exc: APIError, prefix: str) -> str:
+    """Return Klaviyo's words about one item or event: the detail of each error naming it."""
     details = [
         err.detail or err.title or "refused"
         for err in exc.errors

@@ -6,9 +6,18 @@ into one flat tuple (which the garbage collector stops visiting at once). Buildi
 encoding, grouping and HTTP all happen on the worker thread. The thread takes queued
 calls in chunks, encodes their events into the open bulk job (``_batcher``) and their
 subscriptions into the open job of their list (``_subscription_batcher``), seals a job when
-it is full, when its oldest call is ``flush_interval`` old, or on ``flush()``/``close()``,
-and sends sealed jobs and profile imports in order, each when its endpoint's limiter
-(``_ratelimit``) allows. What an answer means for each call is ``_outcomes``' business.
+it is full, when its oldest call is ``flush_interval`` old, or on ``flush()``/``close()``
+(once, for the jobs holding the calls queued before it), and sends sealed jobs and profile
+imports one request at a time, each when its endpoint's limiter (``_ratelimit``) allows.
+What an answer means for each call is ``_outcomes``' business.
+
+Ordering. Each endpoint has an outbox of its own (all subscription jobs share one), so a
+429 or a server error on one endpoint pauses that outbox only. Each outbox is sent in
+order; the next request is the oldest first unit of any outbox that may go. Across
+outboxes only one person's identify and events are ordered: an identify waits for the
+event jobs holding that person's earlier events, and an event job holding a later event
+of a person whose identify still waits waits for that identify (and, being first in
+its outbox, holds back the event jobs behind it until then).
 
 Nothing starts before the first call, and ``close()`` leaves no thread behind.
 """
@@ -23,7 +32,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol, cast
 
@@ -32,6 +41,7 @@ import attrs
 from ._batcher import (
     MAX_JOB_BYTES,
     MAX_JOB_EVENTS,
+    BulkJob,
     OpenJob,
     encode_event,
     encode_queued,
@@ -40,15 +50,16 @@ from ._batcher import (
 from ._delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from ._errors import APIError, KlaviyoSignalError, TransportError
 from ._events import ITEM_IDENTITY, ITEM_RULE, ITEM_UNIQUE_ID, IdentityKey, Pending, pack
+from ._identity import Identity
 from ._json import BYTES_PER_VALUE, MAX_PROFILE_IMPORT_BYTES, MEASURE_ABOVE, request_too_large
 from ._lifecycle import adopt, release
 from ._models import ClientProfile, Event, KlaviyoObject, Profile
-from ._outcomes import CLIENT_PROFILES, Failure, Identify, Outcomes, Unit
+from ._outcomes import CLIENT_PROFILES, PROFILE_IMPORT, Failure, Identify, Outcomes, Unit
 from ._ratelimit import EndpointLimiter, RateLimits
 from ._rules import Rule
 from ._sender import Sender, Sent
 from ._stats import Counters
-from ._subscription_batcher import SubscriptionJobs
+from ._subscription_batcher import SubscriptionJob, SubscriptionJobs
 from ._transport import SERVER_ERROR_STATUSES, Answer, Transport
 from ._wire import encode, profile_body
 
@@ -88,6 +99,9 @@ _IN_FLIGHT_REASON = (
 _IN_FLIGHT = Failure(DeliveryStatus.FAILED, _IN_FLIGHT_REASON, None, "shutdown")
 _BROKEN_REASON = "internal error in the delivery worker (see the klaviyo_signal log)"
 _BROKEN = Failure(DeliveryStatus.FAILED, _BROKEN_REASON, None, "internal error")
+# Subscribe and unsubscribe jobs share one outbox, so one person's consent changes keep
+# the order they were made in across the two endpoints.
+_SUBSCRIPTIONS = "subscriptions"
 _BROKEN_IN_FLIGHT = Failure(
     DeliveryStatus.FAILED,
     "internal error in the delivery worker while the request was in flight; Klaviyo may "
@@ -95,6 +109,27 @@ _BROKEN_IN_FLIGHT = Failure(
     None,
     "internal error",
 )
+
+
+class _Names:
+    """The message ids of queued calls from the full route, both ways: a call that repeats
+    one is dropped (its events would repeat a unique_id). Dicts of strings and ints, which
+    the garbage collector does not track."""
+
+    __slots__ = ("ids", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: dict[str, int] = {}
+        self.ids: dict[int, str] = {}
+
+    def add(self, message_id: str, seq: int) -> None:
+        self.seqs[message_id] = seq
+        self.ids[seq] = message_id
+
+    def drop(self, seq: int) -> None:
+        message_id = self.ids.pop(seq, None)
+        if message_id is not None and self.seqs.get(message_id) == seq:
+            del self.seqs[message_id]
 
 
 DUPLICATE = "duplicate"
@@ -118,6 +153,11 @@ class _Batches(Protocol):
 
     def due(self, cutoff: float | None) -> Sequence[Unit]:
         """Seal and return the jobs whose oldest call was queued at ``cutoff`` or before."""
+
+
+def _outbox_of(unit: Unit) -> str:
+    """Return the outbox a unit waits in: its endpoint's, one for all subscription jobs."""
+    return _SUBSCRIPTIONS if type(unit) is SubscriptionJob else unit.endpoint
 
 
 def _size(value: object) -> int:
@@ -244,17 +284,17 @@ class Worker:
         # (sequence number, the call's objects), or a Pending call flattened by ``pack``.
         self._inbox: deque[tuple[object, ...]] = deque()
         self._calls = self._outcomes.calls
-        # The message ids of queued calls from the full route -> their sequence numbers: a
-        # call that repeats one is dropped (its events would repeat a unique_id). A dict of
-        # strings and ints, which the garbage collector does not track.
-        self._named: dict[str, int] = {}
-        self._named_seqs: dict[int, str] = {}
+        self._named = _Names()
         self._seq = itertools.count()
         self._pending = 0
         self._arrivals = 0  # calls ever queued; the thread compares it with what it saw
         self._seen = 0
         self._bytes = 0
-        self._flushers = 0
+        # What each waiting flush() still waits for: the calls queued before it was called.
+        self._flushes: list[set[int]] = []
+        # Calls ever taken from the queue, and how many a flush() wants taken and sealed.
+        self._taken = 0
+        self._flush_mark = 0
         self._waiting_for_space = 0
         self._idle = True
         self._closed = False
@@ -264,7 +304,12 @@ class Worker:
         # Owned by the worker thread only.
         self._open = OpenJob()
         self._subscriptions = SubscriptionJobs()
-        self._outbox: deque[Unit] = deque()
+        # Sealed units by endpoint (all subscription jobs share one): (order, unit, the
+        # (outbox, order) it waits for or None). See "Ordering" in the module docstring.
+        self._outboxes: dict[str, deque[tuple[int, Unit, tuple[str, int] | None]]] = {}
+        self._order = itertools.count()
+        # Identifies still in their outbox, oldest first: (order, identity).
+        self._identifying: deque[tuple[int, Identity]] = deque()
         self._limiters: dict[str, EndpointLimiter] = {}
         self._in_flight: Unit | None = None
         # The request of _in_flight waits for its answer here; (unit, limiter, bytes) of it.
@@ -272,11 +317,12 @@ class Worker:
         self._sending: tuple[Unit, EndpointLimiter, int] | None = None
         self._retired: list[Sender] = []  # senders left waiting by an internal error
         self._paused = 0.0  # when this thread last paused for the sender
-        # The outbox's first unit once a try got no answer or a 5xx: Klaviyo may have it.
-        self._maybe_sent: Unit | None = None
-        # Attempts of the outbox's first unit that failed with 5xx or no answer.
-        self._head_failures = 0
+        # Per outbox, its first unit once a try got no answer or a 5xx: Klaviyo may have it.
+        self._maybe_sent: dict[str, Unit] = {}
+        # Per outbox, attempts of its first unit that failed with 5xx or no answer.
+        self._head_failures: dict[str, int] = {}
         self._deadline: float | None = None
+        self._sealed_mark = 0  # the last _flush_mark the open jobs were sealed for
 
     @property
     def _batches(self) -> tuple[_Batches, ...]:
@@ -339,7 +385,7 @@ class Worker:
         with self._lock:
             if self._closed:
                 return "client is closed"
-            if named and message_id in self._named:
+            if named and message_id in self._named.seqs:
                 return _duplicate(message_id)
             if self._pending >= self._max_size or self._bytes + size > self._max_bytes:
                 if not self._block:
@@ -348,8 +394,7 @@ class Worker:
                     return "client is closed"
             self._calls[seq] = (message_id, size)
             if named:
-                self._named[message_id] = seq
-                self._named_seqs[seq] = message_id
+                self._named.add(message_id, seq)
             if len(objects) > 1:
                 self._outcomes.parts[seq] = len(objects)
             self._pending += 1
@@ -408,19 +453,25 @@ class Worker:
         return thread is not None and thread.is_alive()
 
     def flush(self, timeout: float | None) -> bool:
-        """Send everything queued now; False if ``timeout`` seconds pass first."""
+        """Send everything queued now; False if ``timeout`` seconds pass first.
+
+        It waits for the calls queued before it only, so it returns under steady traffic,
+        and the worker seals the jobs holding those calls once (see ``_loop``).
+        """
         with self._lock:
             if self._pending == 0:
                 return True
-            self._flushers += 1
+            waiting = set(self._calls)
+            self._flushes.append(waiting)
+            self._flush_mark = max(self._flush_mark, self._arrivals)
             self._idle = False
         self._wake.set()
         try:
             with self._lock:
-                return self._drained.wait_for(lambda: self._pending == 0, timeout)
+                return self._drained.wait_for(lambda: not waiting, timeout)
         finally:
             with self._lock:
-                self._flushers -= 1
+                self._flushes = [other for other in self._flushes if other is not waiting]
 
     def close(self, timeout: float) -> int:
         """Refuse new calls, send what is queued for up to ``timeout`` s, stop the thread.
@@ -515,15 +566,18 @@ class Worker:
         saying Klaviyo may have them, never ``dropped``: they were sent. ``keep_queue``
         spares the calls the worker has not taken from the queue yet.
         """
-        unit = self._in_flight or self._maybe_sent
+        units = [*self._maybe_sent.values()]
+        if self._in_flight is not None:
+            units.append(self._in_flight)
         with self._lock:
             if keep_queue:
                 keep = keep | {item[0] for item in self._inbox}
             else:
+                self._taken += len(self._inbox)  # a later flush() must not wait for these
                 self._inbox.clear()
             left = [seq for seq in self._calls if seq not in keep]
-        if unit is not None:
-            sent = set(unit.owners())
+        if units:
+            sent = {owner for unit in units for owner in unit.owners()}
             self._outcomes.settle([s for s in left if s in sent], in_flight, whole=True)
             left_unsent = [s for s in left if s not in sent]
             self._outcomes.settle(left_unsent, failure, whole=True)
@@ -569,9 +623,11 @@ class Worker:
         self._end_in_flight(keep)
         self._open = OpenJob()
         self._subscriptions = SubscriptionJobs()
-        self._outbox.clear()
-        self._in_flight = self._maybe_sent = None
-        self._head_failures = 0
+        self._outboxes.clear()
+        self._identifying.clear()
+        self._in_flight = None
+        self._maybe_sent.clear()
+        self._head_failures.clear()
 
     def _end_in_flight(self, owners: frozenset[object]) -> None:
         """Wait for the answer to the request in flight and end its calls (``owners``) by it.
@@ -620,18 +676,28 @@ class Worker:
                 self._seen = self._arrivals
                 size = min(_BUSY_CHUNK if callers_busy else _CHUNK, len(self._inbox))
                 chunk = [self._inbox.popleft() for _ in range(size)]
+                self._taken += size
+                taken = self._taken
+                mark = self._flush_mark
                 backlog = bool(self._inbox)
-                hurry = self._flushers > 0 or self._closed
+                closing = self._closed
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
                 return
             self._take_in(chunk, now, yield_to_callers=backlog and callers_busy)
-            # A partial job is sealed only once the backlog has joined it, so a flush of a
-            # long queue still sends full jobs.
-            if not backlog:
-                cutoff = None if hurry else now - self._interval
+            if mark > self._sealed_mark and taken >= mark:
+                # Every call queued before a flush() has joined a job: seal those jobs, once.
+                # Calls queued since then go on filling new jobs (a flush under steady
+                # traffic must not cut every job short), and a flush of a long queue still
+                # sends full jobs.
+                self._sealed_mark = taken
                 for batches in self._batches:
-                    self._outbox.extend(batches.due(cutoff))
+                    self._put_all(batches.due(None))
+            # While closing, a partial job is sealed once the backlog has joined it.
+            if not backlog:
+                cutoff = None if closing else now - self._interval
+                for batches in self._batches:
+                    self._put_all(batches.due(cutoff))
             wait = self._exchange()
             if wait == 0.0 and callers_busy:
                 time.sleep(_YIELD)  # after a request and its outcomes, callers go first
@@ -668,7 +734,7 @@ class Worker:
             return None if sent is None else self._sent(sent)
         if self._stop:
             return None  # closed from a callback: nothing more goes out
-        return self._send_next() if self._outbox else None
+        return self._send_next() if any(self._outboxes.values()) else None
 
     def _step_aside(self) -> None:
         """Let calling threads have the GIL for a moment, if any is queueing calls."""
@@ -685,9 +751,10 @@ class Worker:
         with self._lock:
             if self._inbox or self._stop:
                 return
-            # With a request in flight there is nothing to send until its answer, so new
-            # calls wake the thread to join the next job meanwhile.
-            self._idle = wait is None and oldest is None and len(self._outbox) <= self._sender.busy
+            # With no open job, the first new call wakes the thread: to join the next job
+            # while a request is in flight, and to start its job's timer while the thread
+            # waits out one endpoint's pause (the call may go to another endpoint).
+            self._idle = oldest is None
             self._wake.clear()
         if self._sender.done:
             return  # the answer came before the clear: its wake-up is gone, take it now
@@ -710,40 +777,88 @@ class Worker:
                 failure = Failure(DeliveryStatus.FAILED, reason, None, "internal error")
                 self._outcomes.settle([seq], failure)
             return
+        link: tuple[str, int] | None = None
         for obj in objects:
             try:
                 if isinstance(obj, Event):
                     unique = unique_key(obj.metric, obj.unique_id)
                     self._add_event(seq, encode_event(obj), obj.profile, now, unique)
                 elif isinstance(obj, Profile):
-                    self._add_identify(seq, obj)
+                    self._add_identify(seq, obj, link)
                 elif isinstance(obj, ClientProfile):
+                    # The anonymous id's link goes first: the import then finds one profile.
                     body = encode(profile_body(obj.profile))
-                    self._outbox.append(Identify(seq, body, CLIENT_PROFILES))
+                    link = (CLIENT_PROFILES, self._put(Identify(seq, body, CLIENT_PROFILES)))
                 else:
-                    self._outbox.extend(self._subscriptions.add(obj, seq, now))
+                    self._put_all(self._subscriptions.add(obj, seq, now))
             except (KlaviyoSignalError, ValueError, TypeError) as exc:
                 # A value the JSON writer refuses fails this call alone, not its batch.
                 reason = f"could not encode the call: {exc}"
                 failure = Failure(DeliveryStatus.FAILED, reason, None, "could not encode")
                 self._outcomes.settle([seq], failure)
 
-    def _add_identify(self, seq: int, profile: Profile) -> None:
-        if self._open.mentions(profile.identity):
+    def _add_identify(
+        self, seq: int, profile: Profile, link: tuple[str, int] | None = None
+    ) -> None:
+        """Queue a profile import after this person's earlier event jobs, or else after the
+        call's own anonymous-id ``link``."""
+        identity = profile.identity
+        if self._open.mentions(identity):
             # Events of this person queued before the identify go first, so a later
             # bulk job cannot overwrite what the identify set.
-            self._outbox.append(self._open.seal())
-        self._outbox.append(Identify(seq, encode(profile_body(profile))))
+            self._put(self._open.seal())
+        after = link
+        for order, job, _ in reversed(self._outboxes.get(BulkJob.endpoint, ())):
+            if cast(BulkJob, job).mentions(identity):
+                after = (BulkJob.endpoint, order)  # the last job with their earlier events
+                break
+        order = self._put(Identify(seq, encode(profile_body(profile))), after)
+        self._identifying.append((order, identity))
+
+    def _put(self, unit: Unit, after: tuple[str, int] | None = None) -> int:
+        """Queue a sealed unit at the end of its endpoint's outbox; return its order."""
+        if after is None and self._identifying and type(unit) is BulkJob:
+            after = self._identify_before(unit)
+        key = _outbox_of(unit)
+        outbox = self._outboxes.get(key)
+        if outbox is None:
+            outbox = self._outboxes[key] = deque()
+        order = next(self._order)
+        outbox.append((order, unit, after))
+        return order
+
+    def _put_all(self, units: Iterable[Unit]) -> None:
+        for unit in units:
+            self._put(unit)
+
+    def _identify_before(self, job: BulkJob) -> tuple[str, int] | None:
+        """Return the last identify still waiting for a person of ``job``, if any."""
+        outbox = self._outboxes.get(PROFILE_IMPORT)
+        head = outbox[0][0] if outbox else None
+        waiting = self._identifying
+        while waiting and (head is None or waiting[0][0] < head):
+            waiting.popleft()  # sent (or ended) already
+        for order, identity in reversed(waiting):
+            if job.mentions(identity):
+                return (PROFILE_IMPORT, order)
+        return None
+
+    def _ready(self, after: tuple[str, int] | None) -> bool:
+        """Whether the unit that waits for ``after`` may go: that unit left its outbox."""
+        if after is None:
+            return True
+        outbox = self._outboxes.get(after[0])
+        return not outbox or outbox[0][0] > after[1]
 
     def _add_event(
         self, seq: int, data: bytes, profile: Profile | IdentityKey, now: float, unique: str
     ) -> None:
         if self._open.add(data, profile, seq, now, unique):
             if self._open.events >= MAX_JOB_EVENTS:
-                self._outbox.append(self._open.seal())
+                self._put(self._open.seal())
             return
         if self._open.events:
-            self._outbox.append(self._open.seal())
+            self._put(self._open.seal())
             if self._open.add(data, profile, seq, now, unique):
                 return
         reason = "the event alone is over Klaviyo's 5 MB request limit"
@@ -760,18 +875,33 @@ class Worker:
         return limiter
 
     def _send_next(self) -> float | None:
-        """Send the outbox's first unit if its endpoint allows; else return the wait.
+        """Send the oldest first unit of any outbox that may go now; else return the wait.
+
+        A first unit may go when its endpoint's limiter allows and the unit it waits for
+        (if any) has left its outbox.
 
         Returns:
             0.0 when the request ended already (sent inline), None while its answer is
-            awaited (the Sender wakes the thread), else the seconds until it may go.
+            awaited (the Sender wakes the thread), else the seconds until one may go.
         """
-        unit = self._outbox[0]
-        endpoint = unit.endpoint
-        limiter = self._limiter(endpoint)
-        wait = limiter.delay()
-        if wait > 0:
+        best: tuple[int, Unit, EndpointLimiter] | None = None
+        wait: float | None = None
+        for outbox in self._outboxes.values():
+            if not outbox:
+                continue
+            order, head, after = outbox[0]
+            if not self._ready(after) or (best is not None and best[0] < order):
+                continue
+            head_limiter = self._limiter(head.endpoint)
+            delay = head_limiter.delay()
+            if delay > 0:
+                wait = delay if wait is None else min(wait, delay)
+                continue
+            best = (order, head, head_limiter)
+        if best is None:
             return wait
+        _, unit, limiter = best
+        endpoint = unit.endpoint
         if self._transport is None:
             self._transport = self._make_transport()
         body = unit.body()
@@ -831,29 +961,37 @@ class Worker:
             rest = None
         finally:
             self._in_flight = None
-        self._outbox.popleft()
-        self._head_failures = 0
-        self._maybe_sent = None
+        key = _outbox_of(unit)
+        outbox = self._outboxes[key]
+        order = outbox.popleft()[0]  # the unit in flight is its outbox's first
+        waiting = self._identifying
+        while waiting and waiting[0][0] <= order and type(unit) is Identify:
+            waiting.popleft()  # identifies end in order: this one is the oldest
+        self._head_failures.pop(key, None)
+        self._maybe_sent.pop(key, None)
         if rest is not None:
-            # The items Klaviyo did not object to go again, first in line.
+            # The items Klaviyo did not object to go again, first in line, in its place.
             self._stats.retry()
-            self._outbox.appendleft(rest)
+            outbox.appendleft((order, rest, None))
         return 0.0
 
     def _retry_head(self, limiter: EndpointLimiter, retry_after: float | None) -> bool:
-        """Schedule the first unit again after a 5xx or no answer; False when retries ran out.
+        """Schedule the unit in flight again after a 5xx or no answer; False when retries ran out.
 
         Retries go back through the endpoint's limiter (a pause with backoff), so they
-        count against Klaviyo's windows like any other request.
+        count against Klaviyo's windows like any other request; other outboxes go on.
         """
-        if self._head_failures >= self._max_retries:
+        unit = cast(Unit, self._in_flight)  # still set while _sent reads the answer
+        key = _outbox_of(unit)
+        failures = self._head_failures.get(key, 0)
+        if failures >= self._max_retries:
             return False
-        self._head_failures += 1
-        self._maybe_sent = self._outbox[0]
+        failures = self._head_failures[key] = failures + 1
+        self._maybe_sent[key] = unit
         self._stats.retry()
         if retry_after is None:
             # Exponential backoff with jitter, as urllib3 would: 0.5 s, 1 s, 2 s... up to 30 s.
-            backoff = min(_MAX_BACKOFF, 0.5 * 2 ** (self._head_failures - 1))
+            backoff = min(_MAX_BACKOFF, 0.5 * 2 ** (failures - 1))
             retry_after = backoff * (0.5 + random.random() / 2)  # jitter, not a secret
         limiter.throttle(retry_after)
         return True
@@ -865,11 +1003,14 @@ class Worker:
             for seq, size in finals:
                 self._pending -= 1
                 self._bytes -= size
-                if named:
-                    message_id = self._named_seqs.pop(seq, None)
-                    if message_id is not None and named.get(message_id) == seq:
-                        del named[message_id]
+                if named.ids:
+                    named.drop(seq)
             if self._waiting_for_space:
                 self._space.notify_all()
-            if self._pending == 0:
+            flushed = False
+            for waiting in self._flushes:
+                for seq, _ in finals:
+                    waiting.discard(seq)
+                flushed = flushed or not waiting
+            if flushed or self._pending == 0:
                 self._drained.notify_all()

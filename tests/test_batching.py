@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -190,3 +191,58 @@ def test_worker_encodes_off_the_callers_thread(fake: FakeKlaviyo) -> None:
     assert fake.requests == []
     client.close()
     assert delivery.wait(timeout=10).status is DeliveryStatus.DELIVERED
+
+
+def test_partial_400_naming_one_event_fails_only_its_call(fake: FakeKlaviyo) -> None:
+    """A 400 naming one event of a profile's item fails only that call; its siblings are resent."""
+    pointer = "/data/attributes/events-bulk-create/data/0/attributes/events/data/1/attributes/time"
+    detail = "The event time must be after the year 2000 and at most 1 year in the future."
+    refuse_item(fake, pointer, detail)
+    client = client_for(fake)
+    # Text that looks like JSON punctuation must not confuse where one event ends.
+    note = 'a,"b"},{"c": [1, 2]'
+    calls = [client.track("Signed Up", {"n": i, "note": note}, user_id="user-1") for i in range(3)]
+    close_and_check_middle_refused(client, calls, detail)
+    assert sorted(e.properties["n"] for e in fake.events) == [0, 2]
+    assert {e.properties["note"] for e in fake.events} == {note}
+    assert [r.status for r in fake.requests] == [400, 202]
+    resent = fake.requests[1].body
+    assert_valid(BULK, resent)
+    assert event_count(resent) == 2
+    assert client.stats.failed_by_reason == {"HTTP 400": 1}
+
+
+def test_flush_under_steady_traffic_returns_and_keeps_jobs_full(fake: FakeKlaviyo) -> None:
+    """flush() waits only for the calls queued before it and seals their job once, not every job."""
+    client = client_for(fake, rate_limits=None)
+    stop = threading.Event()
+    sent = [0]
+
+    def produce() -> None:
+        deadline = time.monotonic() + 30  # a hard cap, should the flush never return
+        while not stop.is_set() and time.monotonic() < deadline:
+            client.track("Signed Up", {"n": sent[0]}, user_id=f"user-{sent[0] % 50}")
+            sent[0] += 1
+            time.sleep(0.0005)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        time.sleep(0.5)
+        before = sent[0]
+        started = time.monotonic()
+        assert client.flush(timeout=10)
+        assert time.monotonic() - started < 8
+        flushed_at = sent[0]
+        # Everything queued before flush() is final by now.
+        assert len(fake.events) >= before
+        time.sleep(1.0)  # the traffic goes on after the flush
+    finally:
+        stop.set()
+        producer.join()
+    client.close()
+    assert sent[0] > flushed_at
+    counts = [event_count(b) for b in bulk_bodies(fake)]
+    assert sum(counts) == sent[0] == len(fake.events)
+    # Full jobs, plus one sealed by the flush and the last one by close().
+    assert len(counts) <= sent[0] // MAX_JOB_EVENTS + 3, counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -367,6 +368,26 @@ def test_a_later_change_for_the_same_profile_wins(fake: FakeKlaviyo) -> None:
     assert other is not None
     assert other.lists == ("News",)
     client.close()
+
+
+def test_an_unsubscribe_waits_for_a_paused_subscribe_of_the_same_profile(
+    fake: FakeKlaviyo,
+) -> None:
+    """A 429 on the subscribe endpoint holds back a later unsubscribe: it stays the last word."""
+    fake.fail_next(429, retry_after=1)
+    client = client_for(fake, flush_interval=0.05)
+    client.subscribe(email="a@example.com", list_id="News")
+    deadline = time.monotonic() + 10
+    while not any(r.status == 429 for r in fake.requests):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    last = client.unsubscribe(email="a@example.com", list_id="News")
+    assert last.wait(timeout=10).status is DeliveryStatus.DELIVERED
+    client.close()
+    assert [r.status for r in fake.requests] == [429, 202, 202]
+    profile = fake.profile_for(email="a@example.com")
+    assert profile is not None
+    assert profile.lists == ()
 
 
 def test_subscriptions_share_the_rate_limiter(fake: FakeKlaviyo) -> None:

@@ -663,3 +663,58 @@ def test_close_while_the_worker_recovers_still_sends_what_came_since(
         assert [d.wait(0).status for d in (*first, *during)] == [DeliveryStatus.DELIVERED] * 5
         assert len(fake.events) == 5
         assert no_more_threads_than(before)
+
+
+PROFILE_IMPORT = "/api/profile-import"
+
+
+def wait_for_status(fake: FakeKlaviyo, path: str, status: int) -> None:
+    """Poll until ``fake`` answered a request to ``path`` with ``status`` (up to 10 s)."""
+    deadline = time.monotonic() + 10
+    while not any(r.path == path and r.status == status for r in fake.requests):
+        assert time.monotonic() < deadline, [(r.path, r.status) for r in fake.requests]
+        time.sleep(0.01)
+
+
+def test_a_429_on_profile_import_does_not_hold_back_events(fake: FakeKlaviyo) -> None:
+    """A Retry-After on profile-import pauses identifies only: other people's events go on."""
+    fake.fail_next(429, retry_after=20)
+    client = client_for(fake, flush_interval=0.1, shutdown_timeout=0.5)
+    identify = client.identify("user-0", {"email": "ann@example.com"})
+    wait_for_status(fake, PROFILE_IMPORT, 429)
+    tracks = [client.track("Signed Up", {"n": i}, user_id=f"user-{i + 1}") for i in range(50)]
+    assert {t.wait(timeout=5).status for t in tracks} == {DeliveryStatus.DELIVERED}
+    assert identify.wait(timeout=0).status is DeliveryStatus.QUEUED  # still paused
+    assert len(fake.events) == 50
+    client.close()
+
+
+def test_a_later_event_waits_for_its_persons_paused_identify(fake: FakeKlaviyo) -> None:
+    """An event made after an identify is not sent before it, even while the identify is paused."""
+    fake.fail_next(429, retry_after=1)
+    client = client_for(fake, flush_interval=0.05)
+    client.identify("user-1", {"email": "ann@example.com"})
+    wait_for_status(fake, PROFILE_IMPORT, 429)
+    track = client.track("Signed Up", user_id="user-1")
+    assert track.wait(timeout=10).status is DeliveryStatus.DELIVERED
+    client.close()
+    assert [(r.path, r.status) for r in fake.requests] == [
+        (PROFILE_IMPORT, 429),
+        (PROFILE_IMPORT, fake.requests[1].status),
+        (BULK, 202),
+    ]
+    assert fake.requests[1].status in (200, 201)
+
+
+def test_an_identify_waits_for_its_persons_paused_earlier_events(fake: FakeKlaviyo) -> None:
+    """An identify is not sent before the person's earlier events, even while they are paused."""
+    fake.fail_next(429, retry_after=1)
+    client = client_for(fake, flush_interval=0.05)
+    track = client.track("Signed Up", user_id="user-1")
+    wait_for_status(fake, BULK, 429)
+    identify = client.identify("user-1", {"email": "ann@example.com"})
+    assert identify.wait(timeout=10).status is DeliveryStatus.DELIVERED
+    assert track.wait(timeout=0).status is DeliveryStatus.DELIVERED
+    client.close()
+    assert [(r.path, r.status) for r in fake.requests][:2] == [(BULK, 429), (BULK, 202)]
+    assert fake.requests[2].path == PROFILE_IMPORT
