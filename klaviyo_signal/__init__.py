@@ -19,6 +19,7 @@ from ._errors import (
     RateLimitError,
     RequestTimeoutError,
     RevisionGoneError,
+    RevisionWarning,
     ServerError,
     TransportError,
     UnexpectedResponseError,
@@ -26,6 +27,7 @@ from ._errors import (
 )
 from ._explain import ExplainedRequest, Explanation
 from ._messages import Message
+from ._revisions import DEFAULT_REVISION, SUPPORTED_REVISIONS
 from ._rules import (
     CatchAll,
     IdentifyRule,
@@ -48,6 +50,7 @@ __all__ = [
     "CatchAll",
     "Client",
     "ConfigurationError",
+    "DEFAULT_REVISION",
     "Delivery",
     "DeliveryStatus",
     "ErrorRecord",
@@ -65,7 +68,9 @@ __all__ = [
     "RateLimitError",
     "RequestTimeoutError",
     "RevisionGoneError",
+    "RevisionWarning",
     "Rule",
+    "SUPPORTED_REVISIONS",
     "ServerError",
     "Stats",
     "SubscribeRule",

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+from ._revisions import DEFAULT_REVISION, SUPPORTED_REVISIONS
 from ._version import VERSION
 
 __all__ = ["main"]
@@ -20,6 +21,7 @@ environment (verify, send):
   KLAVIYO_PUBLIC_API_KEY   the 6-character public key (Site ID)
   KLAVIYO_PRIVATE_API_KEY  a private key (pk_...) with events:write and profiles:write
   KLAVIYO_BASE_URL         optional; e.g. a FakeKlaviyo's URL for tests
+  KLAVIYO_REVISION         optional; the API revision (default: the newest supported)
 
 exit codes: 0 ok, 1 something was not delivered, 2 bad usage or setup.
 Start with: klaviyo-signal demo
@@ -66,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--email", required=True, metavar="ADDRESS", help="the test profile's email address"
     )
+    _revision_option(verify)
 
     send = commands.add_parser(
         "send",
@@ -103,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--sync", action="store_true", help="send each call before reading the next (slower)"
     )
+    send.add_argument(
+        "--backfill",
+        action="store_true",
+        help="record the events without triggering flows (historical data)",
+    )
+    _revision_option(send)
     send.set_defaults(parser=send)  # usage errors found later name `send`
     send.add_argument(
         "--progress",
@@ -143,6 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _revision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--revision",
+        metavar="YYYY-MM-DD",
+        help=(
+            f"the Klaviyo API revision (default: KLAVIYO_REVISION, else {DEFAULT_REVISION}; "
+            f"supported: {', '.join(SUPPORTED_REVISIONS)})"
+        ),
+    )
+
+
 def _blueprint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blueprint", metavar="PATH", help="a .json or .toml blueprint file")
     parser.add_argument(
@@ -176,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "verify":
         from ._cli_verify import run_verify  # noqa: PLC0415
 
-        return run_verify(args.email, sys.stdout, sys.stderr)
+        return run_verify(args.email, sys.stdout, sys.stderr, args.revision)
     if args.command == "explain":
         from ._cli_blueprint import run_explain  # noqa: PLC0415
 

@@ -100,7 +100,8 @@ def run_demo(out: TextIO, err: TextIO) -> int:
     with fake:
         client = Client("AbC123", "pk_demo_0123456789abcdef", base_url=fake.url, sync_mode=True)
         with client:
-            out.write(f"A local Klaviyo is listening on {fake.url}; sending a visit to it.\n\n")
+            out.write(f"A local Klaviyo is listening on {fake.url}; sending a visit to it.\n")
+            out.write(f"API revision {client.revision}.\n\n")
             out.write("Live events\n")
             out.write(_ROW.format("TIME", "CALL", "KLAVIYO METRIC", "STATUS", "HTTP") + "\n")
             failed = 0
@@ -129,7 +130,13 @@ def _step(
     answered = [r for r in requests if r.status is not None and r.status < 400]
     if answered and answered[-1].path.rstrip("/") == "/api/profile-import":
         metric = "(profile)"
-        if answered[-1].status == 200:
+        linked = any(r.path.startswith("/client/profiles") for r in answered)
+        if linked:
+            reason = (
+                "linked the anonymous id through /client/profiles (public key only), then "
+                "updated that profile with profile-import: the visit is merged"
+            )
+        elif answered[-1].status == 200:
             reason = "updated the profile the anonymous page views created (merged)"
     elif answered:
         metric = answered[-1].body["data"]["attributes"]["metric"]["data"]["attributes"]["name"]

@@ -18,6 +18,7 @@ from typing import IO, Any, TextIO
 import attrs
 
 from ._blueprint import Blueprint, default_blueprint
+from ._cli_client import client_from_env
 from ._cli_lines import BadLine, lines, parse_line
 from ._cli_report import Outcomes, Progress
 from ._client import Client
@@ -117,7 +118,11 @@ def run_send(
         parser.error("--user-id, --anonymous-id, --email and --properties go with --event only")
     message = _flag_message(args, parser) if args.event is not None else None
     try:
-        client = Client.from_env(sync_mode=args.sync, blueprint=_blueprint(args.enable, args.event))
+        options: dict[str, Any] = {"sync_mode": args.sync, "backfill": args.backfill}
+        if args.revision is not None:
+            options["revision"] = args.revision
+        blueprint = _blueprint(args.enable, args.event)
+        client = client_from_env("send", err, blueprint=blueprint, **options)
     except ConfigurationError as exc:
         err.write(f"klaviyo-signal send: {exc}\nSee: klaviyo-signal send --help\n")
         return 2

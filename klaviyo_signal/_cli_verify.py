@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from ._blueprint import default_blueprint
-from ._client import Client
+from ._cli_client import client_from_env, revision_line
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -29,11 +29,12 @@ _KEY_FIX = (
 )
 
 
-def run_verify(email: str, out: TextIO, err: TextIO) -> int:
+def run_verify(email: str, out: TextIO, err: TextIO, revision: str | None = None) -> int:
     """Send the test identify and event for ``email``; return the exit code."""
     blueprint = default_blueprint().enable(TEST_EVENT)
+    options = {} if revision is None else {"revision": revision}
     try:
-        client = Client.from_env(sync_mode=True, blueprint=blueprint)
+        client = client_from_env("verify", err, sync_mode=True, blueprint=blueprint, **options)
     except ConfigurationError as exc:
         err.write(
             f"klaviyo-signal verify: {exc}\n"
@@ -42,6 +43,7 @@ def run_verify(email: str, out: TextIO, err: TextIO) -> int:
         )
         return 2
     metric = blueprint.rules[TEST_EVENT].metric
+    out.write(revision_line(client.revision))
     with client:
         try:
             profile = client.identify(traits={"email": email})

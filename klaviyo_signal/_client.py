@@ -606,6 +606,11 @@ class Client:
         )
 
     @property
+    def revision(self) -> str:
+        """The Klaviyo API revision this client sends, and whose rules its bodies follow."""
+        return self._config.revision
+
+    @property
     def stats(self) -> Stats:
         """A snapshot of the delivery counters (since the client was built or forked)."""
         worker = self._worker
