@@ -195,7 +195,9 @@ class Worker:
         self._clock = clock
         self._limits = limits
         self._rule_for = rule_for
-        self._outcomes = Outcomes(stats, board, on_delivery, self._settled, self._step_aside)
+        self._outcomes = Outcomes(
+            stats, board, on_delivery, self._settled, self._step_aside, called=self._called
+        )
         self._stats = stats
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
@@ -211,6 +213,7 @@ class Worker:
         self._bytes = 0
         self._flushers = 0
         self._waiting_for_space = 0
+        self._calling = 0  # batches of final calls whose on_delivery callbacks are running
         self._idle = True
         self._closed = False
         self._stop = False
@@ -283,7 +286,9 @@ class Worker:
             if self._closed:
                 return "client is closed"
             if self._pending >= self._max_size or self._bytes + size > self._max_bytes:
-                if not self._block:
+                # On the worker thread (an on_delivery callback) no room can come while
+                # the call waits: only this thread frees it.
+                if not self._block or threading.current_thread() is self._thread:
                     return "queue full"
                 if not self._wait_for_space(size):
                     return "client is closed"
@@ -346,16 +351,24 @@ class Worker:
         return thread is not None and thread.is_alive()
 
     def flush(self, timeout: float | None) -> bool:
-        """Send everything queued now; False if ``timeout`` seconds pass first."""
+        """Send everything queued now; False if ``timeout`` seconds pass first.
+
+        On the worker thread (from on_delivery) it returns at once, False if anything is
+        queued: only this thread sends, so waiting could only end in the timeout.
+        """
+        if threading.current_thread() is self._thread:
+            return self._pending == 0
         with self._lock:
-            if self._pending == 0:
+            if self._pending == 0 and self._calling == 0:
                 return True
             self._flushers += 1
             self._idle = False
         self._wake.set()
         try:
             with self._lock:
-                return self._drained.wait_for(lambda: self._pending == 0, timeout)
+                return self._drained.wait_for(
+                    lambda: self._pending == 0 and self._calling == 0, timeout
+                )
         finally:
             with self._lock:
                 self._flushers -= 1
@@ -786,13 +799,25 @@ class Worker:
         limiter.throttle(retry_after)
         return True
 
-    def _settled(self, finals: Sequence[tuple[int, int]]) -> None:
-        """Release the queue room of calls that just became final (called by Outcomes)."""
+    def _settled(self, finals: Sequence[tuple[int, int]], calling: bool = False) -> None:
+        """Release the queue room of calls that just became final (called by Outcomes).
+
+        With ``calling``, their on_delivery callbacks run next: a flush waits for them
+        (until ``_called``), so the callbacks of every call have run when it returns.
+        """
         with self._lock:
             for _, size in finals:
                 self._pending -= 1
                 self._bytes -= size
+            self._calling += calling
             if self._waiting_for_space:
                 self._space.notify_all()
-            if self._pending == 0:
+            if self._pending == 0 and self._calling == 0:
+                self._drained.notify_all()
+
+    def _called(self) -> None:
+        """The callbacks announced to ``_settled`` have run."""
+        with self._lock:
+            self._calling -= 1
+            if self._pending == 0 and self._calling == 0:
                 self._drained.notify_all()

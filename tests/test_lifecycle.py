@@ -1,0 +1,127 @@
+"""Process lifetime: callbacks that call back in, fork, multiprocessing, signals, import."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from klaviyo_signal import Client, Delivery, DeliveryStatus, default_blueprint
+from klaviyo_signal.testing import FakeKlaviyo
+
+from .conftest import PRIVATE_KEY, PUBLIC_KEY
+
+BLUEPRINT = default_blueprint().enable("Signed Up")
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def finishes(scenario: Callable[[], None], timeout: float = 30.0) -> None:
+    """Run ``scenario`` on a thread; fail (instead of hanging the suite) if it never ends."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            scenario()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the scenario was still blocked after {timeout} s"
+    if errors:
+        raise errors[0]
+
+
+def client_for(fake: FakeKlaviyo, **options: object) -> Client:
+    options.setdefault("flush_interval", 0.05)
+    return Client(PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url, blueprint=BLUEPRINT, **options)  # type: ignore[arg-type]
+
+
+# -- calls from on_delivery -------------------------------------------------------------
+
+
+def test_track_from_on_delivery_with_block_on_full_never_deadlocks(fake: FakeKlaviyo) -> None:
+    """A callback that tracks on a full blocking queue neither hangs the worker nor the
+    threads waiting for room; its own call is dropped with ``queue full`` if none is left."""
+    follow_ups: list[Delivery] = []
+    client_box: list[Client] = []
+
+    def on_delivery(delivery: Delivery) -> None:
+        if delivery.message_id.startswith("first-"):
+            follow_ups.append(client_box[0].track("Signed Up", {"follow": 1}, user_id="f"))
+
+    client = client_for(fake, max_queue_size=5, block_on_full=True, on_delivery=on_delivery)
+    client_box.append(client)
+    firsts: list[Delivery] = []
+
+    def scenario() -> None:
+        for i in range(30):
+            firsts.append(client.track("Signed Up", {"n": i}, user_id="u", message_id=f"first-{i}"))
+        assert client.flush(timeout=20)
+
+    try:
+        finishes(scenario)
+    finally:
+        client.close()
+    assert [d.wait(5).status for d in firsts] == [DeliveryStatus.DELIVERED] * 30
+    assert len(follow_ups) == 30
+    for d in follow_ups:
+        final = d.wait(5)
+        assert final.status is DeliveryStatus.DELIVERED or final.reason == "queue full"
+    assert len(fake.events) == 30 + sum(
+        d.wait(5).status is DeliveryStatus.DELIVERED for d in follow_ups
+    )
+
+
+def test_room_is_free_before_on_delivery_runs(fake: FakeKlaviyo) -> None:
+    """In on_delivery the call just ended no longer takes queue room, so a follow-up fits."""
+    follow_ups: list[Delivery] = []
+    client_box: list[Client] = []
+
+    def on_delivery(delivery: Delivery) -> None:
+        if delivery.message_id == "first":
+            follow_ups.append(client_box[0].track("Signed Up", user_id="f"))
+
+    client = client_for(fake, max_queue_size=1, on_delivery=on_delivery)
+    client_box.append(client)
+    try:
+        client.track("Signed Up", user_id="u", message_id="first")
+        assert client.flush(timeout=20)
+        assert client.flush(timeout=20)
+    finally:
+        client.close()
+    assert [d.status for d in follow_ups] == [DeliveryStatus.QUEUED]
+    assert follow_ups[0].wait(5).status is DeliveryStatus.DELIVERED
+
+
+def test_flush_from_on_delivery_returns_at_once(fake: FakeKlaviyo) -> None:
+    """flush() inside on_delivery returns False at once while calls are queued, instead of
+    blocking the worker for its whole timeout."""
+    results: list[tuple[bool, float]] = []
+    client_box: list[Client] = []
+
+    def on_delivery(delivery: Delivery) -> None:
+        if delivery.message_id == "first":
+            client_box[0].track("Signed Up", user_id="f")
+            started = time.monotonic()
+            results.append((client_box[0].flush(timeout=10), time.monotonic() - started))
+
+    client = client_for(fake, on_delivery=on_delivery)
+    client_box.append(client)
+
+    def scenario() -> None:
+        client.track("Signed Up", user_id="u", message_id="first")
+        assert client.flush(timeout=30)
+
+    try:
+        finishes(scenario)
+    finally:
+        client.close()
+    [(flushed, elapsed)] = results
+    assert flushed is False
+    assert elapsed < 5
+    assert len(fake.events) == 2
