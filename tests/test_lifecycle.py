@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -125,3 +126,52 @@ def test_flush_from_on_delivery_returns_at_once(fake: FakeKlaviyo) -> None:
     assert flushed is False
     assert elapsed < 5
     assert len(fake.events) == 2
+
+
+# -- fork -------------------------------------------------------------------------------
+
+
+def in_forked_child(body: Callable[[], str], timeout: float = 20.0) -> str:
+    """Run ``body`` in a forked child; return what it returned, failing if it hangs."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.write(write_end, body().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    with os.fdopen(read_end, "rb") as pipe:
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"the forked child was still blocked after {timeout} s")
+            time.sleep(0.02)
+        return pipe.read().decode()
+
+
+@needs_fork
+def test_wait_in_a_forked_child_on_a_parents_delivery_returns_at_once() -> None:
+    """Delivery.wait() in a forked child on a call the parent queued returns at once,
+    still queued, with a reason saying the call belongs to the parent process."""
+    with FakeKlaviyo(latency=1.0) as fake:
+        client = client_for(fake, flush_interval=60.0)
+        delivery = client.track("Signed Up", user_id="u")
+
+        def child() -> str:
+            started = time.monotonic()
+            final = delivery.wait()
+            return f"{final.status.value}|{time.monotonic() - started:.3f}|{final.reason}"
+
+        try:
+            status, elapsed, reason = in_forked_child(child).split("|", 2)
+        finally:
+            client.close()
+        assert status == "queued"
+        assert float(elapsed) < 5
+        assert f"process {os.getpid()}" in reason
+        assert "forked" in reason
+        assert delivery.wait(5).status is DeliveryStatus.DELIVERED
