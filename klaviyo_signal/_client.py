@@ -23,7 +23,7 @@ from ._errors import ConfigurationError
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
 from ._lifecycle import forget, manage
-from ._messages import Message, build_message
+from ._messages import Message, build_message, reseed_message_ids
 from ._models import Event, KlaviyoObject, Profile
 from ._quick import MESSAGE_ID as _MESSAGE_ID
 from ._quick import quick_track
@@ -135,7 +135,7 @@ class Client:
         # Background calls that need no consent grant may take the fast lane (_quick.py).
         self._quick_lane = not self._config.sync_mode and not self._config.require_consent
         self._fresh_state()
-        manage(self)
+        manage(self, reseed_message_ids)
 
     def _fresh_state(self) -> None:
         """Build the sync session, the counters and the (idle) background worker."""

@@ -16,6 +16,7 @@ import atexit
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ["Managed", "Orphan", "adopt", "forget", "manage", "release"]
@@ -47,18 +48,29 @@ class _Registry:
         # whose worker then registers itself here from the same thread.
         self.lock = threading.RLock()
         self.installed = False
+        # Process-wide state each process must have of its own (the message id generator).
+        self.per_process: Callable[[], None] = lambda: None
 
 
 _registry = _Registry()
 
 
-def manage(client: Managed) -> None:
-    """Flush ``client`` at exit and reset it in forked children, until ``forget``."""
+def manage(client: Managed, per_process: Callable[[], None]) -> None:
+    """Flush ``client`` at exit and reset it in forked children, until ``forget``.
+
+    Args:
+        client: The Client.
+        per_process: Renews what no two processes may share (the message id generator):
+            run when the first Client is built, and in every forked child after that. The
+            first run covers a process forked before any Client existed.
+    """
     with _registry.lock:
         _registry.clients.add(client)
         if _registry.installed:
             return
         _registry.installed = True
+        _registry.per_process = per_process
+    per_process()
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
         os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -97,6 +109,7 @@ def _after_fork_in_child() -> None:
     # Another parent thread may have held the lock at fork time; in the child it never
     # would be released.
     _registry.lock = threading.RLock()
+    _registry.per_process()
     # The parent's orphans are the parent's to send.
     _registry.orphans.clear()
     for client in list(_registry.clients):

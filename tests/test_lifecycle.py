@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -175,3 +178,76 @@ def test_wait_in_a_forked_child_on_a_parents_delivery_returns_at_once() -> None:
         assert f"process {os.getpid()}" in reason
         assert "forked" in reason
         assert delivery.wait(5).status is DeliveryStatus.DELIVERED
+
+
+def run_script(script: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter with this worktree's package."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+_PRELUDE = f"""
+import os, sys
+from klaviyo_signal import Client, default_blueprint
+def make_client(**options):
+    options.setdefault("flush_interval", 60.0)
+    return Client({PUBLIC_KEY!r}, {PRIVATE_KEY!r}, base_url=os.environ.get("FAKE_URL", "http://127.0.0.1:9"),
+                  blueprint=default_blueprint().enable("Signed Up"), **options)
+"""
+
+
+# -- import -----------------------------------------------------------------------------
+
+
+def test_import_registers_no_fork_hook() -> None:
+    """Importing klaviyo_signal registers no at-fork hook; building the first Client does."""
+    script = """
+    import os
+    hooks = []
+    real = os.register_at_fork
+    def spy(**kwargs):
+        hooks.extend(getattr(f, "__module__", "") or "" for f in kwargs.values())
+        return real(**kwargs)
+    os.register_at_fork = spy
+    import klaviyo_signal, klaviyo_signal.testing
+    ours = [m for m in hooks if m.startswith("klaviyo_signal")]
+    print("import:", ours)
+    klaviyo_signal.Client("AbC123", "pk_" + "x" * 34)
+    ours = [m for m in hooks if m.startswith("klaviyo_signal")]
+    print("client:", len(ours) > 0)
+    """
+    done = run_script(textwrap.dedent(script))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["import: []", "client: True"]
+
+
+@needs_fork
+def test_children_forked_before_the_first_client_get_distinct_message_ids() -> None:
+    """Processes forked before any Client exists never repeat each other's message ids."""
+    script = _PRELUDE + textwrap.dedent(
+        """
+    ids = []
+    for _ in range(2):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            client = make_client()
+            os.write(w, client.track("Signed Up", user_id="u").message_id.encode())
+            os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        ids.append(os.read(r, 100).decode())
+    ids.append(make_client().track("Signed Up", user_id="u").message_id)
+    print(len(set(ids)), len(ids))
+    os._exit(0)
+    """
+    )
+    done = run_script(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "3"]
