@@ -4,6 +4,11 @@ One ``atexit`` hook and one ``os.register_at_fork`` hook serve every live Client
 hold Clients only weakly, so registering never keeps a Client alive. The hooks are
 installed with the first Client, not at import.
 
+A ``multiprocessing`` child (a ``Process``, a ``Pool`` or ``ProcessPoolExecutor`` worker)
+ends with ``os._exit()`` under the fork and forkserver start methods, so ``atexit`` never
+runs there; ``Process._bootstrap`` runs multiprocessing's own exit finalizers instead, and
+the same bounded flush is registered as one of them in each such child.
+
 After ``fork()`` only the forking thread exists in the child: the parent's worker thread
 is gone, its locks may be held forever and its pooled sockets are shared with the parent.
 So each Client in the child gets a fresh queue, worker, session and counters, and the
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -48,6 +54,8 @@ class _Registry:
         # whose worker then registers itself here from the same thread.
         self.lock = threading.RLock()
         self.installed = False
+        # Whether multiprocessing's after-fork list holds our hook (inherited by fork).
+        self.multiprocessing_hooked = False
         # Process-wide state each process must have of its own (the message id generator).
         self.per_process: Callable[[], None] = lambda: None
 
@@ -72,6 +80,11 @@ def manage(client: Managed, per_process: Callable[[], None]) -> None:
         _registry.per_process = per_process
     per_process()
     atexit.register(_at_exit)
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None and process.parent_process() is not None:
+        # The first Client of a multiprocessing child (spawn, forkserver, or a fork
+        # whose parent had none): the child may end with os._exit(), past atexit.
+        _flush_at_multiprocessing_exit()
     if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -114,3 +127,24 @@ def _after_fork_in_child() -> None:
     _registry.orphans.clear()
     for client in list(_registry.clients):
         client._reset_after_fork()
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and not _registry.multiprocessing_hooked:
+        # Too early to register an exit finalizer: Process._bootstrap clears them after
+        # this hook. Its after-fork functions run after that, in multiprocessing children.
+        _registry.multiprocessing_hooked = True
+        util.register_after_fork(_registry, _in_multiprocessing_child)
+
+
+def _in_multiprocessing_child(registry: _Registry) -> None:
+    """Run by multiprocessing in each child it forks, once it has cleared its finalizers."""
+    _flush_at_multiprocessing_exit()
+
+
+def _flush_at_multiprocessing_exit() -> None:
+    # Reached only once multiprocessing is loaded; a top-level import would load it (and
+    # its own atexit hook) into every process.
+    from multiprocessing import util  # noqa: PLC0415
+
+    # Ahead of multiprocessing's own finalizers (queues close at 10, pools at 15), so an
+    # on_delivery callback may still use them.
+    util.Finalize(None, _at_exit, exitpriority=20)

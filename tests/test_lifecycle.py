@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,66 @@ def test_children_forked_before_the_first_client_get_distinct_message_ids() -> N
     done = run_script(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "3"]
+
+
+# -- multiprocessing --------------------------------------------------------------------
+
+_MULTIPROCESSING = f"""
+import concurrent.futures, multiprocessing, os, sys
+from klaviyo_signal import Client, default_blueprint
+
+_client = None
+
+def client():
+    global _client
+    if _client is None:
+        _client = Client({PUBLIC_KEY!r}, {PRIVATE_KEY!r}, base_url=os.environ["FAKE_URL"],
+                         blueprint=default_blueprint().enable("Signed Up"), flush_interval=60.0)
+    return _client
+
+def work(tag):
+    for i in range(10):
+        client().track("Signed Up", {{"tag": tag, "i": i}}, user_id="u")
+    return os.getpid()
+
+if __name__ == "__main__":
+    method, build_in_parent = sys.argv[1], sys.argv[2] == "parent"
+    ctx = multiprocessing.get_context(method)
+    if build_in_parent:
+        client()
+    process = ctx.Process(target=work, args=("process",))
+    process.start()
+    process.join()
+    assert process.exitcode == 0, process.exitcode
+    pool = ctx.Pool(2)
+    pool.map(work, ["pool-1", "pool-2"])
+    pool.close()
+    pool.join()
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        list(executor.map(work, ["executor-1", "executor-2"]))
+"""
+
+
+@needs_fork
+@pytest.mark.parametrize(
+    ("method", "where"), [("fork", "parent"), ("fork", "child"), ("forkserver", "child")]
+)
+def test_multiprocessing_children_send_what_they_queued(
+    fake: FakeKlaviyo, tmp_path: Path, method: str, where: str
+) -> None:
+    """Process, Pool and ProcessPoolExecutor workers that end with os._exit() still send
+    every call they queued, whether the Client was built in the parent or the child."""
+    script = tmp_path / "app.py"
+    script.write_text(_MULTIPROCESSING)
+    done = subprocess.run(
+        [sys.executable, str(script), method, where],
+        env={**os.environ, "FAKE_URL": fake.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    tags = sorted({e.properties["tag"] for e in fake.events})
+    assert tags == ["executor-1", "executor-2", "pool-1", "pool-2", "process"]
+    assert len(fake.events) == 50
