@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from klaviyo_signal import Client, Delivery, DeliveryStatus, default_blueprint
+from klaviyo_signal import Client, ConfigurationError, Delivery, DeliveryStatus, default_blueprint
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY
@@ -315,3 +315,156 @@ def test_multiprocessing_children_send_what_they_queued(
     tags = sorted({e.properties["tag"] for e in fake.events})
     assert tags == ["executor-1", "executor-2", "pool-1", "pool-2", "process"]
     assert len(fake.events) == 50
+
+
+# -- signals ----------------------------------------------------------------------------
+
+
+def start_script(script: str, fake: FakeKlaviyo) -> subprocess.Popen[str]:
+    """Start ``script`` in a fresh interpreter; it prints ``ready`` when it may be signalled."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env={**os.environ, "FAKE_URL": fake.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if line.strip() != "ready":
+        child.kill()
+        pytest.fail(f"the child did not get ready: {line!r} {child.communicate()[1]}")
+    return child
+
+
+def finish(child: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        pytest.fail(f"the child was still running after {timeout} s")
+    return child.returncode, out, err
+
+
+def test_sigterm_with_signal_handlers_sends_the_whole_queue() -> None:
+    """With install_signal_handlers(), SIGTERM sends every queued call, then the process
+    dies of SIGTERM as it would have."""
+    script = _PRELUDE + textwrap.dedent(
+        """
+        import time
+        client = make_client(shutdown_timeout=30.0)
+        client.install_signal_handlers()
+        client.install_signal_handlers()  # idempotent
+        for i in range(2000):
+            client.track("Signed Up", {"n": i}, user_id=f"u-{i % 20}")
+        print("ready", flush=True)
+        time.sleep(60)
+        print("not killed", flush=True)
+        """
+    )
+    with FakeKlaviyo(latency=0.3) as fake:
+        child = start_script(script, fake)
+        child.send_signal(signal.SIGTERM)
+        returncode, out, err = finish(child)
+        assert returncode == -signal.SIGTERM, err
+        assert "not killed" not in out
+        assert len(fake.events) == 2000
+        assert sorted(e.properties["n"] for e in fake.events) == list(range(2000))
+
+
+def test_sigterm_chains_to_the_handler_set_before() -> None:
+    """A SIGTERM handler the application set before is called once, the queue is sent,
+    and the process goes on to exit as that handler decided."""
+    script = _PRELUDE + textwrap.dedent(
+        """
+        import signal, time
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+        client = make_client()
+        client.install_signal_handlers()
+        client.install_signal_handlers()
+        for i in range(200):
+            client.track("Signed Up", {"n": i}, user_id="u")
+        print("ready", flush=True)
+        deadline = time.monotonic() + 30
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("calls", len(stopping), client.track("Signed Up", user_id="late").status.value)
+        """
+    )
+    with FakeKlaviyo(latency=0.2) as fake:
+        child = start_script(script, fake)
+        child.send_signal(signal.SIGTERM)
+        returncode, out, err = finish(child)
+        assert returncode == 0, err
+        assert out.split() == ["calls", "1", "queued"]
+        assert len(fake.events) == 201
+
+
+def test_signal_handlers_need_the_main_thread() -> None:
+    """install_signal_handlers() off the main thread raises ConfigurationError saying so."""
+    client = Client(PUBLIC_KEY, PRIVATE_KEY)
+    errors: list[Exception] = []
+
+    def install() -> None:
+        try:
+            client.install_signal_handlers()
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=install)
+    thread.start()
+    thread.join(10)
+    client.close()
+    assert [type(e).__name__ for e in errors] == ["ConfigurationError"]
+    assert "main thread" in str(errors[0])
+
+
+def test_signal_handlers_refuse_a_signal_that_cannot_be_caught() -> None:
+    """Asking to handle SIGKILL raises ConfigurationError naming the signal."""
+    client = Client(PUBLIC_KEY, PRIVATE_KEY)
+    try:
+        with pytest.raises(ConfigurationError, match="SIGKILL"):
+            client.install_signal_handlers((signal.SIGKILL,))
+    finally:
+        client.close()
+
+
+_POOL = f"""
+import multiprocessing, os
+from klaviyo_signal import Client, default_blueprint
+
+client = Client({PUBLIC_KEY!r}, {PRIVATE_KEY!r}, base_url=os.environ["FAKE_URL"],
+                blueprint=default_blueprint().enable("Signed Up"), flush_interval=60.0)
+
+def work(tag):
+    for i in range(10):
+        client.track("Signed Up", {{"tag": tag, "i": i}}, user_id="u")
+    return tag
+
+if __name__ == "__main__":
+    client.install_signal_handlers()  # fork children inherit the handler
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # terminate(): SIGTERM
+        pool.map(work, ["a", "b", "c", "d"])
+"""
+
+
+@needs_fork
+def test_pool_with_block_terminate_still_sends_with_signal_handlers(tmp_path: Path) -> None:
+    """Leaving a ``with Pool()`` block SIGTERMs its workers, even mid-flush; with the
+    signal handlers installed every call they queued is still sent."""
+    script = tmp_path / "app.py"
+    script.write_text(_POOL)
+    with FakeKlaviyo(latency=0.1) as fake:
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            env={**os.environ, "FAKE_URL": fake.url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sorted({e.properties["tag"] for e in fake.events}) == ["a", "b", "c", "d"]
+        assert len(fake.events) == 40
