@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,8 +26,8 @@ from ._errors import shown as _shown
 from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
 from ._json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
-from ._lifecycle import forget, manage
-from ._messages import Message, build_message
+from ._lifecycle import closing, forget, install_signal_handlers, manage
+from ._messages import Message, build_message, reseed_message_ids
 from ._models import Event, KlaviyoObject, Profile, with_backfill
 from ._quick import MESSAGE_ID as _MESSAGE_ID
 from ._quick import quick_track
@@ -167,7 +168,7 @@ class Client:
             and not self._config.backfill
         )
         self._fresh_state()
-        manage(self)
+        manage(self, reseed_message_ids)
 
     def _fresh_state(self) -> None:
         """Build the sync session, the counters and the (idle) background worker."""
@@ -635,7 +636,8 @@ class Client:
             return
         self._closed = True
         forget(self)
-        left = self._worker.close(self._config.shutdown_timeout)
+        with closing():
+            left = self._worker.close(self._config.shutdown_timeout)
         if left:
             log.warning(
                 "klaviyo-signal: %d call(s) were not delivered within shutdown_timeout=%g s "
@@ -649,6 +651,32 @@ class Client:
         """In a forked child: start over with an empty queue, no thread, a new session."""
         if not self._closed:
             self._fresh_state()
+
+    def install_signal_handlers(self, signals: Iterable[int] = (signal.SIGTERM,)) -> None:
+        """Send what is queued when the process gets one of ``signals`` (default SIGTERM).
+
+        ``docker stop``, Kubernetes, systemd and supervisord stop a process with SIGTERM,
+        which Python's default ends without the exit hook, losing the queue. With this,
+        every Client of the process flushes first (each within its ``shutdown_timeout``).
+        A handler set before is chained to: it is called at once, and the clients flush
+        but stay open (the application decides when it exits). Without one, the clients
+        close and the signal is raised again with its default action, so the process
+        ends as it would have (exit status 143, or -15 from ``subprocess``); a second
+        signal during the flush ends it at once. Calling it again changes nothing.
+
+        Args:
+            signals: The signals to handle, e.g. ``(signal.SIGTERM, signal.SIGHUP)``.
+
+        Raises:
+            ConfigurationError: Not called on the main thread, or a signal that cannot
+                be caught (SIGKILL, SIGSTOP).
+        """
+        install_signal_handlers(signals)
+
+    def _drain(self) -> None:
+        """Send what is queued, within shutdown_timeout, and stay open (a signal came)."""
+        if not self._closed:
+            self._worker.flush(self._config.shutdown_timeout)
 
     def __enter__(self) -> Client:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 
@@ -57,12 +58,15 @@ class Board:
     own when it is dropped.
     """
 
-    __slots__ = ("alive", "finals", "signal")
+    __slots__ = ("alive", "finals", "pid", "signal", "warned")
 
     def __init__(self) -> None:
         self.signal = threading.Condition()
         self.alive: set[int] = set()
         self.finals: dict[int, Final] = {}
+        # A forked child inherits the parent's Tickets but not the worker that ends them.
+        self.pid = os.getpid()
+        self.warned = False
 
     def post(self, finals: Sequence[tuple[int, Final]]) -> None:
         """Record the outcomes of calls that became final and wake the waiters once."""
@@ -102,8 +106,22 @@ class Ticket:
         return self
 
     def wait(self, timeout: float | None) -> Delivery | None:
-        """Return the final outcome, or None if ``timeout`` passes first."""
+        """Return the final outcome, or None if ``timeout`` passes first.
+
+        In a forked child, a call queued by the parent returns at once, still queued,
+        with a reason: only the parent's worker can end it (and the child never learns
+        how), and the parent's lock may be held forever in the child.
+        """
         board, seq = self._board, self._seq
+        if board.pid != os.getpid():
+            reason = (
+                f"queued in process {board.pid}: a forked child cannot wait for its "
+                "parent's calls (the parent sends them)"
+            )
+            if not board.warned:
+                board.warned = True
+                log.warning("klaviyo-signal: Delivery.wait() in a forked child: %s", reason)
+            return Delivery(self._message_id, DeliveryStatus.QUEUED, reason)
         with board.signal:
             board.signal.wait_for(lambda: seq in board.finals, timeout)
             final = board.finals.get(seq)
@@ -117,7 +135,8 @@ class Delivery:
     Attributes:
         message_id: The call's id; also the Klaviyo event's ``unique_id``.
         status: queued, delivered, dropped or failed.
-        reason: Why it was dropped or failed (None when delivered or queued).
+        reason: Why it was dropped or failed (None when delivered, and when queued except
+            for a parent's call waited on in a forked child, see ``wait``).
         http_status: Klaviyo's HTTP status, when a request was answered.
     """
 
@@ -131,7 +150,8 @@ class Delivery:
         """Return the final Delivery, waiting for the background worker if needed.
 
         Returns this Delivery itself when it is already final, or still ``queued`` when
-        ``timeout`` seconds pass first.
+        ``timeout`` seconds pass first. In a forked child, a call its parent queued comes
+        back at once, still ``queued``, with a ``reason`` naming the parent process.
         """
         if self._ticket is None or self.status is not DeliveryStatus.QUEUED:
             return self

@@ -272,11 +272,12 @@ class _Ids:
     dominated the caller's cost in the benchmark. A message id needs uniqueness, not
     secrecy, so a Mersenne Twister seeded once from ``os.urandom`` (and re-seeded in a
     forked child, so parent and child never repeat ids) does the job at a fraction of it.
+    The lifecycle re-seeds it (``reseed_message_ids``) when the first Client is built and
+    in every forked child after that; nothing is registered at import.
     """
 
     def __init__(self) -> None:
         self.random = random.Random()
-        os.register_at_fork(after_in_child=self.reseed)
 
     def reseed(self) -> None:
         self.random.seed(os.urandom(32))
@@ -288,6 +289,11 @@ class _Ids:
 
 
 _IDS = _Ids()
+
+
+def reseed_message_ids() -> None:
+    """Seed the message id generator afresh, so no other process repeats its ids."""
+    _IDS.reseed()
 
 
 def new_message_id() -> str:

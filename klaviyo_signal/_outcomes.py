@@ -86,8 +86,10 @@ class Outcomes:
         stats: The counters to update.
         board: Where waiting Deliveries learn their outcome.
         on_delivery: The user's callback, or None.
-        settled: Called with the (sequence number, bytes) of calls that became final.
+        settled: Called with the (sequence number, bytes) of calls that became final,
+            before their callbacks run, and whether callbacks follow.
         between: Called between the slices of a large accepted job (see ``accepted``).
+        called: Called when the callbacks announced to ``settled`` have run.
     """
 
     def __init__(
@@ -95,10 +97,13 @@ class Outcomes:
         stats: Counters,
         board: Board,
         on_delivery: OnDelivery | None,
-        settled: Callable[[Sequence[tuple[int, int]]], None],
+        settled: Callable[[Sequence[tuple[int, int]], bool], None],
         between: Callable[[], object] = lambda: None,
+        *,
+        called: Callable[[], None] = lambda: None,
     ) -> None:
         self._between = between
+        self._called = called
         self._stats = stats
         self._board = board
         self._on_delivery = on_delivery
@@ -217,13 +222,18 @@ class Outcomes:
             part = finals[start : start + step]
             self._count([(final[0], key) for _, _, _, final, key in part])
             callback = self._on_delivery
+            # Room first: a callback that queues a call must find the room these calls
+            # held, since only this thread can free any (see Worker._enqueue).
+            self._settled([(seq, size) for seq, _, size, _, _ in part], callback is not None)
             if callback is not None:
-                for _, message_id, _, final, _ in part:
-                    try:
-                        callback(Delivery(message_id, *final))
-                    except Exception:
-                        log.exception("klaviyo-signal: the on_delivery callback raised")
-            self._settled([(seq, size) for seq, _, size, _, _ in part])
+                try:
+                    for _, message_id, _, final, _ in part:
+                        try:
+                            callback(Delivery(message_id, *final))
+                        except Exception:
+                            log.exception("klaviyo-signal: the on_delivery callback raised")
+                finally:
+                    self._called()
 
     def _finals(
         self, seqs: Sequence[int], failure: Failure | None, http_status: int | None, *, whole: bool

@@ -246,7 +246,7 @@ class Worker:
         clock: Monotonic seconds (tests may pass another).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one assignment per piece of state, documented here
         self,
         *,
         make_transport: Callable[[], Transport],
@@ -275,7 +275,9 @@ class Worker:
         self._clock = clock
         self._limits = limits
         self._rule_for = rule_for
-        self._outcomes = Outcomes(stats, board, on_delivery, self._settled, self._step_aside)
+        self._outcomes = Outcomes(
+            stats, board, on_delivery, self._settled, self._step_aside, called=self._called
+        )
         self._stats = stats
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
@@ -296,6 +298,7 @@ class Worker:
         self._taken = 0
         self._flush_mark = 0
         self._waiting_for_space = 0
+        self._calling = 0  # batches of final calls whose on_delivery callbacks are running
         self._idle = True
         self._closed = False
         self._stop = False
@@ -388,7 +391,9 @@ class Worker:
             if named and message_id in self._named.seqs:
                 return _duplicate(message_id)
             if self._pending >= self._max_size or self._bytes + size > self._max_bytes:
-                if not self._block:
+                # On the worker thread (an on_delivery callback) no room can come while
+                # the call waits: only this thread frees it.
+                if not self._block or threading.current_thread() is self._thread:
                     return "queue full"
                 if not self._wait_for_space(size):
                     return "client is closed"
@@ -456,10 +461,14 @@ class Worker:
         """Send everything queued now; False if ``timeout`` seconds pass first.
 
         It waits for the calls queued before it only, so it returns under steady traffic,
-        and the worker seals the jobs holding those calls once (see ``_loop``).
+        and the worker seals the jobs holding those calls once (see ``_loop``). On the
+        worker thread (from on_delivery) it returns at once, False if anything is queued:
+        only this thread sends, so waiting could only end in the timeout.
         """
+        if threading.current_thread() is self._thread:
+            return self._pending == 0
         with self._lock:
-            if self._pending == 0:
+            if self._pending == 0 and self._calling == 0:
                 return True
             waiting = set(self._calls)
             self._flushes.append(waiting)
@@ -468,7 +477,7 @@ class Worker:
         self._wake.set()
         try:
             with self._lock:
-                return self._drained.wait_for(lambda: not waiting, timeout)
+                return self._drained.wait_for(lambda: not waiting and self._calling == 0, timeout)
         finally:
             with self._lock:
                 self._flushes = [other for other in self._flushes if other is not waiting]
@@ -996,8 +1005,12 @@ class Worker:
         limiter.throttle(retry_after)
         return True
 
-    def _settled(self, finals: Sequence[tuple[int, int]]) -> None:
-        """Release the queue room of calls that just became final (called by Outcomes)."""
+    def _settled(self, finals: Sequence[tuple[int, int]], calling: bool = False) -> None:
+        """Release the queue room of calls that just became final (called by Outcomes).
+
+        With ``calling``, their on_delivery callbacks run next: a flush waits for them
+        (until ``_called``), so the callbacks of every call have run when it returns.
+        """
         with self._lock:
             named = self._named
             for seq, size in finals:
@@ -1005,6 +1018,7 @@ class Worker:
                 self._bytes -= size
                 if named.ids:
                     named.drop(seq)
+            self._calling += calling
             if self._waiting_for_space:
                 self._space.notify_all()
             flushed = False
@@ -1012,5 +1026,12 @@ class Worker:
                 for seq, _ in finals:
                     waiting.discard(seq)
                 flushed = flushed or not waiting
-            if flushed or self._pending == 0:
+            if (flushed or self._pending == 0) and self._calling == 0:
+                self._drained.notify_all()
+
+    def _called(self) -> None:
+        """The callbacks announced to ``_settled`` have run."""
+        with self._lock:
+            self._calling -= 1
+            if self._calling == 0:
                 self._drained.notify_all()
