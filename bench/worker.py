@@ -216,10 +216,10 @@ def scale_signal_limiter(scale: float) -> bool:
     """Shrink klaviyo-signal's limiter windows like the sink's (bench only, best effort).
 
     The limiter's window lengths are not public configuration, so this reaches into
-    ``klaviyo_signal._ratelimit``; it returns False when that module has no such knob.
+    ``klaviyo_signal._delivery.ratelimit``; it returns False when that module has no such knob.
     """
     try:
-        from klaviyo_signal import _ratelimit
+        from klaviyo_signal._delivery import ratelimit as _ratelimit
     except ImportError:
         return False
     limiter = getattr(_ratelimit, "EndpointLimiter", None)

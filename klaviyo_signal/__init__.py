@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from ._blueprint import Blueprint, Rule, blueprint_for_variant, default_blueprint
+from ._blueprint.blueprint import Blueprint, Rule, blueprint_for_variant, default_blueprint
+from ._blueprint.rules import (
+    CatchAll,
+    IdentifyRule,
+    ItemRule,
+    Mapper,
+    ProfileMap,
+    PropertyMap,
+    SubscribeRule,
+)
+from ._calls.message import Message
 from ._client import Client
-from ._delivery import Delivery, DeliveryStatus
+from ._delivery.delivery import Delivery, DeliveryStatus
+from ._delivery.stats import Stats
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -26,21 +37,12 @@ from ._errors import (
     ValidationError,
 )
 from ._explain import ExplainedRequest, Explanation
-from ._messages import Message
-from ._revisions import DEFAULT_REVISION, SUPPORTED_REVISIONS
-from ._rules import (
-    CatchAll,
-    IdentifyRule,
-    ItemRule,
-    Mapper,
-    ProfileMap,
-    PropertyMap,
-    SubscribeRule,
-)
-from ._stats import Stats
+from ._klaviyo.revisions import DEFAULT_REVISION, SUPPORTED_REVISIONS
 from ._version import VERSION as __version__
 
 __all__ = [
+    "DEFAULT_REVISION",
+    "SUPPORTED_REVISIONS",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
@@ -50,7 +52,6 @@ __all__ = [
     "CatchAll",
     "Client",
     "ConfigurationError",
-    "DEFAULT_REVISION",
     "Delivery",
     "DeliveryStatus",
     "ErrorRecord",
@@ -70,7 +71,6 @@ __all__ = [
     "RevisionGoneError",
     "RevisionWarning",
     "Rule",
-    "SUPPORTED_REVISIONS",
     "ServerError",
     "Stats",
     "SubscribeRule",

@@ -17,28 +17,28 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
-from ._blueprint import Blueprint, blueprint_for_variant
+from ._blueprint.blueprint import Blueprint, blueprint_for_variant
+from ._blueprint.events import Pending
+from ._blueprint.quick import MESSAGE_ID as _MESSAGE_ID
+from ._blueprint.quick import quick_track
+from ._calls.consent import consent_drop_reason
+from ._calls.message import Message, build_message, reseed_message_ids
+from ._calls.subscription import Action, build_subscription
 from ._config import PUBLISHED, Config, mask
-from ._consent import consent_drop_reason
-from ._delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
+from ._delivery.delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
+from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage
+from ._delivery.ratelimit import RateLimits
+from ._delivery.stats import Counters, Stats, failure_key
+from ._delivery.worker import DUPLICATE, Worker
 from ._errors import ConfigurationError, RevisionWarning
 from ._errors import shown as _shown
-from ._events import Pending
 from ._explain import ExplainKind, Explanation, explain
-from ._json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
-from ._lifecycle import closing, forget, install_signal_handlers, manage
-from ._messages import Message, build_message, reseed_message_ids
-from ._models import Event, KlaviyoObject, Profile, with_backfill
-from ._quick import MESSAGE_ID as _MESSAGE_ID
-from ._quick import quick_track
-from ._ratelimit import RateLimits
-from ._revisions import DEFAULT_REVISION, check_backfill
-from ._revisions import revision as revision_named
-from ._stats import Counters, Stats, failure_key
-from ._subscriptions import Action, build_subscription
-from ._transport import Transport
-from ._wire import encode, request
-from ._worker import DUPLICATE, Worker
+from ._klaviyo.json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
+from ._klaviyo.models import Event, KlaviyoObject, Profile, with_backfill
+from ._klaviyo.revisions import DEFAULT_REVISION, check_backfill
+from ._klaviyo.revisions import revision as revision_named
+from ._klaviyo.transport import Transport
+from ._klaviyo.wire import encode, request
 
 __all__ = ["Client"]
 

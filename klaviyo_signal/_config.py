@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._blueprint import Blueprint, default_blueprint
-from ._delivery import Delivery
+from ._blueprint.blueprint import Blueprint, default_blueprint
+from ._delivery.delivery import Delivery
+from ._delivery.ratelimit import published_limits
 from ._errors import ConfigurationError, mask
 from ._errors import shown as _shown
-from ._ratelimit import published_limits
-from ._revisions import DEFAULT_REVISION, no_backfill, revision
+from ._klaviyo.revisions import DEFAULT_REVISION, no_backfill, revision
 
 __all__ = ["PUBLISHED", "Config", "mask"]
 

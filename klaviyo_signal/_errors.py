@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import attrs
 
-from ._operations import DEFAULT_SCOPES
+from ._klaviyo.operations import DEFAULT_SCOPES
 
 __all__ = [
     "APIError",

@@ -11,16 +11,16 @@ from typing import Any, Literal
 
 import attrs
 
-from ._blueprint import Blueprint
-from ._consent import consent_drop_reason
-from ._json import JSON
-from ._messages import build_message
-from ._models import KlaviyoObject, with_backfill
-from ._revisions import FALL_FORWARD_OPT_OUT, check_backfill
-from ._revisions import revision as revision_named
-from ._subscriptions import build_subscription
+from ._blueprint.blueprint import Blueprint
+from ._calls.consent import consent_drop_reason
+from ._calls.message import build_message
+from ._calls.subscription import build_subscription
+from ._klaviyo.json import JSON
+from ._klaviyo.models import KlaviyoObject, with_backfill
+from ._klaviyo.revisions import FALL_FORWARD_OPT_OUT, check_backfill
+from ._klaviyo.revisions import revision as revision_named
+from ._klaviyo.wire import request
 from ._version import VERSION
-from ._wire import request
 
 __all__ = ["ExplainKind", "ExplainedRequest", "Explanation", "explain"]
 

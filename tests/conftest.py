@@ -12,7 +12,7 @@ from openapi_schema_validator import OAS30Validator
 
 from klaviyo_signal import Blueprint, Client, Delivery, DeliveryStatus
 from klaviyo_signal._explain import Explanation, explain
-from klaviyo_signal._revisions import DEFAULT_REVISION, OPERATIONS, revision
+from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION, OPERATIONS, revision
 from klaviyo_signal.testing import FakeKlaviyo
 
 PUBLIC_KEY = "AbC123"

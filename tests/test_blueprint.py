@@ -21,7 +21,7 @@ from klaviyo_signal import (
     default_blueprint,
 )
 from klaviyo_signal._explain import Explanation
-from klaviyo_signal._json import JSON
+from klaviyo_signal._klaviyo.json import JSON
 
 from .conftest import explain_checked
 

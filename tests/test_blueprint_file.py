@@ -24,7 +24,7 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._json import JSON
+from klaviyo_signal._klaviyo.json import JSON
 
 
 def tag_plan(message: Message) -> Mapping[str, JSON] | None:

@@ -24,7 +24,7 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._events import Pending
+from klaviyo_signal._blueprint.events import Pending
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid

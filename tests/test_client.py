@@ -23,33 +23,6 @@ from klaviyo_signal.testing import FakeKlaviyo
 from .conftest import PRIVATE_KEY, PUBLIC_KEY
 
 
-def test_exported_members() -> None:
-    """The package root exports exactly the documented public names, sorted."""
-    assert klaviyo_signal.__all__ == sorted(klaviyo_signal.__all__)
-    for name in klaviyo_signal.__all__:
-        assert hasattr(klaviyo_signal, name), name
-    assert {
-        "Client",
-        "Delivery",
-        "DeliveryStatus",
-        "Blueprint",
-        "default_blueprint",
-        "KlaviyoSignalError",
-        "ConfigurationError",
-        "ValidationError",
-        "APIError",
-        "BadRequestError",
-        "AuthenticationError",
-        "PermissionDeniedError",
-        "RateLimitError",
-        "ServerError",
-        "TransportError",
-        "NetworkError",
-        "RequestTimeoutError",
-        "SubscribeRule",
-    } <= set(klaviyo_signal.__all__)
-
-
 def test_error_tree() -> None:
     """Configuration and validation errors are ValueErrors under the library's root error."""
     assert issubclass(ConfigurationError, ValueError)

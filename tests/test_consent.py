@@ -1,4 +1,4 @@
-"""Tests for klaviyo_signal._consent: merging consent sources and the marketing gate."""
+"""Tests for klaviyo_signal._calls.consent: merging consent sources and the marketing gate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from klaviyo_signal._consent import MARKETING, consent_drop_reason, resolve_consent
+from klaviyo_signal._calls.consent import MARKETING, consent_drop_reason, resolve_consent
 from klaviyo_signal._errors import ValidationError
 
 DENIED = "consent: marketing denied; Klaviyo is in the marketing category, so nothing was sent"

@@ -9,8 +9,8 @@ import pytest
 
 from klaviyo_signal import Client, ValidationError, default_blueprint
 from klaviyo_signal._explain import ExplainedRequest, Explanation, explain
-from klaviyo_signal._json import dumps
-from klaviyo_signal._revisions import DEFAULT_REVISION
+from klaviyo_signal._klaviyo.json import dumps
+from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture

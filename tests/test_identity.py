@@ -1,4 +1,4 @@
-"""Tests for klaviyo_signal._identity: email, phone and id rules, and the Identity they form."""
+"""The identity rules (_calls/identity.py): email, phone and id, and the Identity they form."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from klaviyo_signal._errors import ValidationError
-from klaviyo_signal._identity import (
+from klaviyo_signal._calls.identity import (
     E164,
     Identity,
     identity_from,
@@ -18,6 +17,7 @@ from klaviyo_signal._identity import (
     normalize_id,
     normalize_phone,
 )
+from klaviyo_signal._errors import ValidationError
 
 NO_IDENTIFIER = (
     "no profile identifier: pass user_id, anonymous_id, traits['email'] or traits['phone']; "

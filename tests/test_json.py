@@ -1,4 +1,4 @@
-"""Tests for klaviyo_signal._json: value cleaning, Klaviyo's limits, and exact Decimal output."""
+"""_klaviyo/json.py: value cleaning, Klaviyo's limits, and exact Decimal output."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from klaviyo_signal._errors import ValidationError
-from klaviyo_signal._json import JSON, clean_properties, clean_value, dumps
+from klaviyo_signal._klaviyo.json import JSON, clean_properties, clean_value, dumps
 
 
 class Color(enum.Enum):

@@ -1,4 +1,4 @@
-"""Tests for klaviyo_signal._messages: turning a Segment call into a checked Message."""
+"""Tests for klaviyo_signal._calls.message: turning a Segment call into a checked Message."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from klaviyo_signal._calls.identity import Identity
+from klaviyo_signal._calls.message import Message, build_message
 from klaviyo_signal._errors import ValidationError
-from klaviyo_signal._identity import Identity
-from klaviyo_signal._messages import Message, build_message
 
 NOW = datetime(2024, 10, 15, 12, 0, tzinfo=timezone.utc)
 
@@ -314,7 +314,7 @@ def test_generated_message_ids_are_uuid4() -> None:
     """Ids made for calls without one are distinct RFC 4122 version 4 UUID strings."""
     import uuid as uuid_module
 
-    from klaviyo_signal._messages import new_message_id
+    from klaviyo_signal._calls.message import new_message_id
 
     ids = [new_message_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)

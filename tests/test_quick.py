@@ -27,11 +27,11 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._batcher import encode_queued
-from klaviyo_signal._events import ITEM_TIME, Pending, pack
-from klaviyo_signal._messages import build_message
-from klaviyo_signal._quick import MESSAGE_ID, quick_track
-from klaviyo_signal._worker import _BASE_BYTES, _size
+from klaviyo_signal._blueprint.events import ITEM_TIME, Pending, pack
+from klaviyo_signal._blueprint.quick import MESSAGE_ID, quick_track
+from klaviyo_signal._calls.message import build_message
+from klaviyo_signal._delivery.jobs import encode_queued
+from klaviyo_signal._delivery.worker import _BASE_BYTES, _size
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klaviyo_signal import Client, DeliveryStatus, default_blueprint
-from klaviyo_signal._ratelimit import EndpointLimiter, published_limits
+from klaviyo_signal._delivery.ratelimit import EndpointLimiter, published_limits
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY

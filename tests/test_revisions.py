@@ -25,7 +25,7 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._revisions import FALL_FORWARD_OPT_OUT, OPERATIONS, revision
+from klaviyo_signal._klaviyo.revisions import FALL_FORWARD_OPT_OUT, OPERATIONS, revision
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid

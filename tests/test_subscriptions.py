@@ -21,8 +21,8 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._messages import build_message
-from klaviyo_signal._subscriptions import (
+from klaviyo_signal._calls.message import build_message
+from klaviyo_signal._calls.subscription import (
     SUBSCRIBE_PATH,
     UNSUBSCRIBE_PATH,
     Subscription,

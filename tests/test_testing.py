@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from klaviyo_signal._revisions import DEFAULT_REVISION
+from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION
 from klaviyo_signal.testing import FakeKlaviyo
 
 pytest_plugins = ("pytester",)

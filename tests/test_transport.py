@@ -22,7 +22,7 @@ from klaviyo_signal import (
     RevisionGoneError,
 )
 from klaviyo_signal import _version as version_module
-from klaviyo_signal._revisions import DEFAULT_REVISION
+from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture, assert_valid
 from .record_cassettes import track

@@ -18,13 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from klaviyo_signal import ValidationError
-from klaviyo_signal._batcher import OpenJob, encode_queued
-from klaviyo_signal._blueprint import Blueprint
-from klaviyo_signal._events import Pending, pack
-from klaviyo_signal._identity import Identity
-from klaviyo_signal._messages import Message, build_message
-from klaviyo_signal._models import Event, Location, Profile
-from klaviyo_signal._wire import (
+from klaviyo_signal._blueprint.blueprint import Blueprint
+from klaviyo_signal._blueprint.events import Pending, pack
+from klaviyo_signal._calls.identity import Identity
+from klaviyo_signal._calls.message import Message, build_message
+from klaviyo_signal._delivery.jobs import OpenJob, encode_queued
+from klaviyo_signal._klaviyo.models import Event, Location, Profile
+from klaviyo_signal._klaviyo.wire import (
     bulk_event,
     bulk_event_bytes,
     bulk_events_body,

@@ -544,7 +544,7 @@ def test_close_from_a_callback_while_a_request_is_in_flight_keeps_its_answer(
     """close() in on_delivery waits for the request in flight: its calls end delivered."""
     # The call checks refuse an event too large for a request; skip them here, so that the
     # worker's own last check fails the call and its callback runs on the worker thread.
-    monkeypatch.setattr("klaviyo_signal._worker.MEASURE_ABOVE", 10**12)
+    monkeypatch.setattr("klaviyo_signal._delivery.worker.MEASURE_ABOVE", 10**12)
     holder: dict[str, Client] = {}
     before = len(workers(WORKER, SENDER))
 
@@ -575,7 +575,8 @@ def test_an_internal_error_while_a_request_is_in_flight_keeps_its_answer(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A worker bug fails the calls it touched; the request in flight ends as answered."""
-    from klaviyo_signal import _worker
+
+    from klaviyo_signal._delivery import worker as _worker
 
     real = _worker.encode_queued
 
@@ -612,7 +613,8 @@ def test_a_request_that_breaks_on_its_way_frees_its_endpoint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A bug (even a BaseException) in the request path fails its calls, not the endpoint."""
-    from klaviyo_signal import _transport
+
+    from klaviyo_signal._klaviyo import transport as _transport
 
     real = _transport.Transport.post
     broken = {"left": 12}  # more than the endpoint's burst of 10 requests per second
@@ -640,7 +642,8 @@ def test_close_while_the_worker_recovers_still_sends_what_came_since(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """close() during the recovery from a worker bug sends the calls made meanwhile."""
-    from klaviyo_signal import _worker
+
+    from klaviyo_signal._delivery import worker as _worker
 
     real = _worker.encode_queued
 

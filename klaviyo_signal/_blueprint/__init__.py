@@ -1,0 +1,1 @@
+"""A checked call -> Klaviyo objects: the blueprint, its rules and files; pure mapping."""

@@ -1,0 +1,300 @@
+"""One rule applied to one call: the Klaviyo events it becomes.
+
+Everything here reads values the blueprint named; the checks that remain are about the
+call's data (a revenue that is not a number), so they raise ``ValidationError`` naming the
+path, on the caller's line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import NamedTuple, cast
+
+from .._calls.message import Message, _timestamp
+from .._errors import ValidationError
+from .._klaviyo.json import JSON, MAX_EVENT_PROPERTIES, clean_properties
+from .._klaviyo.models import Event, Profile
+from .paths import MISSING, lookup, message_view
+from .properties import CONSENT, apply_properties, first_present, passes_through
+from .rules import ItemRule, Mapper, Rule
+
+__all__ = [
+    "CURRENCY",
+    "ITEM_CONSENT",
+    "ITEM_CURRENCY",
+    "ITEM_IDENTITY",
+    "ITEM_PAIRS",
+    "ITEM_RULE",
+    "ITEM_TIME",
+    "ITEM_UNIQUE_ID",
+    "ITEM_VALUE",
+    "IdentityKey",
+    "Pending",
+    "build_events",
+    "pack",
+    "pending",
+    "reserved_consent",
+    "simple_extra",
+]
+
+# fullmatch, not match with "$": "$" also matches before a final newline ("USD\n").
+CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def _number(view: Mapping[str, JSON], paths: tuple[str, ...]) -> int | float | Decimal | None:
+    found = first_present(view, paths)
+    if found is None:
+        return None
+    path, value = found
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ValidationError(
+            f"{path}: must be a number to feed Klaviyo's value (revenue), got {value!r}"
+        )
+    return value
+
+
+def _currency(view: Mapping[str, JSON], paths: tuple[str, ...]) -> str | None:
+    found = first_present(view, paths)
+    if found is None:
+        return None
+    path, value = found
+    if not isinstance(value, str) or not CURRENCY.fullmatch(value):
+        raise ValidationError(
+            f"{path}: must be an ISO 4217 currency code in capitals such as 'USD', got {value!r}"
+        )
+    return value
+
+
+def _unique_id(view: Mapping[str, JSON], path: str, message: Message) -> str:
+    if path == "message_id":  # the default: no lookup on the caller's hot path
+        return message.message_id
+    found = first_present(view, (path,))
+    if found is None:
+        return message.message_id
+    value = found[1]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValidationError(f"{path}: must be a non-empty str or int to be the unique_id")
+    return str(value)
+
+
+def _time(view: Mapping[str, JSON], path: str, message: Message) -> datetime:
+    if path == "timestamp":
+        return message.timestamp
+    found = first_present(view, (path,))
+    if found is None:
+        return message.timestamp
+    try:
+        return _timestamp(found[1], datetime.now(timezone.utc))
+    except ValidationError as exc:
+        raise ValidationError(f"{path}: {str(exc).removeprefix('timestamp: ')}") from None
+
+
+def reserved_consent(path: str) -> ValidationError:
+    """The error for a caller's value that would take the ``consent`` event property."""
+    return ValidationError(
+        f"{path}: the event property 'consent' is reserved for the call's consent state, "
+        "which klaviyo-signal writes there on every event; pass consent state as "
+        "consent={'marketing': True}, and send this value under another name (or rename "
+        "it in the blueprint rule: PropertyMap(rename={'consent': 'consent_value'}))"
+    )
+
+
+def _checked(properties: dict[str, JSON], metric: str) -> dict[str, JSON]:
+    if len(properties) > MAX_EVENT_PROPERTIES:
+        raise ValidationError(
+            f"{metric}: the blueprint made {len(properties)} properties, over Klaviyo's "
+            f"limit of {MAX_EVENT_PROPERTIES}"
+        )
+    return properties
+
+
+def _item_events(
+    items: ItemRule, view: Mapping[str, JSON], parent: Event, consent: dict[str, JSON]
+) -> list[Event]:
+    found = lookup(view, items.path).value
+    if found is MISSING or found is None:
+        return []
+    if not isinstance(found, list):
+        raise ValidationError(
+            f"{items.path}: must be a list to send one {items.metric!r} event per item, "
+            f"got {found!r}"
+        )
+    events = []
+    for index, item in enumerate(found):
+        if not isinstance(item, dict):
+            raise ValidationError(f"{items.path}[{index}]: must be an object, got {item!r}")
+        item_view = {**view, "item": item}
+        properties = apply_properties(items.properties, item, item_view)
+        if CONSENT in properties:
+            raise reserved_consent(f"{items.path}[{index}].{CONSENT}")
+        properties[CONSENT] = consent
+        events.append(
+            Event(
+                metric=items.metric,
+                profile=parent.profile,
+                properties=_checked(properties, items.metric),
+                time=parent.time,
+                unique_id=f"{parent.unique_id}:{index}",
+                value=_number(item_view, items.value),
+                value_currency=_currency(item_view, items.value_currency),
+            )
+        )
+    return events
+
+
+def build_events(
+    rule: Rule,
+    message: Message,
+    profile: Profile,
+    mapper: Mapper | None,
+    *,
+    view: Mapping[str, JSON] | None = None,
+) -> tuple[Event, ...] | None:
+    """Return the events ``rule`` makes of ``message``, or None when its mapper drops it.
+
+    Args:
+        rule: The rule that matched.
+        message: The cleaned call.
+        profile: The event's profile, already mapped.
+        mapper: The blueprint-wide mapper; a rule's own mapper wins over it.
+        view: ``message_view(message)``, when the caller already has it.
+    """
+    view = message_view(message) if view is None else view
+    mapper = rule.mapper or mapper
+    if mapper is not None:
+        mapped = mapper(message)
+        if mapped is None:
+            return None
+        source = f"mapper {getattr(mapper, '__qualname__', mapper)!s}"
+        properties = clean_properties(mapped, source)
+        if CONSENT in properties:
+            raise reserved_consent(f"{source}: {CONSENT}")
+    else:
+        properties = apply_properties(rule.properties, message.properties, view)
+        if CONSENT in properties:
+            raise reserved_consent(f"properties.{CONSENT}")
+    # The Message's own dict, built fresh for this call: shared by its events, not copied
+    # (every byte here is held per queued event).
+    consent = cast(dict[str, JSON], message.consent)
+    properties[CONSENT] = consent
+    event = Event(
+        metric=rule.metric,
+        profile=profile,
+        properties=_checked(properties, rule.metric),
+        time=_time(view, rule.time, message),
+        unique_id=_unique_id(view, rule.unique_id, message),
+        value=_number(view, rule.value),
+        value_currency=_currency(view, rule.value_currency),
+    )
+    if rule.items is None:
+        return (event,)
+    return (event, *_item_events(rule.items, view, event, consent))
+
+
+def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
+    """Return how many properties a simple rule adds to the call's own, or None.
+
+    A rule is simple when ``build_events`` can only fail in ``pending``'s checks (and on
+    the property count): no mapper, no per-item events, no source paths, the default time
+    and unique_id. Its calls are checked on the caller's thread and built later.
+    """
+    pmap = rule.properties
+    if (
+        mapper is not None
+        or rule.mapper is not None
+        or rule.items is not None
+        or pmap.sources
+        or rule.time != "timestamp"
+        or rule.unique_id != "message_id"
+    ):
+        return None
+    return len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
+
+
+IdentityKey = tuple[str | None, str | None, str | None, str | None]
+"""A profile's identifiers as a tuple: email, phone_number, external_id, anonymous_id."""
+
+
+class Pending(NamedTuple):
+    """A simple rule's call, checked on the caller's thread, waiting for the worker to build.
+
+    What the event needs, as strings, numbers and the flat properties dict the rule reads:
+    no object the garbage collector keeps visiting (the rule is named by its blueprint key,
+    the profile by its identifiers); the worker's queue keeps it flattened (``pack``), so
+    however many calls wait, they never lengthen a collection pass, which stalls every
+    thread.
+    """
+
+    rule: tuple[str, str]
+    """The blueprint's key for the rule: (kind, event name); see ``Blueprint.rule_for``."""
+    identity: IdentityKey
+    properties: Mapping[str, JSON]
+    time: datetime | int
+    """When it happened; an int is ``time.time_ns()`` (the fast lane's, ``_quick.py``)."""
+    unique_id: str
+    consent: Mapping[str, bool] | None
+    """None when the call carries no consent."""
+    value: int | float | Decimal | None
+    value_currency: str | None
+
+
+def pending(
+    key: tuple[str, str], rule: Rule, message: Message, view: Mapping[str, JSON]
+) -> Pending:
+    """Check a simple rule's call as ``build_events`` would and keep what it needs.
+
+    Raises:
+        ValidationError: The value is not a number, the currency not an ISO 4217 code, or
+            a property would take the reserved ``consent`` key.
+    """
+    if CONSENT in message.properties and passes_through(rule.properties, CONSENT):
+        raise reserved_consent(f"properties.{CONSENT}")
+    return Pending(
+        key,
+        message.identity.key(),
+        message.properties,
+        message.timestamp,
+        message.message_id,
+        message.consent or None,
+        _number(view, rule.value),
+        _currency(view, rule.value_currency),
+    )
+
+
+_FIELDS = 11  # what ``pack`` writes before the property pairs
+
+
+def pack(call: Pending) -> tuple[object, ...]:
+    """Return ``(*fields, *property pairs)``: the call as one flat tuple.
+
+    CPython's collector stops visiting a tuple once everything in it is untracked, but it
+    looks at a tuple before what the tuple holds, so a nested tuple is let go one level
+    per pass (and a dict never): a flat tuple of strings and numbers is let go at the
+    first pass, before it can be promoted to the generation whose passes stall every
+    thread for tens of milliseconds. ``_quick.quick_track`` writes the same layout.
+    """
+    return (
+        *call.rule,
+        *call.identity,
+        call.time,
+        call.unique_id,
+        call.consent,
+        call.value,
+        call.value_currency,
+        *[part for pair in call.properties.items() for part in pair],
+    )
+
+
+# Where a queue item ``(seq, (), *pack(call))`` keeps each field; the worker reads them
+# straight from the item (``_batcher.encode_queued``).
+ITEM_RULE = slice(2, 4)
+ITEM_IDENTITY = slice(4, 8)
+ITEM_TIME = 8
+ITEM_UNIQUE_ID = 9
+ITEM_CONSENT = 10
+ITEM_VALUE = 11
+ITEM_CURRENCY = 12
+ITEM_PAIRS = _FIELDS + 2

@@ -1,0 +1,259 @@
+"""Subscribe and unsubscribe calls: checked at the call, written as Klaviyo's bulk jobs.
+
+Marketing email and SMS in Klaviyo reach only profiles with recorded consent; these calls
+record it (``POST /api/profile-subscription-bulk-create-jobs``) or revoke it
+(``.../profile-subscription-bulk-delete-jobs``). Only the profile attributes Klaviyo accepts
+on these endpoints are ever sent: email, phone_number and subscriptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Literal
+
+import attrs
+
+from .._errors import ValidationError
+from .._klaviyo.json import JSON, check_str
+from .consent import consent_drop_reason, resolve_consent
+from .identity import normalize_email, normalize_phone
+from .message import message_id_of, parse_iso
+
+__all__ = [
+    "CHANNELS",
+    "MAX_PROFILES",
+    "SUBSCRIBE_PATH",
+    "UNSUBSCRIBE_PATH",
+    "Action",
+    "Subscription",
+    "build_subscription",
+    "implied_subscription",
+    "subscription_body",
+]
+
+Action = Literal["subscribe", "unsubscribe"]
+SUBSCRIBE_PATH = "/api/profile-subscription-bulk-create-jobs"
+UNSUBSCRIBE_PATH = "/api/profile-subscription-bulk-delete-jobs"
+# Klaviyo's per-job profile limits for each endpoint.
+MAX_PROFILES = {"subscribe": 1000, "unsubscribe": 100}
+CHANNELS = ("email", "sms", "sms_transactional")
+_NEEDS = {"email": "email", "sms": "phone", "sms_transactional": "phone"}
+
+
+@attrs.frozen
+class Subscription:
+    """One profile's consent change on one list (or the account's default opt-in)."""
+
+    action: Action
+    message_id: str
+    channels: tuple[str, ...]
+    email: str | None = None
+    phone_number: str | None = None
+    list_id: str | None = None
+    custom_source: str | None = None
+    consented_at: datetime | None = None
+
+    @property
+    def job_key(self) -> tuple[object, ...]:
+        """Calls with the same key can share one bulk job (same list, source and import mode)."""
+        return (self.action, self.list_id, self.custom_source, self.consented_at is not None)
+
+    @property
+    def path(self) -> str:
+        """The Klaviyo endpoint this call goes to."""
+        return SUBSCRIBE_PATH if self.action == "subscribe" else UNSUBSCRIBE_PATH
+
+
+def _channels(
+    channels: Iterable[str] | None, *, email: str | None, phone: str | None
+) -> tuple[str, ...]:
+    if channels is None:
+        chosen = [name for name, given in (("email", email), ("sms", phone)) if given]
+        return tuple(chosen)
+    if isinstance(channels, (str, bytes)):
+        raise ValidationError(
+            f"channels: pass an iterable of channel names such as ['email'], not the string "
+            f"{channels!r}"
+        )
+    # A mapping would be read by its keys only ({'email': False} would subscribe email).
+    if isinstance(channels, Mapping) or not isinstance(channels, Iterable):
+        raise ValidationError(
+            "channels: must be a list of channel names such as ['email', 'sms'], "
+            f"got a value of type {type(channels).__name__}"
+        )
+    chosen = []
+    for name in channels:
+        if name not in CHANNELS:
+            raise ValidationError(
+                f"channels: unknown channel {name!r}; choose from {', '.join(CHANNELS)}"
+            )
+        needed = _NEEDS[name]
+        if (email if needed == "email" else phone) is None:
+            raise ValidationError(f"channels: {name!r} needs {needed}= to be given")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ValidationError("channels: must name at least one channel")
+    return tuple(chosen)
+
+
+def _text(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{path}: must be a non-empty string, got {value!r}")
+    return check_str(value, path)  # a lone surrogate cannot be sent
+
+
+def _consented_at(value: object, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_iso(value, "consented_at")
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            f"consented_at: must be a datetime or an ISO 8601 str, got {type(value).__name__}"
+        )
+    when = value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)
+    try:
+        when = when.astimezone(timezone.utc)
+    except OverflowError:
+        # Only the very ends of the calendar overflow when moved to UTC.
+        raise ValidationError(
+            f"consented_at: {value.isoformat()} cannot be written in UTC (it falls outside "
+            "the years 1 to 9999 there); give the real date consent was given"
+        ) from None
+    if when > now:
+        raise ValidationError(
+            f"consented_at: {when.isoformat()} is in the future; it records when consent was "
+            "given, for a historical import"
+        )
+    return when
+
+
+def build_subscription(
+    action: Action,
+    *,
+    email: object = None,
+    phone: object = None,
+    list_id: object = None,
+    channels: Iterable[str] | None = None,
+    custom_source: object = None,
+    consented_at: object = None,
+    consent: Mapping[str, object] | None = None,
+    message_id: object = None,
+    default_phone_region: str | None = None,
+    now: datetime | None = None,
+) -> Subscription:
+    """Check a subscribe/unsubscribe call and return it as a value; raise ValidationError."""
+    clean_email = normalize_email(email, "email") if email is not None else None
+    clean_phone = (
+        normalize_phone(phone, "phone", default_phone_region) if phone is not None else None
+    )
+    if clean_email is None and clean_phone is None:
+        raise ValidationError(
+            f"{action}: pass email= or phone=; Klaviyo {action}s a profile by its email "
+            "address or E.164 phone number"
+        )
+    if action == "subscribe":
+        reason = consent_drop_reason(resolve_consent(consent, {}), require_consent=False)
+        if reason is not None:
+            raise ValidationError(
+                "consent: marketing consent is denied, so this profile cannot be subscribed "
+                "to marketing; record the denial with unsubscribe() instead"
+            )
+    return Subscription(
+        action=action,
+        message_id=message_id_of(message_id),
+        channels=_channels(channels, email=clean_email, phone=clean_phone),
+        email=clean_email,
+        phone_number=clean_phone,
+        list_id=_text(list_id, "list_id"),
+        custom_source=_text(custom_source, "custom_source"),
+        consented_at=_consented_at(consented_at, now or datetime.now(timezone.utc)),
+    )
+
+
+def implied_subscription(
+    *,
+    email: str | None,
+    phone_number: str | None,
+    channels: Sequence[str],
+    list_id: str | None,
+    custom_source: str | None,
+    message_id: str,
+) -> Subscription | None:
+    """Return a subscribe to those of ``channels`` the identifiers allow, or None if none.
+
+    For a subscription implied by another call (a blueprint's identify), whose identifiers
+    are already checked: a channel it has no identifier for is left out, not an error.
+    """
+    given = {"email": email, "phone": phone_number}
+    usable = tuple(name for name in channels if given[_NEEDS[name]] is not None)
+    if not usable:
+        return None
+    return Subscription(
+        action="subscribe",
+        message_id=message_id,
+        channels=usable,
+        email=email if "email" in usable else None,
+        phone_number=phone_number if any(_NEEDS[name] == "phone" for name in usable) else None,
+        list_id=list_id,
+        custom_source=custom_source,
+    )
+
+
+def _subscriptions(sub: Subscription) -> dict[str, JSON]:
+    consent = "SUBSCRIBED" if sub.action == "subscribe" else "UNSUBSCRIBED"
+    record: dict[str, JSON] = {"consent": consent}
+    if sub.consented_at is not None:
+        record["consented_at"] = sub.consented_at.isoformat()
+    out: dict[str, JSON] = {}
+    if "email" in sub.channels:
+        out["email"] = {"marketing": dict(record)}
+    sms: dict[str, JSON] = {}
+    if "sms" in sub.channels:
+        sms["marketing"] = dict(record)
+    if "sms_transactional" in sub.channels:
+        sms["transactional"] = dict(record)
+    if sms:
+        out["sms"] = sms
+    return out
+
+
+def _profile(sub: Subscription) -> JSON:
+    attributes: dict[str, JSON] = {}
+    if sub.email is not None:
+        attributes["email"] = sub.email
+    if sub.phone_number is not None:
+        attributes["phone_number"] = sub.phone_number
+    attributes["subscriptions"] = _subscriptions(sub)
+    return {"type": "profile", "attributes": attributes}
+
+
+def subscription_body(subs: Sequence[Subscription]) -> dict[str, JSON]:
+    """Return one bulk job body for calls that share a ``job_key``.
+
+    Raises:
+        ValueError: ``subs`` is empty, mixes job keys, or exceeds Klaviyo's per-job limit.
+    """
+    if not subs or len({sub.job_key for sub in subs}) != 1:
+        raise ValueError("a subscription job needs one or more calls with the same job_key")
+    first = subs[0]
+    if len(subs) > MAX_PROFILES[first.action]:
+        raise ValueError(f"at most {MAX_PROFILES[first.action]} profiles per {first.action} job")
+    attributes: dict[str, JSON] = {"profiles": {"data": [_profile(sub) for sub in subs]}}
+    if first.action == "subscribe":
+        if first.custom_source is not None:
+            attributes["custom_source"] = first.custom_source
+        if first.consented_at is not None:
+            attributes["historical_import"] = True
+    kind = "create" if first.action == "subscribe" else "delete"
+    data: dict[str, JSON] = {
+        "type": f"profile-subscription-bulk-{kind}-job",
+        "attributes": attributes,
+    }
+    if first.list_id is not None:
+        data["relationships"] = {"list": {"data": {"type": "list", "id": first.list_id}}}
+    return {"data": data}

@@ -1,0 +1,184 @@
+"""Outcomes of calls, and the two ways of delivering them: now (sync) or queued (background).
+
+Every call ends in exactly one final ``Delivery``: ``delivered``, ``dropped`` or ``failed``.
+Background mode hands back a ``queued`` Delivery at once; ``Delivery.wait()`` gives the
+final one. Sync mode sends a ``Job`` with ``send_job``; background mode hands the call to
+the worker (``_worker.py``), which batches.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from .._errors import APIError, KlaviyoSignalError, TransportError
+
+__all__ = [
+    "Board",
+    "Delivery",
+    "DeliveryStatus",
+    "Final",
+    "Job",
+    "OnDelivery",
+    "Ticket",
+    "send_job",
+]
+
+log = logging.getLogger("klaviyo_signal")
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Where a call stands. Only ``queued`` is not final."""
+
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    DROPPED = "dropped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Final = tuple["DeliveryStatus", "str | None", "int | None"]
+"""A call's final status, reason and HTTP status: atoms only (see ``Board``)."""
+
+
+class Board:
+    """Where the worker posts final outcomes for the Tickets still held.
+
+    A queued call is known to the worker by a sequence number, not by an object: nothing
+    per queued call is a container the garbage collector has to visit, so a long queue
+    never makes a collection pass (which stalls every thread) longer. Outcomes are kept
+    only for calls whose Delivery someone still holds (``alive``); a Ticket removes its
+    own when it is dropped.
+    """
+
+    __slots__ = ("alive", "finals", "pid", "signal", "warned")
+
+    def __init__(self) -> None:
+        self.signal = threading.Condition()
+        self.alive: set[int] = set()
+        self.finals: dict[int, Final] = {}
+        # A forked child inherits the parent's Tickets but not the worker that ends them.
+        self.pid = os.getpid()
+        self.warned = False
+
+    def post(self, finals: Sequence[tuple[int, Final]]) -> None:
+        """Record the outcomes of calls that became final and wake the waiters once."""
+        alive = self.alive
+        with self.signal:
+            for seq, final in finals:
+                if seq in alive:
+                    self.finals[seq] = final
+                    if seq not in alive:  # its Ticket went away meanwhile
+                        self.finals.pop(seq, None)
+            self.signal.notify_all()
+
+
+class Ticket:
+    """The handle a queued Delivery keeps to learn its final outcome from the Board."""
+
+    __slots__ = ("_board", "_message_id", "_seq")
+
+    def __init__(self, board: Board, seq: int, message_id: str) -> None:
+        self._board = board
+        self._seq = seq
+        self._message_id = message_id
+        board.alive.add(seq)
+
+    def __del__(self) -> None:
+        # Set and dict operations are atomic: no lock, so this is safe on any thread,
+        # inside a garbage collection or at interpreter exit.
+        board = getattr(self, "_board", None)
+        if board is not None:
+            board.alive.discard(self._seq)
+            board.finals.pop(self._seq, None)
+
+    def __copy__(self) -> Ticket:
+        return self  # one call, one ticket: a copied Delivery waits on the same call
+
+    def __deepcopy__(self, memo: object) -> Ticket:
+        return self
+
+    def wait(self, timeout: float | None) -> Delivery | None:
+        """Return the final outcome, or None if ``timeout`` passes first.
+
+        In a forked child, a call queued by the parent returns at once, still queued,
+        with a reason: only the parent's worker can end it (and the child never learns
+        how), and the parent's lock may be held forever in the child.
+        """
+        board, seq = self._board, self._seq
+        if board.pid != os.getpid():
+            reason = (
+                f"queued in process {board.pid}: a forked child cannot wait for its "
+                "parent's calls (the parent sends them)"
+            )
+            if not board.warned:
+                board.warned = True
+                log.warning("klaviyo-signal: Delivery.wait() in a forked child: %s", reason)
+            return Delivery(self._message_id, DeliveryStatus.QUEUED, reason)
+        with board.signal:
+            board.signal.wait_for(lambda: seq in board.finals, timeout)
+            final = board.finals.get(seq)
+        return None if final is None else Delivery(self._message_id, *final)
+
+
+@attrs.frozen
+class Delivery:
+    """The outcome of one identify, track, page, subscribe or unsubscribe call.
+
+    Attributes:
+        message_id: The call's id; also the Klaviyo event's ``unique_id``.
+        status: queued, delivered, dropped or failed.
+        reason: Why it was dropped or failed (None when delivered, and when queued except
+            for a parent's call waited on in a forked child, see ``wait``).
+        http_status: Klaviyo's HTTP status, when a request was answered.
+    """
+
+    message_id: str
+    status: DeliveryStatus
+    reason: str | None = None
+    http_status: int | None = None
+    _ticket: Ticket | None = attrs.field(default=None, eq=False, repr=False, alias="ticket")
+
+    def wait(self, timeout: float | None = None) -> Delivery:
+        """Return the final Delivery, waiting for the background worker if needed.
+
+        Returns this Delivery itself when it is already final, or still ``queued`` when
+        ``timeout`` seconds pass first. In a forked child, a call its parent queued comes
+        back at once, still ``queued``, with a ``reason`` naming the parent process.
+        """
+        if self._ticket is None or self.status is not DeliveryStatus.QUEUED:
+            return self
+        return self._ticket.wait(timeout) or self
+
+
+OnDelivery = Callable[[Delivery], object]
+
+
+@attrs.frozen
+class Job:
+    """One accepted call, ready to send: its requests as (path, body bytes) pairs."""
+
+    message_id: str
+    requests: Sequence[tuple[str, bytes]]
+
+
+def send_job(
+    post: Callable[[str, bytes], int], job: Job
+) -> tuple[Delivery, KlaviyoSignalError | None]:
+    """Send a job's requests in order; return its final Delivery and the error, if any."""
+    status: int | None = None
+    for path, body in job.requests:
+        try:
+            status = post(path, body)
+        except APIError as exc:
+            return Delivery(job.message_id, DeliveryStatus.FAILED, str(exc), exc.status), exc
+        except TransportError as exc:
+            return Delivery(job.message_id, DeliveryStatus.FAILED, str(exc)), exc
+    return Delivery(job.message_id, DeliveryStatus.DELIVERED, None, status), None
