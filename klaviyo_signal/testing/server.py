@@ -529,15 +529,22 @@ def _repeated_unique_ids(items: list[JSON]) -> list[JSON]:
     return []
 
 
-def _import_profile(
-    state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
-) -> Response:
-    errors = schema.schema_errors("profile_import", body, under)
+def _profile_body_errors(
+    state: FakeState, body: JSON, operation: str, under: Revision
+) -> list[JSON]:
+    """Check a single-profile body: the revision's schema, its declared fields, a person."""
+    errors = schema.schema_errors(operation, body, under)
     if not errors:
         attributes = body["data"].get("attributes") or {}
         at: list[str | int] = ["data", "attributes"]
-        errors = schema.unknown_field_errors("profile_import", attributes, at, under)
-    errors = errors or _profile_errors(state, body["data"], ["data", "attributes"], ["data", "id"])
+        errors = schema.unknown_field_errors(operation, attributes, at, under)
+    return errors or _profile_errors(state, body["data"], ["data", "attributes"], ["data", "id"])
+
+
+def _import_profile(
+    state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
+) -> Response:
+    errors = _profile_body_errors(state, body, "profile_import", under)
     if errors:
         return _bad(errors)
     profile_id, created = state.upsert(body["data"])
@@ -565,12 +572,7 @@ def _create_client_profile(
     if not under.has("client_profile_create"):
         detail = f"FakeKlaviyo holds no schema of /client/profiles for revision {under.name}."
         return _error(400, detail, parameter="revision")
-    errors = schema.schema_errors("client_profile_create", body, under)
-    if not errors:
-        attributes = body["data"].get("attributes") or {}
-        at: list[str | int] = ["data", "attributes"]
-        errors = schema.unknown_field_errors("client_profile_create", attributes, at, under)
-    errors = errors or _profile_errors(state, body["data"], ["data", "attributes"], ["data", "id"])
+    errors = _profile_body_errors(state, body, "client_profile_create", under)
     if errors:
         return _bad(errors)
     # Klaviyo: a client-side endpoint may add identifiers a profile lacks, never change one.
