@@ -424,3 +424,35 @@ def test_rate_limits_are_the_revisions_own() -> None:
         old = Client(PUBLIC_KEY, PRIVATE_KEY, revision=OLD)
     assert old._config.rate_limits is not None
     assert old._config.rate_limits["POST /api/profile-import"] == (75, 700)
+
+
+def test_the_import_waits_for_its_link_even_after_earlier_events(fake: FakeKlaviyo) -> None:
+    """In background mode a paced link holds its profile import back, whatever came before."""
+    # One link a second: the second identify's link must wait, and so must its import.
+    limits = {"POST /client/profiles": (1, 100)}
+    c = client(fake, NEW, sync=False, flush_interval=30, rate_limits=limits)
+    c.identify("u-0", {"email": "first@example.com"}, anonymous_id="anon-0")
+    assert c.flush(15)
+    c.page("Home", user_id="u-1")  # an earlier event job of the same person
+    c.identify("u-1", {"email": "jane@example.com"}, anonymous_id="anon-1")
+    assert c.flush(15)
+    c.close()
+    sent = [(r.path.partition("?")[0], r.body) for r in fake.requests]
+    link = next(
+        i
+        for i, (path, body) in enumerate(sent)
+        if path == "/client/profiles" and body["data"]["attributes"].get("external_id") == "u-1"
+    )
+    imported = next(
+        i
+        for i, (path, body) in enumerate(sent)
+        if path == "/api/profile-import" and body["data"]["attributes"]["external_id"] == "u-1"
+    )
+    assert link < imported, sent
+
+
+def test_the_client_side_endpoint_counts_only_its_documented_202() -> None:
+    """A 200 from something in front of /client/profiles is not Klaviyo's answer."""
+    from klaviyo_signal._klaviyo.operations import success_statuses
+
+    assert success_statuses("POST /client/profiles") == frozenset({202})

@@ -800,9 +800,12 @@ class Worker:
                 elif isinstance(obj, Profile):
                     self._add_identify(seq, obj, link)
                 elif isinstance(obj, ClientProfile):
-                    # The anonymous id's link goes first: the import then finds one profile.
+                    # The anonymous id's link goes first (after this person's earlier
+                    # events): the import waits for it, and then finds one profile.
                     body = encode(profile_body(obj.profile))
-                    link = (CLIENT_PROFILES, self._put(Identify(seq, body, CLIENT_PROFILES)))
+                    unit = Identify(seq, body, CLIENT_PROFILES)
+                    after = self._after_events(obj.profile.identity)
+                    link = (CLIENT_PROFILES, self._put(unit, after))
                 else:
                     self._put_all(self._subscriptions.add(obj, seq, now))
             except (KlaviyoSignalError, ValueError, TypeError) as exc:
@@ -814,20 +817,26 @@ class Worker:
     def _add_identify(
         self, seq: int, profile: Profile, link: tuple[str, int] | None = None
     ) -> None:
-        """Queue a profile import after this person's earlier event jobs, or else after the
-        call's own anonymous-id ``link``."""
+        """Queue a profile import after the call's own anonymous-id ``link`` (which waits
+        for this person's earlier event jobs), or else after those jobs."""
         identity = profile.identity
+        after = link if link is not None else self._after_events(identity)
+        order = self._put(Identify(seq, encode(profile_body(profile))), after)
+        self._identifying.append((order, identity))
+
+    def _after_events(self, identity: Identity) -> tuple[str, int] | None:
+        """Seal the open job if it holds this person's events; return the last event job
+        of theirs still waiting, for a profile write to wait for."""
         if self._open.mentions(identity):
             # Events of this person queued before the identify go first, so a later
             # bulk job cannot overwrite what the identify set.
             self._put(self._open.seal())
-        after = link
+        after = None
         for order, job, _ in reversed(self._outboxes.get(BulkJob.endpoint, ())):
             if cast(BulkJob, job).mentions(identity):
                 after = (BulkJob.endpoint, order)  # the last job with their earlier events
                 break
-        order = self._put(Identify(seq, encode(profile_body(profile))), after)
-        self._identifying.append((order, identity))
+        return after
 
     def _put(self, unit: Unit, after: tuple[str, int] | None = None) -> int:
         """Queue a sealed unit at the end of its endpoint's outbox; return its order."""

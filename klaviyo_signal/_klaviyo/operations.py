@@ -34,7 +34,16 @@ def operations() -> Mapping[str, Mapping[str, Any]]:
         / "2026-07-15"
         / "rate_limits.json"
     )
-    found: Mapping[str, Mapping[str, Any]] = json.loads(text.read_text("utf-8"))["operations"]
+    found: dict[str, Mapping[str, Any]] = json.loads(text.read_text("utf-8"))["operations"]
+    # The docs' table leaves out the client-side profile endpoint: read its operation object.
+    client = json.loads((text.parent / "client_profile_create.schema.json").read_text("utf-8"))[
+        "operation"
+    ]
+    found["POST /client/profiles"] = {
+        "ratelimit": client["x-klaviyo-ratelimit"],
+        "scopes": client["x-klaviyo-scopes"],
+        "responses": list(client["responses"]),
+    }
     return found
 
 
