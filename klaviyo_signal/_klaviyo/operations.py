@@ -27,16 +27,11 @@ DEFAULT_SCOPES = ("events:write", "profiles:write")
 def operations() -> Mapping[str, Mapping[str, Any]]:
     """Return each operation (``"POST /api/events"``) with its ratelimit and scopes."""
     # Scopes and answers are the same in every supported revision: the newest one's table.
-    text = (
-        resources.files("klaviyo_signal")
-        / "_klaviyo"
-        / "schemas"
-        / "2026-07-15"
-        / "rate_limits.json"
-    )
+    folder = resources.files("klaviyo_signal") / "_klaviyo" / "schemas" / "2026-07-15"
+    text = folder / "rate_limits.json"
     found: dict[str, Mapping[str, Any]] = json.loads(text.read_text("utf-8"))["operations"]
     # The docs' table leaves out the client-side profile endpoint: read its operation object.
-    client = json.loads((text.parent / "client_profile_create.schema.json").read_text("utf-8"))[
+    client = json.loads((folder / "client_profile_create.schema.json").read_text("utf-8"))[
         "operation"
     ]
     found["POST /client/profiles"] = {
