@@ -160,7 +160,7 @@ class Client:
         if status.state != "stable":
             warnings.warn(status.describe(self._revision.name), RevisionWarning, stacklevel=2)
         self._closed = False
-        # Background calls that need no consent grant may take the fast lane (_quick.py);
+        # Background calls that need no consent grant may take the fast lane (_blueprint/quick.py);
         # a backfill takes the full route.
         self._quick_lane = (
             not self._config.sync_mode
@@ -541,7 +541,7 @@ class Client:
         return self._taken(message_id, self._worker.submit(message_id, objects, later))
 
     def _queued_packed(self, fields: tuple[object, ...], size: int) -> Delivery:
-        """Queue a call the fast lane packed (``_quick.quick_track``)."""
+        """Queue a call the fast lane packed (``_blueprint.quick.quick_track``)."""
         message_id: str = fields[_MESSAGE_ID]  # type: ignore[assignment]
         return self._taken(message_id, self._worker.submit_packed(message_id, fields, size))
 

@@ -1,8 +1,8 @@
 """The caller's fast lane makes a call faster, never different.
 
-``_quick.quick_track`` packs the common background ``track`` call straight into its queue
+``_blueprint.quick.quick_track`` packs the common background ``track`` call straight into its queue
 item. Whenever it takes a call, the full route (``build_message`` -> ``Blueprint.prepare``
--> ``_events.pack``) must take it too and queue the very same item; whenever the full
+-> ``_blueprint.events.pack``) must take it too and queue the very same item; whenever the full
 route refuses a call, the lane must leave it to the full route (so the error is the same).
 """
 

@@ -78,9 +78,9 @@ class _CallPlan:
     timestamp_in_view: bool
     """Whether a path reads ``timestamp`` (as an ISO string) from the call."""
     extra: int | None = None
-    """For a simple rule (see ``_events.simple_extra``), the properties it adds."""
+    """For a simple rule (see ``_blueprint.events.simple_extra``), the properties it adds."""
     quick: QuickPlan | None = None
-    """For a simple track rule the caller's fast lane can take (``_quick.py``), its plan."""
+    """For a simple track rule the caller's fast lane can take (``quick.py``), its plan."""
 
 
 def _subscriptions(rule: SubscribeRule | None, message: Message) -> tuple[Subscription, ...]:
@@ -225,7 +225,7 @@ class Blueprint:
         """Decide now, or check only and return the ``Pending`` event to build later.
 
         Background mode calls this on the caller's thread and leaves building the common,
-        simple calls' events to the worker (``_batcher.encode_queued``): a rule without
+        simple calls' events to the worker (``_delivery.jobs.encode_queued``): a rule without
         mapper, items or source paths, and an event profile that is just the identity.
         Every check ``decide`` would make still happens here, so bad input fails on the
         caller's line all the same. Other calls are decided here in full.
@@ -261,7 +261,7 @@ class Blueprint:
         return rule
 
     def quick(self, event: object) -> QuickPlan | None:
-        """Return the fast lane's plan for ``track(event)`` calls, or None (``_quick.py``)."""
+        """Return the fast lane's plan for ``track(event)`` calls, or None (``quick.py``)."""
         if not plain_name(event):
             return None
         return self._plan("track", event).quick
@@ -269,7 +269,7 @@ class Blueprint:
     def reads(self, kind: str, event: object) -> Reads:
         """Return what of a call's properties and context its mapping reads.
 
-        The caller's thread cleans only these (see ``_reads``); a dropped call reads no
+        The caller's thread cleans only these (see ``_blueprint/reads``); a dropped call reads no
         properties.
         """
         if kind == "track" and not plain_name(event):

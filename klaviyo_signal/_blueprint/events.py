@@ -233,7 +233,7 @@ class Pending(NamedTuple):
     identity: IdentityKey
     properties: Mapping[str, JSON]
     time: datetime | int
-    """When it happened; an int is ``time.time_ns()`` (the fast lane's, ``_quick.py``)."""
+    """When it happened; an int is ``time.time_ns()`` (the fast lane's, ``_blueprint/quick.py``)."""
     unique_id: str
     consent: Mapping[str, bool] | None
     """None when the call carries no consent."""
@@ -274,7 +274,7 @@ def pack(call: Pending) -> tuple[object, ...]:
     looks at a tuple before what the tuple holds, so a nested tuple is let go one level
     per pass (and a dict never): a flat tuple of strings and numbers is let go at the
     first pass, before it can be promoted to the generation whose passes stall every
-    thread for tens of milliseconds. ``_quick.quick_track`` writes the same layout.
+    thread for tens of milliseconds. ``_blueprint.quick.quick_track`` writes the same layout.
     """
     return (
         *call.rule,
@@ -289,7 +289,7 @@ def pack(call: Pending) -> tuple[object, ...]:
 
 
 # Where a queue item ``(seq, (), *pack(call))`` keeps each field; the worker reads them
-# straight from the item (``_batcher.encode_queued``).
+# straight from the item (``_delivery.jobs.encode_queued``).
 ITEM_RULE = slice(2, 4)
 ITEM_IDENTITY = slice(4, 8)
 ITEM_TIME = 8

@@ -21,7 +21,7 @@ from .rules import ProfileMap
 
 __all__ = ["bare", "consumed_traits", "identifier_traits_are_bare", "profile_from"]
 
-# Traits that are identifiers: mapped by ``_identity.py``, never repeated in properties.
+# Traits that are identifiers: mapped by ``_calls/identity.py``, never repeated in properties.
 _IDENTIFIERS = frozenset({"email", "phone", "phone_number"})
 # Location fields Klaviyo also accepts as numbers.
 _NUMERIC = frozenset({"latitude", "longitude"})

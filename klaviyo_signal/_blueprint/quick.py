@@ -2,8 +2,8 @@
 
 Most calls from a web handler look alike: a plain event name, a dict of flat properties,
 an email and/or a user id, nothing else, for an event whose rule is simple (see
-``_events.simple_extra``). For those, the full route (``build_message`` ->
-``Blueprint.prepare`` -> ``_events.pack``) builds a Message, an Identity, a view and a
+``_blueprint.events.simple_extra``). For those, the full route (``build_message`` ->
+``Blueprint.prepare`` -> ``_blueprint.events.pack``) builds a Message, an Identity, a view and a
 Pending that nobody else ever sees, only to flatten them into the queue item. This lane
 recognises exactly that shape and writes the same queue item directly.
 
@@ -31,7 +31,7 @@ from .rules import Rule
 
 __all__ = ["MESSAGE_ID", "QuickPlan", "quick_plan", "quick_track"]
 
-#: Where the message id is in ``quick_track``'s fields (``_events.pack``'s layout).
+#: Where the message id is in ``quick_track``'s fields (``_blueprint.events.pack``'s layout).
 MESSAGE_ID = ITEM_UNIQUE_ID - 2
 
 _isfinite = math.isfinite
@@ -68,7 +68,7 @@ def quick_plan(
         rule: The rule (simple: ``simple_extra`` gave ``extra``).
         reads: What the rule reads (``Blueprint.reads``).
         extra: How many properties the rule adds.
-        traits_only: Whether the profile mapping reads only traits (``_profile.bare``).
+        traits_only: Whether the profile mapping reads only traits (``_blueprint.profile.bare``).
     """
     value = _property_keys(rule.value)
     currency = _property_keys(rule.value_currency)
@@ -110,12 +110,12 @@ def quick_track(
     user_id: object,
     anonymous_id: object,
 ) -> tuple[tuple[object, ...], int] | None:
-    """Return a common call's queue fields (laid out as ``_events.pack`` writes them) and
+    """Return a common call's queue fields (laid out as ``_blueprint.events.pack`` writes them) and
     the size its properties count against ``max_queue_bytes``; None: use the full route.
 
     The call has no context, consent, timestamp or message id (the Client checked). Its
     time is ``time.time_ns()``: the worker writes it as the ISO string ``datetime.now()``
-    would give (``_wire.iso_time``), for less than the cost of making the datetime.
+    would give (``_klaviyo.wire.iso_time``), for less than the cost of making the datetime.
     """
     if properties is None:
         properties = _NO_PROPERTIES
@@ -168,7 +168,7 @@ def _read(
     keys: tuple[str, ...], properties: Mapping[str, object]
 ) -> tuple[list[object], int] | None:
     """Return the read properties as key, value pairs and their text length, if all are
-    values the full route keeps as they are (``_json._clean_mapping``'s first test)."""
+    values the full route keeps as they are (``_klaviyo.json._clean_mapping``'s first test)."""
     pairs: list[object] = []
     size = 0
     for key in keys:

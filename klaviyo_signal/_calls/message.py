@@ -59,7 +59,7 @@ class Message:
 class Reads:
     """The top-level keys of a call's properties and context its blueprint can read.
 
-    ``build_message`` checks and copies only these (``_reads`` works them out); None: all.
+    ``build_message`` checks and copies only these (``_blueprint/reads`` works them out); None: all.
     """
 
     properties: tuple[str, ...] | None = None

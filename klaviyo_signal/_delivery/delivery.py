@@ -3,7 +3,7 @@
 Every call ends in exactly one final ``Delivery``: ``delivered``, ``dropped`` or ``failed``.
 Background mode hands back a ``queued`` Delivery at once; ``Delivery.wait()`` gives the
 final one. Sync mode sends a ``Job`` with ``send_job``; background mode hands the call to
-the worker (``_worker.py``), which batches.
+the worker (``_delivery/worker.py``), which batches.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ queued for a job, so the worker never holds the GIL for one long encode of a 5 M
 the exact size is known before a job is full, and a job resent after a partial failure
 is re-joined from bytes, not encoded again.
 
-The JSON:API shape stays in ``_wire``: this module only cuts ``_wire``'s own bodies at their
-empty arrays, so it knows that the items and the events are JSON arrays, nothing more.
+The JSON:API shape stays in ``_klaviyo/wire``: this module only cuts that module's own
+bodies at their empty arrays, so it knows that the items and the events are JSON arrays,
+nothing more.
 """
 
 from __future__ import annotations
@@ -313,7 +314,7 @@ class OpenJob:
 def _split_events(events: bytes | bytearray) -> list[bytes]:
     """Cut an item's comma-joined events back into each event's bytes (only after a 400).
 
-    ``_wire`` writes compact JSON, so each event ends where the decoder stops and the next
+    ``_klaviyo/wire`` writes compact JSON, so each event ends where the decoder stops and the next
     starts one comma later; the bytes are sliced, not encoded again.
     """
     text = bytes(events).decode("utf-8")

@@ -4,12 +4,12 @@ The caller's side (``submit``) numbers the call, gives it a Ticket and appends i
 deque under a lock: the blueprint's objects, or a simple call's checked ``Pending`` packed
 into one flat tuple (which the garbage collector stops visiting at once). Building,
 encoding, grouping and HTTP all happen on the worker thread. The thread takes queued
-calls in chunks, encodes their events into the open bulk job (``_batcher``) and their
-subscriptions into the open job of their list (``_subscription_batcher``), seals a job when
+calls in chunks, encodes their events into the open bulk job (``_delivery/jobs``) and their
+subscriptions into the open job of their list (``_delivery/subscription_jobs``), seals a job when
 it is full, when its oldest call is ``flush_interval`` old, or on ``flush()``/``close()``
 (once, for the jobs holding the calls queued before it), and sends sealed jobs and profile
-imports one request at a time, each when its endpoint's limiter (``_ratelimit``) allows.
-What an answer means for each call is ``_outcomes``' business.
+imports one request at a time, each when its endpoint's limiter (``_delivery/ratelimit``) allows.
+What an answer means for each call is ``_delivery/outcomes``' business.
 
 Ordering. Each endpoint has an outbox of its own (all subscription jobs share one), so a
 429 or a server error on one endpoint pauses that outbox only. Each outbox is sent in
@@ -362,11 +362,11 @@ class Worker:
         return self._enqueue(message_id, size, (), fields, named=True)
 
     def submit_packed(self, message_id: str, fields: tuple[object, ...], size: int) -> Ticket | str:
-        """Queue a simple call the caller's fast lane packed (``_quick.quick_track``).
+        """Queue a simple call the caller's fast lane packed (``_blueprint.quick.quick_track``).
 
         Args:
             message_id: The call's id.
-            fields: The call as ``_events.pack`` lays it out.
+            fields: The call as ``_blueprint.events.pack`` lays it out.
             size: What its properties count against ``max_queue_bytes``.
         """
         return self._enqueue(message_id, _BASE_BYTES + size, (), fields)

@@ -1,6 +1,6 @@
 """Klaviyo's objects as plain values: what the blueprint produces and the wire writes.
 
-The models know nothing of JSON:API; ``_wire.py`` owns the ``data``/``attributes`` nesting.
+The models know nothing of JSON:API; ``_klaviyo/wire.py`` owns the ``data``/``attributes`` nesting.
 """
 
 from __future__ import annotations
