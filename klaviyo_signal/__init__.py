@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._explain import ExplainedRequest, Explanation
 from ._klaviyo.revisions import DEFAULT_REVISION, SUPPORTED_REVISIONS
+from ._klaviyo.transport import RequestsTransport
 from ._version import VERSION as __version__
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "PropertyMap",
     "RateLimitError",
     "RequestTimeoutError",
+    "RequestsTransport",
     "RevisionGoneError",
     "RevisionWarning",
     "Rule",

@@ -37,8 +37,8 @@ from ._klaviyo.json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, re
 from ._klaviyo.models import Event, KlaviyoObject, Profile, with_backfill
 from ._klaviyo.revisions import DEFAULT_REVISION, check_backfill
 from ._klaviyo.revisions import revision as revision_named
-from ._klaviyo.transport import Transport
-from ._klaviyo.wire import encode, request
+from ._klaviyo.transport import KlaviyoAPI, RequestsTransport, Transport
+from ._klaviyo.wire import request
 
 __all__ = ["Client"]
 
@@ -49,8 +49,7 @@ _MIN_ANSWER_TIMEOUT = 2.0
 
 
 def _request(obj: KlaviyoObject) -> tuple[str, bytes]:
-    path, body = request(obj)
-    data = encode(body)
+    path, data = request(obj)
     if isinstance(obj, Event):
         return path, _fits(data, MAX_EVENT_REQUEST_BYTES, "the event")
     if isinstance(obj, Profile):
@@ -106,6 +105,11 @@ class Client:
             revision is retired, instead of serving it as a later one with other rules.
         backfill: Send every event as a backfill (recorded without triggering flows),
             unless a call says ``backfill=False``.
+        transport: What sends the HTTP requests (``klaviyo_signal.typing.Transport``),
+            e.g. ``FakeKlaviyo.transport()`` in tests; default a requests session with
+            urllib3 retries. A given transport is shared by sync mode and the worker and
+            should not retry itself (the worker paces its own retries); closing the Client
+            closes it.
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -133,6 +137,7 @@ class Client:
         rate_limits: RateLimits | Literal["published"] | None = PUBLISHED,
         strict_revision: bool = False,
         backfill: bool = False,
+        transport: Transport | None = None,
     ) -> None:
         self._config = Config(
             public_api_key,
@@ -154,6 +159,7 @@ class Client:
             rate_limits=rate_limits,  # type: ignore[arg-type]  # resolved by Config
             strict_revision=strict_revision,
             backfill=backfill,
+            transport=transport,
         )
         self._revision = revision_named(self._config.revision)
         status = self._revision.status()
@@ -690,15 +696,17 @@ class Client:
         self.close()
 
 
-def _transport(config: Config, *, max_retries: int, pool_size: int = 4) -> Transport:
-    """Build a transport from the client's settings."""
-    return Transport(
+def _transport(config: Config, *, max_retries: int, pool_size: int = 4) -> KlaviyoAPI:
+    """Build Klaviyo's API over the Client's transport, or a requests one."""
+    transport: Transport = config.transport or RequestsTransport(
+        max_retries=max_retries, pool_size=pool_size
+    )
+    return KlaviyoAPI(
+        transport,
         base_url=config.base_url,
         public_api_key=config.public_api_key,
         private_api_key=config.private_api_key,
         revision=config.revision,
         strict_revision=config.strict_revision,
         timeout=config.timeout,
-        max_retries=max_retries,
-        pool_size=pool_size,
     )

@@ -20,6 +20,7 @@ from ._delivery.ratelimit import published_limits
 from ._errors import ConfigurationError, mask
 from ._errors import shown as _shown
 from ._klaviyo.revisions import DEFAULT_REVISION, no_backfill, revision
+from ._klaviyo.transport import Transport
 
 __all__ = ["PUBLISHED", "Config", "mask"]
 
@@ -160,6 +161,16 @@ def _callable_or_none(_: object, attribute: attrs.Attribute[Any], value: Any) ->
         )
 
 
+def _check_transport(_: object, __: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (
+        callable(getattr(value, "handle", None)) and callable(getattr(value, "close", None))
+    ):
+        raise ConfigurationError(
+            f"transport: expected a klaviyo_signal.typing.Transport (an object with "
+            f"handle(request) and close()), or None, got {type(value).__name__}"
+        )
+
+
 def _blueprint(value: Blueprint | None) -> Blueprint:
     if value is None:
         return default_blueprint()
@@ -197,6 +208,7 @@ class Config:
     rate_limits: dict[str, tuple[int, int]] | None = attrs.field(default=PUBLISHED)  # type: ignore[assignment]
     strict_revision: bool = attrs.field(default=False, validator=_bool)
     backfill: bool = attrs.field(default=False, validator=_bool)
+    transport: Transport | None = attrs.field(default=None, validator=_check_transport)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "rate_limits", _rate_limits(self.rate_limits, self.revision))

@@ -1,13 +1,17 @@
 """Explain a call: what it would send to Klaviyo, and why, without sending anything.
 
-``explain`` runs the same stages as ``Client._call`` (message, consent gate, blueprint,
-wire bodies) and stops before delivery, so what it shows is what a real call would send.
+``explain`` runs the same stages as a sync-mode call (message, consent gate, blueprint,
+the wire's bytes, ``KlaviyoAPI.build``'s request) and stops where the request would
+reach the transport, so what it shows is what a real call would send.
 """
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -17,10 +21,10 @@ from ._calls.message import build_message
 from ._calls.subscription import build_subscription
 from ._klaviyo.json import JSON
 from ._klaviyo.models import KlaviyoObject, with_backfill
-from ._klaviyo.revisions import FALL_FORWARD_OPT_OUT, check_backfill
+from ._klaviyo.revisions import check_backfill
 from ._klaviyo.revisions import revision as revision_named
+from ._klaviyo.transport import HTTPRequest, HTTPResponse, KlaviyoAPI, masked
 from ._klaviyo.wire import request
-from ._version import VERSION
 
 __all__ = ["ExplainKind", "ExplainedRequest", "Explanation", "explain"]
 
@@ -52,13 +56,12 @@ _SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
     "unsubscribe": frozenset({"email", "phone", "list_id", "channels", "message_id"}),
 }
 ExplainKind = Literal["identify", "track", "page", "subscribe", "unsubscribe"]
-# The private key never leaves the client, not even in an explanation.
-_MASKED_AUTHORIZATION = "Klaviyo-API-Key pk_***"
 
 
 @attrs.frozen
 class ExplainedRequest:
-    """One HTTP request a call would make; ``body`` is the JSON as Python data."""
+    """One HTTP request a call would make; ``body`` is its JSON as Python data (a number
+    whose digits no float writes, such as a ``Decimal("42.50")`` revenue, as a Decimal)."""
 
     method: str
     path: str
@@ -109,38 +112,48 @@ def _fields(kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict
     return fields
 
 
-@attrs.frozen
-class _Target:
-    """Where the explained requests go: the client's revision, options and public key."""
+class _Unsent:
+    """The transport of an explanation: nothing is ever sent."""
 
-    revision: str
-    strict_revision: bool
-    public_api_key: str
-    backfill: bool
+    def handle(self, request: HTTPRequest) -> HTTPResponse:
+        raise RuntimeError("explain never sends")  # a bug if reached
 
-
-def _headers(target: _Target, path: str) -> dict[str, str]:
-    headers = {
-        "Authorization": _MASKED_AUTHORIZATION,
-        "revision": target.revision,
-        "Accept": "application/vnd.api+json",
-        "Content-Type": "application/vnd.api+json",
-        "User-Agent": f"klaviyo-signal/{VERSION}",
-    }
-    if path.startswith("/client/"):
-        del headers["Authorization"]  # the client-side endpoints take the public key only
-    if target.strict_revision:
-        headers[FALL_FORWARD_OPT_OUT] = "1"
-    return headers
+    def close(self) -> None:
+        """Nothing to release."""
 
 
-def _request(obj: KlaviyoObject, target: _Target) -> ExplainedRequest:
+def _api(revision: str, strict_revision: bool, public_api_key: str) -> KlaviyoAPI:
+    # The private key never leaves the client, not even in an explanation: the request
+    # is built with a stand-in, and its headers are shown masked anyway.
+    return KlaviyoAPI(
+        _Unsent(),
+        base_url="https://a.klaviyo.com",
+        public_api_key=public_api_key,
+        private_api_key="pk_explain",
+        revision=revision,
+        strict_revision=strict_revision,
+        timeout=10.0,
+    )
+
+
+def _number(text: str) -> float | Decimal:
+    """A JSON number as the float that writes it, or else the Decimal of its exact digits."""
+    value = float(text)
+    return value if repr(value) == text else Decimal(text)
+
+
+def _loads(body: bytes) -> JSON:
+    loaded: JSON = json.loads(body, parse_float=_number)
+    return loaded
+
+
+def _request(obj: KlaviyoObject, api: KlaviyoAPI) -> ExplainedRequest:
     """Return the request ``obj`` becomes in sync mode (one job per subscription)."""
     path, body = request(obj)
-    headers = _headers(target, path)
-    if path.startswith("/client/"):
-        path += f"?company_id={target.public_api_key}"
-    return ExplainedRequest("POST", path, headers, body)
+    built = api.build("POST", path, body)
+    parts = urlsplit(built.url)
+    shown = parts.path + (f"?{parts.query}" if parts.query else "")
+    return ExplainedRequest(built.method, shown, masked(built.headers), _loads(body))
 
 
 def explain(
@@ -175,18 +188,12 @@ def explain(
         TypeError: The arguments do not fit the call, as the method itself would raise.
         ValidationError: The input breaks a rule, exactly as the call would raise.
     """
-    target = _Target(revision, strict_revision, public_api_key, backfill)
+    api = _api(revision, strict_revision, public_api_key)
     if kind in {"subscribe", "unsubscribe"}:
-        return _explain_subscription(
-            kind,
-            args,
-            kwargs,
-            default_phone_region,
-            target,
-        )
+        return _explain_subscription(kind, args, kwargs, default_phone_region, api)
     fields = _fields(kind, args, kwargs)
     wanted = fields.pop("backfill", None)
-    backfill = target.backfill if wanted is None else wanted
+    backfill = backfill if wanted is None else wanted
     the_revision = revision_named(revision)
     if backfill:
         check_backfill(backfill, the_revision)
@@ -204,7 +211,7 @@ def explain(
     if decision.drop_reason is not None:
         return Explanation("drop", decision.drop_reason, decision.rule)
     objects = the_revision.shape(with_backfill(decision.objects, backfill))
-    requests = tuple(_request(obj, target) for obj in objects)
+    requests = tuple(_request(obj, api) for obj in objects)
     return Explanation("send", None, decision.rule, requests)
 
 
@@ -213,7 +220,7 @@ def _explain_subscription(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
     default_phone_region: str | None,
-    target: _Target,
+    api: KlaviyoAPI,
 ) -> Explanation:
     """Explain a subscribe/unsubscribe: the job sync mode would send for it alone.
 
@@ -226,4 +233,4 @@ def _explain_subscription(
         if name not in _SUBSCRIPTION_KEYWORDS[kind]:
             raise TypeError(f"{kind}() got an unexpected keyword argument {name!r}")
     sub = build_subscription(kind, default_phone_region=default_phone_region, **kwargs)
-    return Explanation("send", None, None, (_request(sub, target),))
+    return Explanation("send", None, None, (_request(sub, api),))

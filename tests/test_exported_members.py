@@ -32,6 +32,7 @@ ROOT = {
     "ProfileMap",
     "PropertyMap",
     "RateLimitError",
+    "RequestsTransport",
     "RequestTimeoutError",
     "RevisionGoneError",
     "RevisionWarning",
@@ -61,8 +62,15 @@ def test_the_root_exports_exactly_the_public_names() -> None:
 
 
 def test_typing_exports_the_aliases_and_protocols() -> None:
-    """klaviyo_signal.typing holds JSON, Mapper and OnDelivery, and nothing else."""
-    assert set(klaviyo_signal.typing.__all__) == {"JSON", "Mapper", "OnDelivery"}
+    """klaviyo_signal.typing holds JSON, Mapper, OnDelivery and the transport seam's types."""
+    assert set(klaviyo_signal.typing.__all__) == {
+        "JSON",
+        "HTTPRequest",
+        "HTTPResponse",
+        "Mapper",
+        "OnDelivery",
+        "Transport",
+    }
     assert klaviyo_signal.typing.Mapper is klaviyo_signal.Mapper
 
 

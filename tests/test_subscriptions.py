@@ -27,8 +27,8 @@ from klaviyo_signal._calls.subscription import (
     UNSUBSCRIBE_PATH,
     Subscription,
     build_subscription,
-    subscription_body,
 )
+from klaviyo_signal._klaviyo.wire import subscription_body
 from klaviyo_signal.testing import FakeKlaviyo, FakeRequest
 
 from .conftest import (

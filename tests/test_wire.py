@@ -1,9 +1,9 @@
-"""The worker's template encoders write the same bytes as the dict route, byte for byte.
+"""The one encoder writes the JSON:API documents Klaviyo's schemas describe, values exact.
 
-``bulk_event_bytes`` and ``bulk_item_frame`` (through ``OpenJob``) skip building JSON:API
-dicts on the worker's hot path; ``encode(bulk_event(...))`` and ``bulk_events_body`` are
-the reference they must match, for every event the corpus makes and for the values JSON
-treats specially.
+Events are written from templates (``bulk_event_bytes``, ``single_event_bytes``, and
+``bulk_item_frame`` through ``OpenJob``); each is checked against a reference document
+built here from the event's fields, for every event the corpus makes and for the values
+JSON treats specially, and against the official schema of its endpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,13 +25,7 @@ from klaviyo_signal._calls.identity import Identity
 from klaviyo_signal._calls.message import Message, build_message
 from klaviyo_signal._delivery.jobs import OpenJob, encode_queued
 from klaviyo_signal._klaviyo.models import Event, Location, Profile
-from klaviyo_signal._klaviyo.wire import (
-    bulk_event,
-    bulk_event_bytes,
-    bulk_events_body,
-    encode,
-    iso_time,
-)
+from klaviyo_signal._klaviyo.wire import bulk_event_bytes, iso_time, single_event_bytes
 
 from .conftest import assert_valid
 from .test_corpus import CASES, _forward_everything
@@ -75,16 +70,89 @@ def _events(blueprint: Blueprint) -> list[Event]:
     ]
 
 
+def _exact(value: Any) -> Any:
+    """A reference value as ``json.loads(..., parse_float=Decimal)`` reads it back."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {key: _exact(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_exact(item) for item in value]
+    return value
+
+
+def _profile_document(profile: Profile) -> dict[str, Any]:
+    attributes: dict[str, Any] = dict(profile.identity.as_attributes())
+    for name in ("first_name", "last_name", "organization", "title", "image", "locale"):
+        if getattr(profile, name) is not None:
+            attributes[name] = getattr(profile, name)
+    if profile.location is not None:
+        location = {k: v for k, v in attrs.asdict(profile.location).items() if v is not None}
+        if location:
+            attributes["location"] = location
+    if profile.properties:
+        attributes["properties"] = dict(profile.properties)
+    return {"data": {"type": "profile", "attributes": attributes}}
+
+
+def _event_attributes(event: Event) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "properties": {k: dict(v) if k == "consent" else v for k, v in event.properties.items()},
+        "time": event.time.isoformat(),
+        "unique_id": event.unique_id,
+        "metric": {"data": {"type": "metric", "attributes": {"name": event.metric}}},
+    }
+    if event.value is not None:
+        attributes["value"] = event.value
+    if event.value_currency is not None:
+        attributes["value_currency"] = event.value_currency
+    if event.backfill:
+        attributes["backfill"] = True
+    return attributes
+
+
+def _loads(body: bytes) -> Any:
+    return json.loads(body, parse_float=Decimal)
+
+
 def _check(event: Event) -> None:
-    assert bulk_event_bytes(event) == encode(bulk_event(event))
+    element = {"type": "event", "attributes": _event_attributes(event)}
+    assert _loads(bulk_event_bytes(event)) == _exact(element)
+    single = single_event_bytes(event)
+    expected = {"data": {**element, "attributes": {**element["attributes"]}}}
+    expected["data"]["attributes"]["profile"] = _profile_document(event.profile)
+    assert _loads(single) == _exact(expected)
+    assert_valid("/api/events", json.loads(single))
     job = OpenJob()
     assert job.add(bulk_event_bytes(event), event.profile, object(), 0.0)
     body = job.seal().body()
-    assert body == encode(bulk_events_body([(event.profile, [event])]))
+    item = {
+        "type": "event-bulk-create",
+        "attributes": {
+            "profile": _profile_document(event.profile),
+            "events": {"data": [element]},
+        },
+    }
+    document = {
+        "data": {
+            "type": "event-bulk-create-job",
+            "attributes": {"events-bulk-create": {"data": [item]}},
+        }
+    }
+    assert _loads(body) == _exact(document)
     assert_valid("/api/event-bulk-create-jobs", json.loads(body))
 
 
+def test_decimals_are_written_exactly() -> None:
+    """A Decimal goes on the wire as its own digits, never through float."""
+    event = _event(value=Decimal("19.990"), properties={"total": Decimal("1E+2"), "consent": {}})
+    for body in (bulk_event_bytes(event), single_event_bytes(event)):
+        assert b'"value":19.990' in body
+        assert b'"total":1E+2' in body
+
+
 def test_corpus_events_encode_identically() -> None:
+    """Every event the corpus makes is written as its reference document, valid by schema."""
     events = _events(_forward_everything())
     assert len(events) > 100
     for event in events:
@@ -127,6 +195,7 @@ def _event(**changes: Any) -> Event:
     ids=["plain", "no-value", "decimal", "big-int", "small-float", "escapes", "unicode", "profile"],
 )
 def test_special_values_encode_identically(changes: dict[str, Any]) -> None:
+    """Values JSON treats specially are written as the reference document has them."""
     _check(_event(**changes))
 
 
@@ -146,7 +215,9 @@ def test_pending_calls_encode_like_decided_ones() -> None:
         assert data == bulk_event_bytes(event)
         job = OpenJob()
         assert job.add(data, prepared.identity, object(), 0.0)
-        assert job.seal().body() == encode(bulk_events_body([(event.profile, [event])]))
+        assert _loads(job.seal().body())["data"]["attributes"]["events-bulk-create"]["data"][0][
+            "attributes"
+        ]["events"]["data"] == [_loads(bulk_event_bytes(event))]
     assert deferred > 50
 
 

@@ -616,7 +616,7 @@ def test_a_request_that_breaks_on_its_way_frees_its_endpoint(
 
     from klaviyo_signal._klaviyo import transport as _transport
 
-    real = _transport.Transport.post
+    real = _transport.KlaviyoAPI.post
     broken = {"left": 12}  # more than the endpoint's burst of 10 requests per second
 
     def post(self: object, path: str, body: bytes, *, timeout: float | None = None) -> object:
@@ -625,7 +625,7 @@ def test_a_request_that_breaks_on_its_way_frees_its_endpoint(
             raise KeyboardInterrupt  # say, from a hook; it must not hang the worker
         return real(self, path, body, timeout=timeout)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_transport.Transport, "post", post)
+    monkeypatch.setattr(_transport.KlaviyoAPI, "post", post)
     with FakeKlaviyo() as fake:
         client = client_for(fake, flush_interval=0.01)
         for i in range(12):

@@ -1,4 +1,4 @@
-"""Subscribe and unsubscribe calls: checked at the call, written as Klaviyo's bulk jobs.
+"""Subscribe and unsubscribe calls, checked at the call (``_klaviyo/wire`` writes their jobs).
 
 Marketing email and SMS in Klaviyo reach only profiles with recorded consent; these calls
 record it (``POST /api/profile-subscription-bulk-create-jobs``) or revoke it
@@ -15,7 +15,7 @@ from typing import Literal
 import attrs
 
 from .._errors import ValidationError
-from .._klaviyo.json import JSON, check_str
+from .._klaviyo.json import check_str
 from .consent import consent_drop_reason, resolve_consent
 from .identity import normalize_email, normalize_phone
 from .message import message_id_of, parse_iso
@@ -29,7 +29,6 @@ __all__ = [
     "Subscription",
     "build_subscription",
     "implied_subscription",
-    "subscription_body",
 ]
 
 Action = Literal["subscribe", "unsubscribe"]
@@ -202,58 +201,3 @@ def implied_subscription(
         list_id=list_id,
         custom_source=custom_source,
     )
-
-
-def _subscriptions(sub: Subscription) -> dict[str, JSON]:
-    consent = "SUBSCRIBED" if sub.action == "subscribe" else "UNSUBSCRIBED"
-    record: dict[str, JSON] = {"consent": consent}
-    if sub.consented_at is not None:
-        record["consented_at"] = sub.consented_at.isoformat()
-    out: dict[str, JSON] = {}
-    if "email" in sub.channels:
-        out["email"] = {"marketing": dict(record)}
-    sms: dict[str, JSON] = {}
-    if "sms" in sub.channels:
-        sms["marketing"] = dict(record)
-    if "sms_transactional" in sub.channels:
-        sms["transactional"] = dict(record)
-    if sms:
-        out["sms"] = sms
-    return out
-
-
-def _profile(sub: Subscription) -> JSON:
-    attributes: dict[str, JSON] = {}
-    if sub.email is not None:
-        attributes["email"] = sub.email
-    if sub.phone_number is not None:
-        attributes["phone_number"] = sub.phone_number
-    attributes["subscriptions"] = _subscriptions(sub)
-    return {"type": "profile", "attributes": attributes}
-
-
-def subscription_body(subs: Sequence[Subscription]) -> dict[str, JSON]:
-    """Return one bulk job body for calls that share a ``job_key``.
-
-    Raises:
-        ValueError: ``subs`` is empty, mixes job keys, or exceeds Klaviyo's per-job limit.
-    """
-    if not subs or len({sub.job_key for sub in subs}) != 1:
-        raise ValueError("a subscription job needs one or more calls with the same job_key")
-    first = subs[0]
-    if len(subs) > MAX_PROFILES[first.action]:
-        raise ValueError(f"at most {MAX_PROFILES[first.action]} profiles per {first.action} job")
-    attributes: dict[str, JSON] = {"profiles": {"data": [_profile(sub) for sub in subs]}}
-    if first.action == "subscribe":
-        if first.custom_source is not None:
-            attributes["custom_source"] = first.custom_source
-        if first.consented_at is not None:
-            attributes["historical_import"] = True
-    kind = "create" if first.action == "subscribe" else "delete"
-    data: dict[str, JSON] = {
-        "type": f"profile-subscription-bulk-{kind}-job",
-        "attributes": attributes,
-    }
-    if first.list_id is not None:
-        data["relationships"] = {"list": {"data": {"type": "list", "id": first.list_id}}}
-    return {"data": data}

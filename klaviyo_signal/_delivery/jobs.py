@@ -6,9 +6,9 @@ queued for a job, so the worker never holds the GIL for one long encode of a 5 M
 the exact size is known before a job is full, and a job resent after a partial failure
 is re-joined from bytes, not encoded again.
 
-The JSON:API shape stays in ``_klaviyo/wire``: this module only cuts that module's own
-bodies at their empty arrays, so it knows that the items and the events are JSON arrays,
-nothing more.
+The JSON:API shape stays in ``_klaviyo/wire``: this module joins that module's pieces
+(the job's frame, each item's frame, each event's bytes), so it knows that the items and
+the events are JSON arrays, nothing more.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .._blueprint.rules import Rule
 from .._calls.identity import IDENTIFIER_NAMES, Identity
 from .._klaviyo.json import JSON
 from .._klaviyo.models import Event, Profile
-from .._klaviyo.wire import bulk_event_bytes, bulk_events_body, bulk_item_frame, encode, event_bytes
+from .._klaviyo.wire import BULK_JOB_FRAME, bulk_event_bytes, bulk_item_frame, event_bytes
 
 __all__ = [
     "MAX_JOB_BYTES",
@@ -51,17 +51,6 @@ MAX_JOB_EVENTS = 1000
 # Klaviyo's limit is 5 MB per request; stay a little under it (and under 5 MiB as well).
 MAX_JOB_BYTES = 5_000_000 - 4096
 _FRAME_CACHE = 4096
-
-
-def _cut(body: bytes) -> tuple[bytes, bytes]:
-    """Split a body at its last empty array: what goes before the elements, what after."""
-    head, _, tail = body.rpartition(b"[]")
-    return head + b"[", b"]" + tail
-
-
-@functools.cache
-def _envelope() -> tuple[bytes, bytes]:
-    return _cut(encode(bulk_events_body(())))
 
 
 def unique_key(metric: str, unique_id: str) -> str:
@@ -146,7 +135,7 @@ class BulkJob:
 
     def body(self) -> bytes:
         """Return the request body (one join: the worker holds the GIL while it runs)."""
-        head, tail = _envelope()
+        head, tail = BULK_JOB_FRAME
         parts: list[bytes | bytearray] = [head]
         for item in self.items:
             frame = item[1]
@@ -190,7 +179,7 @@ class OpenJob:
     """The job being filled: events join their profile's item until the job is full."""
 
     def __init__(self) -> None:
-        head, tail = _envelope()
+        head, tail = BULK_JOB_FRAME
         self._base = len(head) + len(tail)
         # Encoded profile frames, kept across jobs: the same visitors come back job after job.
         self._frames: dict[IdentityKey, tuple[Profile, tuple[bytes, bytes]]] = {}

@@ -2,7 +2,7 @@
 
 Klaviyo takes milliseconds to read a 1,000-event job and answer. A worker that waited for
 each answer itself sat idle that long between jobs, with the next job's calls queued and
-unbuilt. The Sender runs one ``Transport.post`` at a time on its own thread and keeps the
+unbuilt. The Sender runs one ``KlaviyoAPI.post`` at a time on its own thread and keeps the
 outcome (the answer, or the error) until the worker takes it; the worker meanwhile builds
 the next job. Everything else (limits, retries, outcomes, ordering) stays on the worker
 thread, which never hands over a second request before it has taken the first's outcome.
@@ -64,7 +64,7 @@ class Sender:
         return self._outcome is not None
 
     def post(self, send: Callable[[], Answer]) -> None:
-        """Start ``send`` (one ``Transport.post``); inline when no thread can start."""
+        """Start ``send`` (one ``KlaviyoAPI.post``); inline when no thread can start."""
         self._busy = True
         if self._thread is None:
             thread = threading.Thread(target=self._run, name="klaviyo-signal-sender", daemon=True)

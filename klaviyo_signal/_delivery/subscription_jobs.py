@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 
-from .._calls.subscription import MAX_PROFILES, Subscription, subscription_body
-from .._klaviyo.wire import encode
+from .._calls.subscription import MAX_PROFILES, Subscription
+from .._klaviyo.wire import subscription_bytes
 
 __all__ = ["SubscriptionJob", "SubscriptionJobs"]
 
@@ -45,7 +45,7 @@ class SubscriptionJob:
     def body(self) -> bytes:
         """Return the request body (encoded once, however often it is sent)."""
         if self._body is None:
-            self._body = encode(subscription_body(self.subs))
+            self._body = subscription_bytes(self.subs)
         return self._body
 
     def owners(self) -> list[object]:

@@ -49,8 +49,8 @@ from .._klaviyo.json import (
     request_too_large,
 )
 from .._klaviyo.models import ClientProfile, Event, KlaviyoObject, Profile
-from .._klaviyo.transport import SERVER_ERROR_STATUSES, Answer, Transport
-from .._klaviyo.wire import encode, profile_body
+from .._klaviyo.transport import SERVER_ERROR_STATUSES, Answer, KlaviyoAPI
+from .._klaviyo.wire import profile_bytes
 from .delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from .jobs import (
     MAX_JOB_BYTES,
@@ -222,7 +222,7 @@ def _check_fits(objects: Sequence[KlaviyoObject], event: tuple[bytes, IdentityKe
         if type(obj) is Event:
             events.append((encode_event(obj), obj.profile))
         elif type(obj) is Profile:
-            body = encode(profile_body(obj))
+            body = profile_bytes(obj)
             if len(body) > MAX_PROFILE_IMPORT_BYTES:
                 raise request_too_large(len(body), MAX_PROFILE_IMPORT_BYTES, "the profile import")
     for data, profile in events:
@@ -254,7 +254,7 @@ class Worker:
     def __init__(  # noqa: PLR0915 - one assignment per piece of state, documented here
         self,
         *,
-        make_transport: Callable[[], Transport],
+        make_transport: Callable[[], KlaviyoAPI],
         limits: RateLimits | None,
         rule_for: Callable[[tuple[str, str]], Rule],
         stats: Counters,
@@ -269,7 +269,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make_transport = make_transport
-        self._transport: Transport | None = None
+        self._transport: KlaviyoAPI | None = None
         self._board = board
         self._interval = flush_interval
         self._max_size = max_queue_size
@@ -802,7 +802,7 @@ class Worker:
                 elif isinstance(obj, ClientProfile):
                     # The anonymous id's link goes first (after this person's earlier
                     # events): the import waits for it, and then finds one profile.
-                    body = encode(profile_body(obj.profile))
+                    body = profile_bytes(obj.profile)
                     unit = Identify(seq, body, CLIENT_PROFILES)
                     after = self._after_events(obj.profile.identity)
                     link = (CLIENT_PROFILES, self._put(unit, after))
@@ -821,7 +821,7 @@ class Worker:
         for this person's earlier event jobs), or else after those jobs."""
         identity = profile.identity
         after = link if link is not None else self._after_events(identity)
-        order = self._put(Identify(seq, encode(profile_body(profile))), after)
+        order = self._put(Identify(seq, profile_bytes(profile)), after)
         self._identifying.append((order, identity))
 
     def _after_events(self, identity: Identity) -> tuple[str, int] | None:

@@ -1,8 +1,14 @@
-"""HTTP: one requests Session with urllib3 retries, and the one place errors are translated.
+"""HTTP, in two layers: a ``Transport`` moves bytes; ``KlaviyoAPI`` speaks Klaviyo.
 
-Retrying POST is safe because every event carries ``unique_id`` and profile-import is an
-upsert. ``raise_on_status=False`` hands the last answer back so we raise our own typed
-errors; no ``requests``/``urllib3`` exception reaches users.
+``Transport`` is the seam (as httpx's ``transport=``): one method that sends an
+``HTTPRequest`` and returns an ``HTTPResponse``, or raises ``TransportError`` when no answer
+came. The default, ``RequestsTransport``, is one requests Session with urllib3 retries
+(retrying POST is safe because every event carries ``unique_id`` and profile-import is an
+upsert; ``raise_on_status=False`` hands the last answer back). ``FakeKlaviyo.transport()``
+answers in-process, and ``explain`` stops at the request ``KlaviyoAPI.build`` makes.
+
+``KlaviyoAPI`` builds each request (key, revision, headers) and is the one place an answer
+becomes an ``Answer`` or a typed error; no ``requests``/``urllib3`` exception reaches users.
 
 Only Klaviyo's documented answer counts as success: redirects are not followed (requests
 would turn a POST into a GET on 301-303, and nothing would reach Klaviyo), and a 3xx, an
@@ -14,10 +20,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import attrs
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import (
     ConnectTimeoutError,
     InvalidHeader,
@@ -41,7 +50,17 @@ from .json import JSON
 from .operations import required_scopes, success_statuses
 from .revisions import DEFAULT_REVISION, FALL_FORWARD_OPT_OUT, revision
 
-__all__ = ["SERVER_ERROR_STATUSES", "Answer", "Transport", "make_retry"]
+__all__ = [
+    "SERVER_ERROR_STATUSES",
+    "Answer",
+    "HTTPRequest",
+    "HTTPResponse",
+    "KlaviyoAPI",
+    "RequestsTransport",
+    "Transport",
+    "make_retry",
+    "masked",
+]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # The background worker retries only these itself-transparently: it handles 429 endpoint-wide
@@ -135,7 +154,7 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _parse(response: requests.Response) -> JSON:
+def _parse(response: HTTPResponse) -> JSON:
     if not response.content:
         return None
     try:
@@ -150,14 +169,14 @@ def _is_error_document(payload: JSON) -> bool:
     return isinstance(payload, dict) and isinstance(payload.get("errors"), list)
 
 
-def _not_klaviyo(endpoint: str, response: requests.Response, payload: JSON) -> str | None:
+def _not_klaviyo(endpoint: str, response: HTTPResponse, payload: JSON) -> str | None:
     """Say why a sub-400 answer is not Klaviyo's documented success, or None when it is.
 
     Klaviyo answers 202 with an empty body (events, subscriptions) or a JSON:API document
     (bulk jobs), and 200/201 with the profile (profile-import); the statuses per endpoint
     are in ``_schemas/rate_limits.json``.
     """
-    status = response.status_code
+    status = response.status
     expected = success_statuses(endpoint)
     kind = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     foreign = bool(response.content) and (kind not in _JSON_TYPES or not isinstance(payload, dict))
@@ -174,26 +193,79 @@ def _not_klaviyo(endpoint: str, response: requests.Response, payload: JSON) -> s
     return None
 
 
-class Transport:
-    """Sends request bodies to Klaviyo and returns an ``Answer`` or raises a typed error."""
+_MASKED_AUTHORIZATION = "Klaviyo-API-Key pk_***"
+
+
+def masked(headers: Mapping[str, str]) -> dict[str, str]:
+    """Return ``headers`` with the private key hidden, as reprs, logs and ``explain`` show them."""
+    return {
+        name: _MASKED_AUTHORIZATION if name.lower() == "authorization" else value
+        for name, value in headers.items()
+    }
+
+
+@attrs.frozen
+class HTTPRequest:
+    """One request as it goes on the wire: what a ``Transport`` sends."""
+
+    method: str
+    url: str
+    """The whole URL, query included."""
+    headers: Mapping[str, str] = attrs.field(repr=lambda headers: repr(masked(headers)))
+    """Every header, the ``Authorization`` with the private key included (where it goes)."""
+    body: bytes
+    timeout: tuple[float, float]
+    """Seconds to connect, and to wait for the answer."""
+
+
+def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
+    return CaseInsensitiveDict(headers)
+
+
+@attrs.frozen
+class HTTPResponse:
+    """What came back: the status, the headers (case-insensitive), the body's bytes."""
+
+    status: int
+    headers: Mapping[str, str] = attrs.field(converter=_case_insensitive)
+    content: bytes = b""
+    retries: int = 0
+    """How many times the transport sent the request again before this answer."""
+
+
+class Transport(Protocol):
+    """Sends one request and returns its answer: the seam to swap the HTTP stack.
+
+    Raise ``TransportError`` (``NetworkError``, ``RequestTimeoutError``) when no answer
+    came; every answer, a 4xx or a 5xx too, is returned, and ``KlaviyoAPI`` reads it. The
+    background worker retries 429s, 5xx and unanswered requests itself, paced by its rate
+    limiter, so a transport given to a Client should not retry them.
+    """
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse:
+        """Send ``request``; return the answer or raise ``TransportError``."""
+
+    def close(self) -> None:
+        """Release connections; called when the Client closes."""
+
+
+class RequestsTransport:
+    """The default ``Transport``: a requests Session with urllib3 retries and a pool.
+
+    Args:
+        max_retries: urllib3 retries of connection errors, 5xx and (when in
+            ``retry_statuses``) 429, Retry-After honoured; 0 for none.
+        pool_size: Connections kept open.
+        retry_statuses: The answers retried.
+    """
 
     def __init__(
         self,
         *,
-        base_url: str,
-        public_api_key: str,
-        private_api_key: str,
-        revision: str,
-        strict_revision: bool = False,
-        timeout: float,
-        max_retries: int,
+        max_retries: int = 0,
         pool_size: int = 4,
         retry_statuses: frozenset[int] = RETRY_STATUSES,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._public_api_key = public_api_key
-        self._revision = revision
-        self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
         self._session = requests.Session()
         adapter = HTTPAdapter(
             max_retries=make_retry(max_retries, retry_statuses),
@@ -202,29 +274,143 @@ class Transport:
         )
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
-        self._session.headers.update(
-            {
-                "Authorization": f"Klaviyo-API-Key {private_api_key}",
-                "revision": revision,
-                "Accept": "application/vnd.api+json",
-                "Content-Type": "application/vnd.api+json",
-                "User-Agent": f"klaviyo-signal/{VERSION}",
-            }
-        )
-        if strict_revision:
-            self._session.headers[FALL_FORWARD_OPT_OUT] = "1"
-        # Read the environment (HTTPS_PROXY/NO_PROXY, REQUESTS_CA_BUNDLE) once, for the one
-        # host this session talks to. requests otherwise reads it again on every request
-        # (a fifth of a sync call's time), and could swap the Authorization header for a
-        # ~/.netrc entry.
-        found = self._session.merge_environment_settings(self._base_url, {}, None, None, None)
-        self._session.proxies = found["proxies"]
-        self._session.verify = found["verify"]
-        self._session.cert = found["cert"]
         self._session.trust_env = False
+        self._environment: dict[str, dict[str, object]] = {}
 
     def __repr__(self) -> str:
-        return f"<Transport {self._base_url}>"
+        return "<RequestsTransport>"
+
+    def _settings(self, url: str) -> dict[str, object]:
+        """The environment's proxies and CA bundle for ``url``'s host, read once per host.
+
+        requests otherwise reads them again on every request (a fifth of a sync call's
+        time), and could swap the Authorization header for a ~/.netrc entry.
+        """
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        found = self._environment.get(origin)
+        if found is None:
+            with requests.Session() as probe:
+                settings = probe.merge_environment_settings(origin, {}, None, None, None)
+            found = self._environment[origin] = dict(settings)
+        return found
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse:
+        """POST (or GET) through the session; requests' errors become ``TransportError``."""
+        settings = self._settings(request.url)
+        error: TransportError | None = None
+        try:
+            response = self._session.request(
+                request.method,
+                request.url,
+                data=request.body or None,
+                headers=request.headers,
+                timeout=request.timeout,
+                allow_redirects=False,
+                proxies=settings["proxies"],  # type: ignore[arg-type]
+                verify=settings["verify"],  # type: ignore[arg-type]
+                cert=settings["cert"],  # type: ignore[arg-type]
+            )
+        except requests.exceptions.RequestException as exc:
+            error = _translate(exc, request)
+        if error is not None:
+            # Raised outside the except block, so neither __cause__ nor __context__ links
+            # the requests/urllib3 exceptions: their tracebacks' frames hold the request
+            # headers (the private key), which error reporters capture with the chain.
+            raise error
+        history = getattr(getattr(response.raw, "retries", None), "history", ())
+        return HTTPResponse(
+            response.status_code, dict(response.headers), response.content, retries=len(history)
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+
+def _translate(exc: requests.exceptions.RequestException, request: HTTPRequest) -> TransportError:
+    """The one place a requests error becomes ours."""
+    parts = urlsplit(request.url)
+    path, base_url = parts.path, f"{parts.scheme}://{parts.netloc}"
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    # With urllib3 retries on, a read timeout arrives as a ConnectionError around a
+    # MaxRetryError whose reason is the timeout: Klaviyo was reached, it was slow.
+    # urllib3's NewConnectionError (refused, DNS) subclasses ConnectTimeoutError.
+    timed_out = isinstance(reason, (ReadTimeoutError, ConnectTimeoutError))
+    if isinstance(exc, requests.exceptions.Timeout) or (
+        timed_out and not isinstance(reason, NewConnectionError)
+    ):
+        return RequestTimeoutError(
+            f"Klaviyo did not answer {path} within {request.timeout[1]:g} s (after retries); "
+            "raise timeout= or check the network."
+        )
+    if isinstance(exc, requests.exceptions.RetryError):
+        return NetworkError(f"retries to Klaviyo {path} ran out: {_safe(exc)}")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return NetworkError(f"could not reach Klaviyo at {base_url} ({path}): {_safe(exc)}")
+    return TransportError(f"request to Klaviyo {path} failed: {_safe(exc)}")
+
+
+class KlaviyoAPI:
+    """Klaviyo's REST API over a ``Transport``: builds requests, reads answers.
+
+    Returns an ``Answer`` for Klaviyo's documented success and raises a typed error for
+    anything else.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        base_url: str,
+        public_api_key: str,
+        private_api_key: str,
+        revision: str,
+        strict_revision: bool = False,
+        timeout: float,
+    ) -> None:
+        self._transport = transport
+        self._base_url = base_url.rstrip("/")
+        self._public_api_key = public_api_key
+        self._revision = revision
+        self._timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
+        self._headers = {
+            "Authorization": f"Klaviyo-API-Key {private_api_key}",
+            "revision": revision,
+            "Accept": "application/vnd.api+json",
+            "Content-Type": "application/vnd.api+json",
+            "User-Agent": f"klaviyo-signal/{VERSION}",
+        }
+        if strict_revision:
+            self._headers[FALL_FORWARD_OPT_OUT] = "1"
+        # Klaviyo's client-side endpoints take the public key, and a private key must
+        # never travel to them.
+        self._public_headers = {
+            name: value for name, value in self._headers.items() if name != "Authorization"
+        }
+
+    def __repr__(self) -> str:
+        return f"<KlaviyoAPI {self._base_url}>"
+
+    def build(
+        self, method: str, path: str, body: bytes = b"", *, timeout: float | None = None
+    ) -> HTTPRequest:
+        """Return the request for ``path``: the one place URLs and headers are made.
+
+        Args:
+            method: ``"POST"`` or ``"GET"``.
+            path: The endpoint path, e.g. ``/api/events``.
+            body: The encoded JSON.
+            timeout: A shorter read timeout for this request (the worker's shutdown deadline).
+        """
+        limit = self._timeout
+        if timeout is not None and timeout < limit[1]:
+            limit = (min(limit[0], timeout), timeout)
+        url, headers = self._base_url + path, self._headers
+        if path.startswith("/client/"):
+            url += f"?company_id={self._public_api_key}"
+            headers = self._public_headers
+        return HTTPRequest(method, url, headers, body, limit)
 
     def post(self, path: str, body: bytes, *, timeout: float | None = None) -> Answer:
         """POST a JSON body; raise ``APIError``/``TransportError`` when it does not succeed.
@@ -234,96 +420,58 @@ class Transport:
             body: The encoded JSON.
             timeout: A shorter read timeout for this request (the worker's shutdown deadline).
         """
-        limit = self._timeout
-        if timeout is not None and timeout < limit[1]:
-            limit = (min(limit[0], timeout), timeout)
-        url, headers = self._base_url + path, None
-        if path.startswith("/client/"):
-            # Klaviyo's client-side endpoints take the public key, and a private key must
-            # never travel to them: requests drops a session header set to None.
-            url += f"?company_id={self._public_api_key}"
-            headers = _PUBLIC_ONLY
-        error: TransportError | None = None
-        try:
-            response = self._session.post(
-                url, data=body, timeout=limit, headers=headers, allow_redirects=False
-            )
-        except requests.exceptions.RequestException as exc:
-            error = self._translate(exc, path)
-        if error is not None:
-            # Raised outside the except block, so neither __cause__ nor __context__ links
-            # the requests/urllib3 exceptions: their tracebacks' frames hold the request
-            # headers (the private key), which error reporters capture with the chain.
-            raise error
-        history = getattr(getattr(response.raw, "retries", None), "history", ())
+        return self.send(self.build("POST", path, body, timeout=timeout))
+
+    def get(self, path: str, *, timeout: float | None = None) -> Answer:
+        """GET a resource, e.g. a bulk job's status; errors as ``post``."""
+        return self.send(self.build("GET", path, timeout=timeout))
+
+    def send(self, request: HTTPRequest) -> Answer:
+        """Send a built request and read its answer."""
+        response = self._transport.handle(request)
         payload = _parse(response)
-        endpoint = f"POST {path}"
-        if response.status_code >= 400:
+        endpoint = f"{request.method} {urlsplit(request.url).path}"
+        if response.status >= 400:
             raise self._refusal(response, payload, endpoint)
         problem = _not_klaviyo(endpoint, response, payload)
         if problem is not None:
             raise UnexpectedResponseError(
-                response.status_code,
+                response.status,
                 problem,
                 request_id=_request_id(response),
                 headers=dict(response.headers),
                 scopes=required_scopes(endpoint),
             )
         return Answer(
-            status=response.status_code,
+            status=response.status,
             headers=dict(response.headers),
             body=payload,
-            retries=len(history),
-            sent_bytes=len(body),
+            retries=response.retries,
+            sent_bytes=len(request.body),
         )
 
-    def _refusal(self, response: requests.Response, payload: JSON, endpoint: str) -> APIError:
+    def _refusal(self, response: HTTPResponse, payload: JSON, endpoint: str) -> APIError:
         """Return the typed error for a 4xx/5xx answer."""
-        cls = api_error_for(response.status_code)
+        cls = api_error_for(response.status)
         # A 403 that is not Klaviyo's JSON:API errors document (or carries Cloudflare's
         # challenge header) never reached the API, so the key's scopes are not the problem.
-        if response.status_code == 403 and (
+        if response.status == 403 and (
             "cf-mitigated" in response.headers or not _is_error_document(payload)
         ):
             cls = BlockedByEdgeError
         return cls(
-            response.status_code,
+            response.status,
             _records(payload),
             request_id=_request_id(response),
             headers=dict(response.headers),
             retry_after=_retry_after(response.headers.get("Retry-After")),
             scopes=required_scopes(endpoint),
-            advice=_gone(self._revision) if response.status_code == 410 else None,
+            advice=_gone(self._revision) if response.status == 410 else None,
         )
 
-    def _translate(self, exc: requests.exceptions.RequestException, path: str) -> TransportError:
-        """The one place a requests error becomes ours."""
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        # With urllib3 retries on, a read timeout arrives as a ConnectionError around a
-        # MaxRetryError whose reason is the timeout: Klaviyo was reached, it was slow.
-        # urllib3's NewConnectionError (refused, DNS) subclasses ConnectTimeoutError.
-        timed_out = isinstance(reason, (ReadTimeoutError, ConnectTimeoutError))
-        if isinstance(exc, requests.exceptions.Timeout) or (
-            timed_out and not isinstance(reason, NewConnectionError)
-        ):
-            return RequestTimeoutError(
-                f"Klaviyo did not answer {path} within {self._timeout[1]} s (after retries); "
-                "raise timeout= or check the network."
-            )
-        if isinstance(exc, requests.exceptions.RetryError):
-            return NetworkError(f"retries to Klaviyo {path} ran out: {_safe(exc)}")
-        if isinstance(exc, requests.exceptions.ConnectionError):
-            return NetworkError(
-                f"could not reach Klaviyo at {self._base_url} ({path}): {_safe(exc)}"
-            )
-        return TransportError(f"request to Klaviyo {path} failed: {_safe(exc)}")
-
     def close(self) -> None:
-        """Close the pooled connections."""
-        self._session.close()
-
-
-_PUBLIC_ONLY: Mapping[str, str | None] = {"Authorization": None}
+        """Close the transport's connections."""
+        self._transport.close()
 
 
 def _gone(name: str) -> str:
@@ -337,7 +485,7 @@ def _gone(name: str) -> str:
     )
 
 
-def _request_id(response: requests.Response) -> str | None:
+def _request_id(response: HTTPResponse) -> str | None:
     return response.headers.get("X-Request-Id") or response.headers.get("x-klaviyo-request-id")
 
 

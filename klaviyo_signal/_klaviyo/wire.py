@@ -1,48 +1,57 @@
-"""The one cattrs converter: Klaviyo objects -> JSON:API request bodies.
+"""The one encoder: Klaviyo objects -> the JSON:API bytes of every request body.
 
 The ``data``/``type``/``attributes`` nesting and Klaviyo's attribute names live only here,
-so the models stay plain values. Bodies stay Python data (with ``Decimal`` kept exact)
-until ``encode`` writes the bytes.
+so the models stay plain values. An event's fixed parts are written as text from templates
+and only its values go through the JSON encoder (an event is encoded once, on the worker,
+for every queued call); profiles and subscriptions are built as dicts and encoded whole.
+Sync mode, background jobs and ``explain`` all take their bytes from here, and every body
+keeps a ``Decimal`` exact.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from json.encoder import encode_basestring
 from types import MappingProxyType
 
-import cattrs
-from cattrs.gen import make_dict_unstructure_fn
+import attrs
 
 from .._calls.identity import IDENTIFIER_NAMES
-from .._calls.subscription import subscription_body
+from .._calls.subscription import MAX_PROFILES, Subscription
 from .json import JSON, dumps, dumps_text, finish
-from .models import ClientProfile, Event, KlaviyoObject, Location, Profile
+from .models import ClientProfile, Event, KlaviyoObject, Profile
 
 __all__ = [
-    "bulk_event",
+    "BULK_JOB_FRAME",
     "bulk_event_bytes",
-    "bulk_events_body",
     "bulk_item_frame",
-    "encode",
-    "event_body",
     "event_bytes",
-    "profile_body",
+    "profile_bytes",
     "request",
+    "single_event_bytes",
+    "subscription_body",
+    "subscription_bytes",
 ]
+
+_PROFILE_TEXT = ("first_name", "last_name", "organization", "title", "image", "locale")
 
 
 def _profile_attributes(profile: Profile) -> dict[str, JSON]:
     attributes: dict[str, JSON] = dict(profile.identity.as_attributes())
-    for name in ("first_name", "last_name", "organization", "title", "image", "locale"):
+    for name in _PROFILE_TEXT:
         value = getattr(profile, name)
         if value is not None:
             attributes[name] = value
     if profile.location is not None:
-        location = _converter.unstructure(profile.location, Location)
+        # Klaviyo treats an absent location field as "leave unchanged": never send nulls.
+        location: dict[str, JSON] = {
+            name: value
+            for name, value in attrs.asdict(profile.location).items()
+            if value is not None
+        }
         if location:
             attributes["location"] = location
     if profile.properties:
@@ -54,113 +63,94 @@ def _profile_resource(profile: Profile) -> dict[str, JSON]:
     return {"data": {"type": "profile", "attributes": _profile_attributes(profile)}}
 
 
-def _event_attributes(event: Event, *, with_profile: bool) -> dict[str, JSON]:
-    properties = dict(event.properties)
-    consent: object = properties.get("consent")
-    if type(consent) is MappingProxyType:
-        # The shared read-only "no consent" mapping becomes a plain dict in every body, so
-        # bodies (explain's too) are plain JSON data a user can json.dumps.
-        properties["consent"] = dict(consent)
-    attributes: dict[str, JSON] = {
-        "properties": properties,
-        "time": event.time.isoformat(),
-        "unique_id": event.unique_id,
-        "metric": {"data": {"type": "metric", "attributes": {"name": event.metric}}},
-    }
-    if event.value is not None:
-        attributes["value"] = event.value
-    if event.value_currency is not None:
-        attributes["value_currency"] = event.value_currency
-    if event.backfill:
-        attributes["backfill"] = True
-    if with_profile:
-        attributes["profile"] = _profile_resource(event.profile)
-    return attributes
+def profile_bytes(profile: Profile) -> bytes:
+    """Return the body of ``POST /api/profile-import`` (or ``/client/profiles``) for a profile."""
+    return dumps(_profile_resource(profile))
 
 
-def _make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter()
-    # Klaviyo treats an absent location field as "leave unchanged": never send nulls.
-    converter.register_unstructure_hook(
-        Location, make_dict_unstructure_fn(Location, converter, _cattrs_omit_if_default=True)
-    )
-    converter.register_unstructure_hook(Profile, _profile_resource)
-    converter.register_unstructure_hook(
-        Event,
-        lambda event: {
-            "data": {"type": "event", "attributes": _event_attributes(event, with_profile=True)}
-        },
-    )
-    return converter
-
-
-_converter = _make_converter()
-
-
-def event_body(event: Event) -> dict[str, JSON]:
-    """Return the body of ``POST /api/events`` for one event."""
-    body: dict[str, JSON] = _converter.unstructure(event, Event)
-    return body
-
-
-def profile_body(profile: Profile) -> dict[str, JSON]:
-    """Return the body of ``POST /api/profile-import`` (create or update) for one profile."""
-    body: dict[str, JSON] = _converter.unstructure(profile, Profile)
-    return body
-
-
-def request(obj: KlaviyoObject) -> tuple[str, dict[str, JSON]]:
+def request(obj: KlaviyoObject) -> tuple[str, bytes]:
     """Return the path and body of the one request ``obj`` becomes when sent alone.
 
     Sync mode and ``explain`` send each object this way (a subscription as a job of one,
     so the call's outcome is its own); background mode groups events and subscriptions
-    into bulk jobs instead.
+    into bulk jobs of the same encoding instead.
     """
     if isinstance(obj, Event):
-        return "/api/events", event_body(obj)
+        return "/api/events", single_event_bytes(obj)
     if isinstance(obj, Profile):
-        return "/api/profile-import", profile_body(obj)
+        return "/api/profile-import", profile_bytes(obj)
     if isinstance(obj, ClientProfile):
-        return "/client/profiles", profile_body(obj.profile)
-    return obj.path, subscription_body((obj,))
+        return "/client/profiles", profile_bytes(obj.profile)
+    return obj.path, subscription_bytes((obj,))
 
 
-def bulk_event(event: Event) -> dict[str, JSON]:
-    """Return one event as an element of a bulk item's ``events`` array (no profile)."""
-    return {"type": "event", "attributes": _event_attributes(event, with_profile=False)}
+def _subscriptions(sub: Subscription) -> dict[str, JSON]:
+    consent = "SUBSCRIBED" if sub.action == "subscribe" else "UNSUBSCRIBED"
+    record: dict[str, JSON] = {"consent": consent}
+    if sub.consented_at is not None:
+        record["consented_at"] = sub.consented_at.isoformat()
+    out: dict[str, JSON] = {}
+    if "email" in sub.channels:
+        out["email"] = {"marketing": dict(record)}
+    sms: dict[str, JSON] = {}
+    if "sms" in sub.channels:
+        sms["marketing"] = dict(record)
+    if "sms_transactional" in sub.channels:
+        sms["transactional"] = dict(record)
+    if sms:
+        out["sms"] = sms
+    return out
 
 
-def bulk_events_body(groups: Iterable[tuple[Profile, Sequence[Event]]]) -> dict[str, JSON]:
-    """Return the body of ``POST /api/event-bulk-create-jobs``: one item per profile."""
-    items: list[JSON] = [
-        {
-            "type": "event-bulk-create",
-            "attributes": {
-                "profile": _profile_resource(profile),
-                "events": {"data": [bulk_event(e) for e in events]},
-            },
-        }
-        for profile, events in groups
-    ]
-    return {
-        "data": {
-            "type": "event-bulk-create-job",
-            "attributes": {"events-bulk-create": {"data": items}},
-        }
+def _subscription_profile(sub: Subscription) -> JSON:
+    attributes: dict[str, JSON] = {}
+    if sub.email is not None:
+        attributes["email"] = sub.email
+    if sub.phone_number is not None:
+        attributes["phone_number"] = sub.phone_number
+    attributes["subscriptions"] = _subscriptions(sub)
+    return {"type": "profile", "attributes": attributes}
+
+
+def subscription_body(subs: Sequence[Subscription]) -> dict[str, JSON]:
+    """Return one bulk job body for calls that share a ``job_key``.
+
+    Raises:
+        ValueError: ``subs`` is empty, mixes job keys, or exceeds Klaviyo's per-job limit.
+    """
+    if not subs or len({sub.job_key for sub in subs}) != 1:
+        raise ValueError("a subscription job needs one or more calls with the same job_key")
+    first = subs[0]
+    if len(subs) > MAX_PROFILES[first.action]:
+        raise ValueError(f"at most {MAX_PROFILES[first.action]} profiles per {first.action} job")
+    attributes: dict[str, JSON] = {
+        "profiles": {"data": [_subscription_profile(sub) for sub in subs]}
     }
+    if first.action == "subscribe":
+        if first.custom_source is not None:
+            attributes["custom_source"] = first.custom_source
+        if first.consented_at is not None:
+            attributes["historical_import"] = True
+    kind = "create" if first.action == "subscribe" else "delete"
+    data: dict[str, JSON] = {
+        "type": f"profile-subscription-bulk-{kind}-job",
+        "attributes": attributes,
+    }
+    if first.list_id is not None:
+        data["relationships"] = {"list": {"data": {"type": "list", "id": first.list_id}}}
+    return {"data": data}
 
 
-def encode(body: JSON) -> bytes:
-    """Write a body as the UTF-8 JSON bytes that go on the wire."""
-    return dumps(body)
+def subscription_bytes(subs: Sequence[Subscription]) -> bytes:
+    """Return ``subscription_body(subs)`` as the bytes that go on the wire."""
+    return dumps(subscription_body(subs))
 
 
-# -- the worker's fast path: the same bytes as encode(bulk_event(...)), from templates ----
+# -- events, from templates ----------------------------------------------------------------
 #
-# The worker encodes every queued event once. Building the nested JSON:API dicts and
-# walking them again in the encoder cost more than the event's own data; these write the
-# fixed parts as text and encode only the values. tests/test_wire.py checks that the bytes
-# are identical to the dict route's for every event the corpus makes.
+# Building the nested JSON:API dicts of an event and walking them again in the encoder
+# cost more than the event's own data; these write the fixed parts as text and encode
+# only the values.
 
 _EVENT_HEAD = '{"type":"event","attributes":{"properties":'
 _METRIC_HEAD = ',"metric":{"data":{"type":"metric","attributes":{"name":'
@@ -181,7 +171,7 @@ def _number_text(value: int | float | Decimal) -> str:
 
 
 def bulk_event_bytes(event: Event) -> bytes:
-    """Return ``encode(bulk_event(event))``, written from a template."""
+    """Return one event as an element of a bulk item's ``events`` array (no profile)."""
     return event_bytes(
         event.metric,
         event.properties,
@@ -204,6 +194,40 @@ def event_bytes(
     backfill: bool = False,
 ) -> bytes:
     """Return the bytes of one bulk event from its fields (no ``Event`` object needed)."""
+    text = _event_text(
+        metric, properties, time, unique_id, value=value, value_currency=value_currency
+    )
+    if backfill:
+        text += ',"backfill":true'
+    return finish(text + "}}")
+
+
+def single_event_bytes(event: Event) -> bytes:
+    """Return the body of ``POST /api/events``: the bulk element's text, and its profile."""
+    text = _event_text(
+        event.metric,
+        event.properties,
+        event.time,
+        event.unique_id,
+        value=event.value,
+        value_currency=event.value_currency,
+    )
+    if event.backfill:
+        text += ',"backfill":true'
+    profile = dumps_text(_profile_resource(event.profile))
+    return finish('{"data":' + text + ',"profile":' + profile + "}}}")
+
+
+def _event_text(
+    metric: str,
+    properties: Mapping[str, JSON],
+    time: datetime | int,
+    unique_id: str,
+    *,
+    value: int | float | Decimal | None,
+    value_currency: str | None,
+) -> str:
+    """Return an event's text up to the end of its attributes, left open for more."""
     consent: object = properties.get("consent")
     if type(consent) is MappingProxyType:
         # The shared "no consent" mapping: a plain dict encodes without the fallback hook.
@@ -223,9 +247,7 @@ def event_bytes(
         text += ',"value":' + _number_text(value)
     if value_currency is not None:
         text += ',"value_currency":' + encode_basestring(value_currency)
-    if backfill:
-        text += ',"backfill":true'
-    return finish(text + "}}")
+    return text
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -260,9 +282,9 @@ def bulk_item_frame(
 ) -> tuple[bytes, bytes]:
     """Return what goes before and after a bulk item's events: its profile, the array's ends.
 
-    ``head + b",".join(events) + tail`` is the item ``bulk_events_body`` would write. A
-    tuple of identifiers (email, phone_number, external_id, anonymous_id) stands for the
-    profile of just those identifiers (most events').
+    ``head + b",".join(events) + tail`` is one item of a bulk job's ``events-bulk-create``
+    array. A tuple of identifiers (email, phone_number, external_id, anonymous_id) stands
+    for the profile of just those identifiers (most events').
     """
     if isinstance(profile, tuple):
         # Identity.as_attributes() through the encoder, written by hand: one per bulk item.
@@ -277,3 +299,10 @@ def bulk_item_frame(
         resource = dumps_text(_profile_resource(profile))
         head = finish(f'{_ITEM_HEAD}{resource},"events":{{"data":[')
     return head, _ITEM_TAIL
+
+
+BULK_JOB_FRAME = (
+    b'{"data":{"type":"event-bulk-create-job","attributes":{"events-bulk-create":{"data":[',
+    b"]}}}}",
+)
+"""What goes before and after the comma-joined items of ``POST /api/event-bulk-create-jobs``."""

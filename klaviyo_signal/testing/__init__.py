@@ -11,6 +11,8 @@ events and profiles Klaviyo would hold::
         client.track("Order Completed", {"total": 9.99}, user_id="user-1")
         assert fake.events_for(external_id="user-1")
 
+or, with no socket at all, ``Client(..., transport=fake.transport())``.
+
 Needs the ``testing`` extra: ``pip install 'klaviyo-signal[testing]'``.
 """
 
@@ -21,7 +23,7 @@ from types import TracebackType
 
 from klaviyo_signal.testing import schema
 from klaviyo_signal.testing.schema import JSON
-from klaviyo_signal.testing.server import FakeServer, RateLimits
+from klaviyo_signal.testing.server import FakeServer, InProcessTransport, RateLimits
 from klaviyo_signal.testing.state import FakeEvent, FakeProfile, FakeRequest, FakeState
 
 __all__ = ["FakeEvent", "FakeKlaviyo", "FakeProfile", "FakeRequest"]
@@ -99,6 +101,15 @@ class FakeKlaviyo:
         except RuntimeError:
             return False
         return True
+
+    def transport(self) -> InProcessTransport:
+        """A transport that answers in this process, with no socket: ``Client(transport=...)``.
+
+        Requests go through the same checks, faults, rate limits and records as over
+        ``url``, whether or not the server is started (``base_url`` is then not used).
+        It does not retry: sync mode then raises on the first 5xx or 429.
+        """
+        return InProcessTransport(self._server)
 
     def start(self) -> None:
         """Start serving on a free port (does nothing if already running)."""

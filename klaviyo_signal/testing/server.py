@@ -20,10 +20,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
+from klaviyo_signal._errors import NetworkError
 from klaviyo_signal._klaviyo.revisions import (
     DEFAULT_REVISION,
     FALL_FORWARD_OPT_OUT,
@@ -31,12 +32,13 @@ from klaviyo_signal._klaviyo.revisions import (
     Revision,
     revision,
 )
+from klaviyo_signal._klaviyo.transport import HTTPRequest, HTTPResponse
 from klaviyo_signal.testing.schema import JSON
 from klaviyo_signal.testing.state import FakeRequest, FakeState
 
 from . import schema
 
-__all__ = ["FakeServer", "RateLimits"]
+__all__ = ["FakeServer", "InProcessTransport", "RateLimits"]
 
 RateLimits = Mapping[str, tuple[int, int]]
 """``{"POST /api/events": (burst_per_window, steady_per_window)}``."""
@@ -703,3 +705,43 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: request lines would clutter the user's test output."""
+
+
+# --- the in-process side ---------------------------------------------------------------------
+
+
+class InProcessTransport:
+    """A ``klaviyo_signal.typing.Transport`` that hands each request to the fake directly.
+
+    The same pipeline as a request over the socket (``FakeServer.handle``), without one:
+    no port, no thread per connection. It does not retry (the requests transport's urllib3
+    retries are not on this path; the background worker's own retries are).
+    """
+
+    def __init__(self, server: FakeServer) -> None:
+        self._server = server
+
+    def __repr__(self) -> str:
+        return "<FakeKlaviyo in-process transport>"
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse:
+        """Answer ``request`` as the fake's HTTP server would."""
+        parts = urlsplit(request.url)
+        raw_path = parts.path + (f"?{parts.query}" if parts.query else "")
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        response = self._server.handle(request.method, raw_path, headers, request.body)
+        if response is None:
+            raise NetworkError(f"FakeKlaviyo dropped the connection ({parts.path})")
+        payload = response.raw
+        if payload is None:
+            payload = b"" if response.body is None else json.dumps(response.body).encode("utf-8")
+        answer_headers = {
+            "Content-Type": response.content_type,
+            "Content-Length": str(len(payload)),
+            "X-Request-Id": uuid.uuid4().hex,
+            **response.headers,
+        }
+        return HTTPResponse(response.status, answer_headers, payload)
+
+    def close(self) -> None:
+        """Nothing to release."""

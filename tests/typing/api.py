@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from klaviyo_signal import DEFAULT_REVISION, Client, Delivery, DeliveryStatus, Message
-from klaviyo_signal.typing import JSON, Mapper, OnDelivery
+from klaviyo_signal import (
+    DEFAULT_REVISION,
+    Client,
+    Delivery,
+    DeliveryStatus,
+    Message,
+    RequestsTransport,
+)
+from klaviyo_signal.typing import JSON, HTTPRequest, HTTPResponse, Mapper, OnDelivery, Transport
 
 
 def on_delivery(delivery: Delivery) -> None:
@@ -22,3 +29,22 @@ queued: Delivery = client.track("Order Completed", {"revenue": 1}, user_id="u", 
 final: Delivery = queued.wait(1.0)
 ok: bool = client.flush(timeout=2.0)
 client.close()
+
+
+class LoggingTransport:
+    """A transport that wraps the default one: the seam users plug into."""
+
+    def __init__(self) -> None:
+        self._inner = RequestsTransport(max_retries=0)
+
+    def handle(self, request: HTTPRequest) -> HTTPResponse:
+        print(request.method, request.url)
+        return self._inner.handle(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+seam: Transport = LoggingTransport()
+wrapped: Client = Client("AbC123", "pk_example_key", transport=seam)
+wrapped.close()
