@@ -588,3 +588,22 @@ def test_pytest_plugin_binds_a_sync_client_to_the_fake(pytester: pytest.Pytester
     )
 
     pytester.runpytest_inprocess().assert_outcomes(passed=1)
+
+
+def test_pytest_plugin_binds_a_background_client_to_the_fake(pytester: pytest.Pytester) -> None:
+    """The klaviyo_background_client fixture queues calls and sends them as bulk jobs on flush."""
+    pytester.makeconftest(PLUGIN_CONFTEST)
+    pytester.makepyfile(
+        """
+        def test_client(klaviyo_background_client, klaviyo_fake):
+            delivery = klaviyo_background_client.track("Order Completed", user_id="u-1")
+            assert delivery.status.value == "queued"
+            assert klaviyo_background_client.flush(10)
+            assert delivery.wait(0).status.value == "delivered"
+            [request] = klaviyo_fake.requests
+            assert request.path == "/api/event-bulk-create-jobs"
+            assert klaviyo_fake.events_for(external_id="u-1")
+        """
+    )
+
+    pytester.runpytest_inprocess().assert_outcomes(passed=1)
