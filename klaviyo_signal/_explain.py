@@ -8,8 +8,8 @@ reach the transport, so what it shows is what a real call would send.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
