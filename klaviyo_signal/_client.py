@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._blueprint.blueprint import Blueprint, blueprint_for_variant
+from ._blueprint.compiled import compile_blueprint
 from ._blueprint.events import Pending
 from ._blueprint.quick import MESSAGE_ID as _MESSAGE_ID
 from ._blueprint.quick import quick_track
@@ -161,6 +162,7 @@ class Client:
             backfill=backfill,
             transport=transport,
         )
+        self._blueprint = compile_blueprint(self._config.blueprint)
         self._revision = revision_named(self._config.revision)
         status = self._revision.status()
         if status.state != "stable":
@@ -188,7 +190,7 @@ class Client:
             # the config, not the Client, so a dropped Client can be collected.
             make_transport=functools.partial(_transport, c, max_retries=0, pool_size=1),
             limits=c.rate_limits,
-            rule_for=c.blueprint.rule_for,
+            rule_for=self._blueprint.rule_for,
             stats=self._stats,
             board=self._board,
             on_delivery=c.on_delivery,
@@ -306,7 +308,7 @@ class Client:
         return self._call(
             build_message(
                 "identify",
-                reads=self._config.blueprint.reads("identify", None),
+                reads=self._blueprint.reads("identify", None),
                 user_id=user_id,
                 traits=traits,
                 anonymous_id=anonymous_id,
@@ -351,7 +353,7 @@ class Client:
         ):
             # The common call takes the fast lane; any other, and any the lane does not
             # recognise (bad input included), the full route below.
-            plan = self._config.blueprint.quick(event)
+            plan = self._blueprint.quick(event)
             packed = (
                 None
                 if plan is None
@@ -365,7 +367,7 @@ class Client:
                 "track",
                 event=event,
                 properties=properties,
-                reads=self._config.blueprint.reads("track", event),
+                reads=self._blueprint.reads("track", event),
                 user_id=user_id,
                 anonymous_id=anonymous_id,
                 traits=traits,
@@ -407,7 +409,7 @@ class Client:
                 "page",
                 name=name,
                 properties=properties,
-                reads=self._config.blueprint.reads("page", name),
+                reads=self._blueprint.reads("page", name),
                 user_id=user_id,
                 anonymous_id=anonymous_id,
                 traits=traits,
@@ -511,10 +513,10 @@ class Client:
         if config.sync_mode or backfill:
             # A backfill's events are built here: the worker's route for simple calls
             # carries no flags.
-            decision = config.blueprint.decide(message)
+            decision = self._blueprint.decide(message)
         else:
             # Checked here; a simple call's event is built on the worker.
-            prepared = config.blueprint.prepare(message)
+            prepared = self._blueprint.prepare(message)
             if isinstance(prepared, Pending):
                 return self._queued(message.message_id, (), prepared)
             decision = prepared

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from ._blueprint.blueprint import Blueprint
+from ._blueprint.compiled import compile_blueprint
 from ._calls.consent import consent_drop_reason
 from ._calls.message import build_message
 from ._calls.subscription import build_subscription
@@ -198,16 +199,17 @@ def explain(
     if backfill:
         check_backfill(backfill, the_revision)
     named = fields.get("event") if kind == "track" else fields.get("name")
+    compiled = compile_blueprint(blueprint)
     message = build_message(
         kind,  # type: ignore[arg-type]  # a subscription kind returned above
         default_phone_region=default_phone_region,
-        reads=blueprint.reads(kind, named),
+        reads=compiled.reads(kind, named),
         **fields,
     )
     reason = consent_drop_reason(message.consent, require_consent=require_consent)
     if reason is not None:
         return Explanation("drop", reason, None)
-    decision = blueprint.decide(message)
+    decision = compiled.decide(message)
     if decision.drop_reason is not None:
         return Explanation("drop", decision.drop_reason, decision.rule)
     objects = the_revision.shape(with_backfill(decision.objects, backfill))

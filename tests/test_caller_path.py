@@ -1,6 +1,6 @@
 """The caller's thread checks and copies what is sent, and only that; the worker maps later.
 
-Background mode checks a call in full on the caller's line (``Blueprint.prepare``) but, for
+Background mode checks a call in full on the caller's line (``CompiledBlueprint.prepare``) but, for
 simple rules, leaves building the Klaviyo objects to the worker; and it cleans only the
 properties the call's rule reads. These tests pin what a user can see of that: errors
 still come at the call, later changes to the caller's dicts never reach Klaviyo, and
@@ -52,7 +52,7 @@ def order(price: Any = 10.0) -> dict[str, Any]:
 
 
 def queue_pending(client: Client, event: str, properties: dict[str, Any]) -> Delivery:
-    """Queue a Pending call the way Blueprint.prepare would, and wait for its outcome."""
+    """Queue a Pending call the way CompiledBlueprint.prepare would, and wait for its outcome."""
     call = Pending(
         ("track", event),
         (None, None, "u-1", None),
@@ -158,7 +158,7 @@ def test_a_call_the_worker_cannot_build_fails_with_the_reason(
 ) -> None:
     """Never expected (prepare makes every check), but never silent either."""
     client = client_for(fake)
-    # A value JSON cannot carry: Blueprint.prepare never queues such a call.
+    # A value JSON cannot carry: CompiledBlueprint.prepare never queues such a call.
     final = queue_pending(client, "Order Completed", {"revenue": object()})
     client.close()
     assert final.status is DeliveryStatus.FAILED

@@ -1,7 +1,7 @@
 """The caller's fast lane makes a call faster, never different.
 
 ``_blueprint.quick.quick_track`` packs the common background ``track`` call straight into its queue
-item. Whenever it takes a call, the full route (``build_message`` -> ``Blueprint.prepare``
+item. Whenever it takes a call, the full route (``build_message`` -> ``CompiledBlueprint.prepare``
 -> ``_blueprint.events.pack``) must take it too and queue the very same item; whenever the full
 route refuses a call, the lane must leave it to the full route (so the error is the same).
 """
@@ -27,6 +27,7 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
+from klaviyo_signal._blueprint.compiled import compile_blueprint
 from klaviyo_signal._blueprint.events import ITEM_TIME, Pending, pack
 from klaviyo_signal._blueprint.quick import MESSAGE_ID, quick_track
 from klaviyo_signal._calls.message import build_message
@@ -115,10 +116,10 @@ def full_route(blueprint: Blueprint, call: dict[str, Any]) -> tuple[tuple[object
     try:
         message = build_message(
             "track",
-            reads=blueprint.reads("track", call["event"]),
+            reads=compile_blueprint(blueprint).reads("track", call["event"]),
             **call,
         )
-        prepared = blueprint.prepare(message)
+        prepared = compile_blueprint(blueprint).prepare(message)
     except ValidationError as exc:
         return str(exc)
     if not isinstance(prepared, Pending):
@@ -138,7 +139,7 @@ def assert_same_as_full_route(
     full_fields, full_size = full
     assert full_fields[_TIME] == when
     assert (_without_time(fields), _BASE_BYTES + size) == (_without_time(full_fields), full_size)
-    rule = blueprint.rule_for(fields[:2])  # type: ignore[arg-type]
+    rule = compile_blueprint(blueprint).rule_for(fields[:2])  # type: ignore[arg-type]
     assert encode_queued((0, (), *fields), rule) == encode_queued((0, (), *full_fields), rule)
 
 
@@ -151,7 +152,7 @@ def _without_time(fields: tuple[object, ...]) -> tuple[object, ...]:
 def test_the_lane_queues_what_the_full_route_queues(name: str, call: dict[str, Any]) -> None:
     """A call the lane takes is one the full route takes, packed to the same item."""
     blueprint = BLUEPRINTS[name]
-    plan = blueprint.quick(call["event"])
+    plan = compile_blueprint(blueprint).quick(call["event"])
     if plan is None:
         return
     quick = quick_track(
@@ -201,7 +202,7 @@ def test_every_near_miss_of_the_common_call_agrees_with_the_full_route() -> None
             "user_id": user_id,
             "anonymous_id": anonymous_id,
         }
-        plan = blueprint.quick(event)
+        plan = compile_blueprint(blueprint).quick(event)
         quick = None if plan is None else quick_track(plan, props, traits, user_id, anonymous_id)
         if quick is None:
             continue
@@ -213,7 +214,7 @@ def test_every_near_miss_of_the_common_call_agrees_with_the_full_route() -> None
 def test_the_lane_takes_the_common_calls() -> None:
     """The shapes a web handler sends take the lane (the comparison above is not vacuous)."""
     blueprint = default_blueprint()
-    plan = blueprint.quick("Order Completed")
+    plan = compile_blueprint(blueprint).quick("Order Completed")
     assert plan is not None
     order = {"order_id": "A-1", "revenue": 20.5, "currency": "USD", "products": [{"sku": "S"}]}
     for traits, user_id, anonymous_id in [
@@ -222,8 +223,10 @@ def test_the_lane_takes_the_common_calls() -> None:
         ({}, None, "anon-1"),
     ]:
         assert quick_track(plan, order, traits, user_id, anonymous_id) is not None
-    assert blueprint.quick("Signed Up") is None  # dropped: the full route says why
-    assert blueprint.quick("") is None
+    assert (
+        compile_blueprint(blueprint).quick("Signed Up") is None
+    )  # dropped: the full route says why
+    assert compile_blueprint(blueprint).quick("") is None
 
 
 @pytest.mark.parametrize(

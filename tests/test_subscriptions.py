@@ -21,6 +21,7 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
+from klaviyo_signal._blueprint.compiled import compile_blueprint
 from klaviyo_signal._calls.message import build_message
 from klaviyo_signal._calls.subscription import (
     SUBSCRIBE_PATH,
@@ -451,7 +452,9 @@ def identify(**traits: Any) -> Any:
 def test_identify_subscribes_only_when_configured(fake: FakeKlaviyo) -> None:
     """By default a newsletter trait only updates the profile: no subscription is sent."""
     assert default_blueprint().identify.subscribe is None
-    assert len(default_blueprint().decide(identify(newsletter=True)).objects) == 1
+    assert (
+        len(compile_blueprint(default_blueprint()).decide(identify(newsletter=True)).objects) == 1
+    )
     client = client_for(fake, sync_mode=True)
     client.identify("u-1", {"email": "a@example.com", "newsletter": True})
     assert [r.path for r in fake.requests] == ["/api/profile-import"]
@@ -491,7 +494,7 @@ def test_no_subscription_without_a_true_trait_and_consent(
     message = build_message(
         "identify", user_id="u-1", traits={"email": "a@example.com", **traits}, consent=consent
     )
-    decision = Blueprint.from_dict(NEWSLETTER).decide(message)
+    decision = compile_blueprint(Blueprint.from_dict(NEWSLETTER)).decide(message)
     assert not any(isinstance(obj, Subscription) for obj in decision.objects)
 
 
@@ -510,17 +513,17 @@ def test_channels_without_an_identifier_are_left_out() -> None:
     blueprint = Blueprint.from_dict(
         {"identify": {"subscribe": {"trait": "newsletter", "channels": ["email", "sms"]}}}
     )
-    (_, sub) = blueprint.decide(identify(newsletter=True)).objects
+    (_, sub) = compile_blueprint(blueprint).decide(identify(newsletter=True)).objects
     assert isinstance(sub, Subscription)
     assert (sub.channels, sub.phone_number, sub.list_id) == (("email",), None, None)
     phone_only = build_message(
         "identify", traits={"phone": "+14155550100", "newsletter": True}, user_id="u"
     )
-    (_, sub) = blueprint.decide(phone_only).objects
+    (_, sub) = compile_blueprint(blueprint).decide(phone_only).objects
     assert isinstance(sub, Subscription)
     assert (sub.channels, sub.email) == (("sms",), None)
     external_only = build_message("identify", user_id="u", traits={"newsletter": True})
-    assert len(blueprint.decide(external_only).objects) == 1
+    assert len(compile_blueprint(blueprint).decide(external_only).objects) == 1
 
 
 def test_subscribe_setting_round_trips_through_a_file() -> None:

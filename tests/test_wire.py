@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from klaviyo_signal import ValidationError
 from klaviyo_signal._blueprint.blueprint import Blueprint
+from klaviyo_signal._blueprint.compiled import compile_blueprint
 from klaviyo_signal._blueprint.events import Pending, pack
 from klaviyo_signal._calls.identity import Identity
 from klaviyo_signal._calls.message import Message, build_message
@@ -65,7 +66,7 @@ def _events(blueprint: Blueprint) -> list[Event]:
     return [
         obj
         for message in _messages()
-        for obj in blueprint.decide(message).objects
+        for obj in compile_blueprint(blueprint).decide(message).objects
         if isinstance(obj, Event)
     ]
 
@@ -204,14 +205,16 @@ def test_pending_calls_encode_like_decided_ones() -> None:
     blueprint = _forward_everything()
     deferred = 0
     for message in _messages():
-        prepared = blueprint.prepare(message)
+        prepared = compile_blueprint(blueprint).prepare(message)
         if not isinstance(prepared, Pending):
             continue
         deferred += 1
-        (event,) = blueprint.decide(message).objects
+        (event,) = compile_blueprint(blueprint).decide(message).objects
         assert isinstance(event, Event)
         # As the worker reads it: straight from the queue item.
-        data = encode_queued((0, (), *pack(prepared)), blueprint.rule_for(prepared.rule))
+        data = encode_queued(
+            (0, (), *pack(prepared)), compile_blueprint(blueprint).rule_for(prepared.rule)
+        )
         assert data == bulk_event_bytes(event)
         job = OpenJob()
         assert job.add(data, prepared.identity, object(), 0.0)

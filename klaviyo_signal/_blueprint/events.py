@@ -229,7 +229,7 @@ class Pending(NamedTuple):
     """
 
     rule: tuple[str, str]
-    """The blueprint's key for the rule: (kind, event name); see ``Blueprint.rule_for``."""
+    """The blueprint's key for the rule: (kind, event name); see ``CompiledBlueprint.rule_for``."""
     identity: IdentityKey
     properties: Mapping[str, JSON]
     time: datetime | int

@@ -3,9 +3,10 @@
 Most calls from a web handler look alike: a plain event name, a dict of flat properties,
 an email and/or a user id, nothing else, for an event whose rule is simple (see
 ``_blueprint.events.simple_extra``). For those, the full route (``build_message`` ->
-``Blueprint.prepare`` -> ``_blueprint.events.pack``) builds a Message, an Identity, a view and a
-Pending that nobody else ever sees, only to flatten them into the queue item. This lane
-recognises exactly that shape and writes the same queue item directly.
+``CompiledBlueprint.prepare`` -> ``_blueprint.events.pack``) builds a Message, an
+Identity, a view and a Pending that nobody else ever sees, only to flatten them into the
+queue item. This lane recognises exactly that shape and writes the same queue item
+directly.
 
 It never raises and never decides: on anything it does not recognise, and on every input
 the full route would refuse, it returns None and the full route runs, with its checks and
@@ -45,7 +46,7 @@ class QuickPlan:
     """What the lane needs of one event's rule, worked out once per event name."""
 
     key: tuple[str, str]
-    """The rule's blueprint key (``Blueprint.rule_for``)."""
+    """The rule's blueprint key (``CompiledBlueprint.rule_for``)."""
     reads: tuple[str, ...]
     """The property keys the rule reads, in the order the full route copies them."""
     max_keys: int
@@ -66,7 +67,7 @@ def quick_plan(
     Args:
         key: The rule's blueprint key.
         rule: The rule (simple: ``simple_extra`` gave ``extra``).
-        reads: What the rule reads (``Blueprint.reads``).
+        reads: What the rule reads (``CompiledBlueprint.reads``).
         extra: How many properties the rule adds.
         traits_only: Whether the profile mapping reads only traits (``_blueprint.profile.bare``).
     """

@@ -104,7 +104,7 @@ def build_message(
         default_phone_region: Region for phone numbers not in E.164 form (``'GB'``).
         now: The current time, for tests; default the clock.
         reads: What of the properties and context the blueprint reads
-            (``Blueprint.reads``): only that is checked and copied, the rest is never
+            (``CompiledBlueprint.reads``): only that is checked and copied, the rest is never
             sent. None: all of it.
 
     Raises:

@@ -347,7 +347,7 @@ class Worker:
             message_id: The call's id.
             objects: What the blueprint made of the call.
             later: Instead of objects, a simple call's checked event, to build on the
-                worker (see ``Blueprint.prepare``).
+                worker (see ``CompiledBlueprint.prepare``).
         """
         if later is None:
             size = _estimate(objects)
@@ -785,7 +785,7 @@ class Worker:
                 unique = unique_key(rule.metric, item[ITEM_UNIQUE_ID])  # type: ignore[arg-type]
                 self._add_event(seq, data, item[ITEM_IDENTITY], now, unique)  # type: ignore[arg-type]
             except (KlaviyoSignalError, ValueError, TypeError, KeyError) as exc:
-                # Never expected (Blueprint.prepare made every check), never silent either.
+                # Never expected (CompiledBlueprint.prepare made every check), never silent either.
                 log.exception("klaviyo-signal: a checked call could not be built")
                 reason = f"could not build the call's event: {exc}"
                 failure = Failure(DeliveryStatus.FAILED, reason, None, "internal error")
