@@ -20,8 +20,8 @@ from typing import Any, Literal
 from ._blueprint.blueprint import Blueprint, blueprint_for_variant
 from ._blueprint.compiled import compile_blueprint
 from ._blueprint.events import Pending
-from ._blueprint.quick import MESSAGE_ID as _MESSAGE_ID
 from ._blueprint.quick import quick_track
+from ._blueprint.record import MESSAGE_ID as _MESSAGE_ID
 from ._calls.consent import consent_drop_reason
 from ._calls.message import Message, build_message, reseed_message_ids
 from ._calls.subscription import Action, build_subscription

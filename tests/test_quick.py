@@ -28,8 +28,9 @@ from klaviyo_signal import (
     default_blueprint,
 )
 from klaviyo_signal._blueprint.compiled import compile_blueprint
-from klaviyo_signal._blueprint.events import ITEM_TIME, Pending, pack
-from klaviyo_signal._blueprint.quick import MESSAGE_ID, quick_track
+from klaviyo_signal._blueprint.events import Pending, pack
+from klaviyo_signal._blueprint.quick import quick_track
+from klaviyo_signal._blueprint.record import ITEM_TIME, MESSAGE_ID
 from klaviyo_signal._calls.message import build_message
 from klaviyo_signal._delivery.jobs import encode_queued
 from klaviyo_signal._delivery.worker import _BASE_BYTES, _size

@@ -19,19 +19,11 @@ from .._klaviyo.json import JSON, MAX_EVENT_PROPERTIES, clean_properties
 from .._klaviyo.models import Event, Profile
 from .paths import MISSING, lookup, message_view
 from .properties import CONSENT, apply_properties, first_present, passes_through
+from .record import IdentityKey, fields
 from .rules import ItemRule, Mapper, Rule
 
 __all__ = [
     "CURRENCY",
-    "ITEM_CONSENT",
-    "ITEM_CURRENCY",
-    "ITEM_IDENTITY",
-    "ITEM_PAIRS",
-    "ITEM_RULE",
-    "ITEM_TIME",
-    "ITEM_UNIQUE_ID",
-    "ITEM_VALUE",
-    "IdentityKey",
     "Pending",
     "build_events",
     "pack",
@@ -214,18 +206,13 @@ def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
     return len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
 
 
-IdentityKey = tuple[str | None, str | None, str | None, str | None]
-"""A profile's identifiers as a tuple: email, phone_number, external_id, anonymous_id."""
-
-
 class Pending(NamedTuple):
     """A simple rule's call, checked on the caller's thread, waiting for the worker to build.
 
     What the event needs, as strings, numbers and the flat properties dict the rule reads:
     no object the garbage collector keeps visiting (the rule is named by its blueprint key,
-    the profile by its identifiers); the worker's queue keeps it flattened (``pack``), so
-    however many calls wait, they never lengthen a collection pass, which stalls every
-    thread.
+    the profile by its identifiers); the worker's queue keeps it flattened (``pack``, see
+    ``_blueprint/record``).
     """
 
     rule: tuple[str, str]
@@ -264,37 +251,16 @@ def pending(
     )
 
 
-_FIELDS = 11  # what ``pack`` writes before the property pairs
-
-
 def pack(call: Pending) -> tuple[object, ...]:
-    """Return ``(*fields, *property pairs)``: the call as one flat tuple.
-
-    CPython's collector stops visiting a tuple once everything in it is untracked, but it
-    looks at a tuple before what the tuple holds, so a nested tuple is let go one level
-    per pass (and a dict never): a flat tuple of strings and numbers is let go at the
-    first pass, before it can be promoted to the generation whose passes stall every
-    thread for tens of milliseconds. ``_blueprint.quick.quick_track`` writes the same layout.
-    """
-    return (
-        *call.rule,
-        *call.identity,
+    """Return the call as its queue record's fields (``_blueprint/record``)."""
+    pairs = [part for pair in call.properties.items() for part in pair]
+    return fields(
+        call.rule,
+        call.identity,
         call.time,
         call.unique_id,
         call.consent,
         call.value,
         call.value_currency,
-        *[part for pair in call.properties.items() for part in pair],
+        pairs,
     )
-
-
-# Where a queue item ``(seq, (), *pack(call))`` keeps each field; the worker reads them
-# straight from the item (``_delivery.jobs.encode_queued``).
-ITEM_RULE = slice(2, 4)
-ITEM_IDENTITY = slice(4, 8)
-ITEM_TIME = 8
-ITEM_UNIQUE_ID = 9
-ITEM_CONSENT = 10
-ITEM_VALUE = 11
-ITEM_CURRENCY = 12
-ITEM_PAIRS = _FIELDS + 2

@@ -26,14 +26,13 @@ import attrs
 from .._calls.identity import plain_email, plain_id
 from .._calls.message import new_message_id
 from .._klaviyo.json import BYTES_PER_VALUE, MAX_EVENT_PROPERTIES, MEASURE_ABOVE, SAFE_STR_CHARS
-from .events import CURRENCY, ITEM_UNIQUE_ID
+from .events import CURRENCY
 from .reads import Reads
+from .record import MESSAGE_ID, fields
 from .rules import Rule
 
 __all__ = ["MESSAGE_ID", "QuickPlan", "quick_plan", "quick_track"]
 
-#: Where the message id is in ``quick_track``'s fields (``_blueprint.events.pack``'s layout).
-MESSAGE_ID = ITEM_UNIQUE_ID - 2
 
 _isfinite = math.isfinite
 _NO_PROPERTIES: Mapping[str, object] = MappingProxyType({})
@@ -111,7 +110,7 @@ def quick_track(
     user_id: object,
     anonymous_id: object,
 ) -> tuple[tuple[object, ...], int] | None:
-    """Return a common call's queue fields (laid out as ``_blueprint.events.pack`` writes them) and
+    """Return a common call's queue fields (``_blueprint/record``) and
     the size its properties count against ``max_queue_bytes``; None: use the full route.
 
     The call has no context, consent, timestamp or message id (the Client checked). Its
@@ -145,24 +144,21 @@ def quick_track(
         return None
     if email is None and user_id is None and anonymous_id is None:
         return None  # no identifier: the full route refuses it
-    fields = (
-        *plan.key,
-        email,
-        None,
-        user_id,
-        anonymous_id,
+    record = fields(
+        plan.key,
+        (email, None, user_id, anonymous_id),
         time_ns(),
         new_message_id(),
         None,
         *money,
-        *pairs,
+        pairs,
     )
     # As _worker._size counts the properties: a fixed cost per value, plus the length of
     # keys and strings.
     size += (len(pairs) // 2 + 1) * BYTES_PER_VALUE
     if size > MEASURE_ABOVE:
         return None  # it may not fit one request: the full route measures it exactly
-    return fields, size
+    return record, size
 
 
 def _read(

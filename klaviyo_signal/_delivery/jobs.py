@@ -18,7 +18,8 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from .._blueprint.events import (
+from .._blueprint.properties import apply_properties
+from .._blueprint.record import (
     ITEM_CONSENT,
     ITEM_CURRENCY,
     ITEM_PAIRS,
@@ -27,7 +28,6 @@ from .._blueprint.events import (
     ITEM_VALUE,
     IdentityKey,
 )
-from .._blueprint.properties import apply_properties
 from .._blueprint.rules import Rule
 from .._calls.identity import IDENTIFIER_NAMES, Identity
 from .._klaviyo.json import JSON

@@ -38,7 +38,8 @@ from typing import Protocol, cast
 
 import attrs
 
-from .._blueprint.events import ITEM_IDENTITY, ITEM_RULE, ITEM_UNIQUE_ID, IdentityKey, Pending, pack
+from .._blueprint.events import Pending, pack
+from .._blueprint.record import ITEM_IDENTITY, ITEM_RULE, ITEM_UNIQUE_ID, IdentityKey
 from .._blueprint.rules import Rule
 from .._calls.identity import Identity
 from .._errors import APIError, KlaviyoSignalError, TransportError
@@ -366,7 +367,7 @@ class Worker:
 
         Args:
             message_id: The call's id.
-            fields: The call as ``_blueprint.events.pack`` lays it out.
+            fields: The call's record (``_blueprint/record``).
             size: What its properties count against ``max_queue_bytes``.
         """
         return self._enqueue(message_id, _BASE_BYTES + size, (), fields)
