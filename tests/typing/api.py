@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from klaviyo_signal import DEFAULT_REVISION, Client, Delivery, DeliveryStatus, Message
+import asyncio
+
+from klaviyo_signal import DEFAULT_REVISION, Client, Delivery, DeliveryStatus, FlushReport, Message
 from klaviyo_signal.typing import JSON, Mapper, OnDelivery
 
 
@@ -22,3 +24,40 @@ queued: Delivery = client.track("Order Completed", {"revenue": 1}, user_id="u", 
 final: Delivery = queued.wait(1.0)
 ok: bool = client.flush(timeout=2.0)
 client.close()
+
+
+@client.flush_after(timeout=2.0)
+def handler(event: dict[str, str], context: object) -> dict[str, int]:
+    client.track("Order Completed", {"revenue": 1}, user_id=event["user"])
+    return {"statusCode": 200}
+
+
+@client.flush_after
+async def async_handler(user: str) -> int:
+    await client.atrack("Order Completed", {"revenue": 1}, user_id=user)
+    return 1
+
+
+answer: dict[str, int] = handler({"user": "u"}, None)
+with client.flushing(timeout=2.0) as report:
+    client.page("Pricing", user_id="u")
+left: int = report.left
+flushed: bool | None = report.flushed
+disabled: Client = Client("AbC123", "pk_example_key", disabled=True)
+
+
+async def in_a_coroutine() -> None:
+    async with Client("AbC123", "pk_example_key") as aclient:
+        delivery: Delivery = await aclient.track("Order Completed", user_id="u")
+        sent: Delivery = await aclient.aidentify("u", {"email": "a@example.com"})
+        viewed: Delivery = await aclient.apage("Pricing", user_id="u")
+        done: bool = await aclient.aflush(timeout=2.0)
+        async with aclient.aflushing(timeout=1.0) as areport:
+            aclient.track("Order Completed", user_id="u")
+        again: FlushReport = areport
+        count: int = await async_handler("u")
+        print(delivery, sent, viewed, done, again, count)
+    await aclient.aclose()
+
+
+asyncio.run(in_a_coroutine())
