@@ -21,9 +21,8 @@ worker's lock, where a flush would wait forever.
 
 Some runtimes never let a background thread send, or freeze it: uWSGI without
 ``enable-threads`` never runs it; AWS Lambda freezes it between invocations; Cloud Run
-throttles its CPU once the response is sent; gevent patched after the Client was built
-leaves it on native locks that block every greenlet. ``starting_thread`` says so once per
-process, as the first background thread starts, with what to do instead.
+throttles its CPU once the response is sent. ``starting_thread`` says so once per process,
+as the first background thread starts, with what to do instead.
 """
 
 from __future__ import annotations
@@ -301,15 +300,11 @@ _SERVERLESS = (
 )
 
 
-def starting_thread(wake: object) -> None:
+def starting_thread() -> None:
     """Log, once per process, what keeps this runtime from sending in the background.
 
     Called on the caller's thread as a worker starts its first thread: under uWSGI without
     threads that thread would never run, so nothing can be said from it.
-
-    Args:
-        wake: The worker's ``threading.Event``, to tell whether gevent patched threading
-            after it was built.
     """
     if _registry.noted:
         return
@@ -320,13 +315,6 @@ def starting_thread(wake: object) -> None:
             "runs and queued calls are never sent. Start uWSGI with --enable-threads (or "
             "`enable-threads = true` in its ini file), or build the Client with "
             "sync_mode=True; see docs/gevent.md"
-        )
-    if _patched_after(wake):
-        log.error(
-            "klaviyo-signal: gevent patched threading after this Client was built, so its "
-            "worker waits on native locks that stop every greenlet. Call "
-            "gevent.monkey.patch_all() before building the Client (with gunicorn --preload, "
-            "build it in the post_fork hook); see docs/gevent.md"
         )
     if not _registry.unit_flushes:
         for variable, note in _SERVERLESS:
@@ -356,11 +344,3 @@ def _on(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("", "0", "false", "no", "off")
     return bool(value)
-
-
-def _patched_after(wake: object) -> bool:
-    """Whether gevent patched threading after ``wake`` (a native Event) was built."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
-        return False
-    return type(wake) is monkey.get_original("threading", "Event")

@@ -435,7 +435,7 @@ class Worker:
         return not self._closed
 
     def _start(self) -> None:
-        starting_thread(self._wake)
+        starting_thread()
         with self._lock:
             if self._thread is not None or self._closed:
                 return
