@@ -153,6 +153,7 @@ GREEN_SENDER = """
 
     client = Client("AbC123", "pk_test_0123456789abcdef", base_url=sys.argv[1],
                     flush_interval=0.2)
+    {late}
     client.track("Order Completed", {{"revenue": 0}}, user_id="before-fork")
     child = os.fork()  # as a preforking server does after loading the app
     who = "child" if child == 0 else "parent"
@@ -179,6 +180,7 @@ GREEN_SENDER = """
             {
                 "module": "gevent",
                 "patch": "from gevent import monkey; monkey.patch_all(); import gevent",
+                "late": "",
                 "sleep": "gevent.sleep",
                 "join": "gevent.joinall([gevent.spawn(work, n) for n in range(5)])",
             },
@@ -186,8 +188,21 @@ GREEN_SENDER = """
         ),
         pytest.param(
             {
+                "module": "gevent",
+                "patch": "",
+                # Patched once the Client exists, as gunicorn's gevent worker does after
+                # a --preload master built it.
+                "late": "from gevent import monkey; monkey.patch_all(); import gevent",
+                "sleep": "gevent.sleep",
+                "join": "gevent.joinall([gevent.spawn(work, n) for n in range(5)])",
+            },
+            id="gevent-patched-after-the-client",
+        ),
+        pytest.param(
+            {
                 "module": "eventlet",
                 "patch": "import eventlet; eventlet.monkey_patch()",
+                "late": "",
                 "sleep": "eventlet.sleep",
                 "join": (
                     "pool = eventlet.GreenPool(); [pool.spawn(work, n) for n in range(5)]; "
