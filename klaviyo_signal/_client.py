@@ -736,8 +736,8 @@ class Client:
             A cancelled ``aflush`` leaves the calls queued; with ``timeout=None`` its
             waiting thread ends only once the queue is empty, so prefer a timeout.
         """
-        if self._worker.pending == 0:
-            return self._worker.flush(0.0)  # nothing to wait for: no thread
+        if self._worker.pending == 0 and self._worker.flush(0.0):
+            return True  # nothing queued and no callback running: no thread needed
         return await off_loop(functools.partial(self.flush, timeout), "klaviyo-signal-aflush")
 
     async def aclose(self) -> None:
