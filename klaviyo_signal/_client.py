@@ -866,7 +866,7 @@ class Client:
     async def _now(self, call: Callable[[], Delivery]) -> Delivery:
         """Make a call and await its final Delivery, never blocking the event loop."""
         c = self._config
-        if c.sync_mode or c.block_on_full:
+        if (c.sync_mode or c.block_on_full) and not c.disabled:
             # The request itself (sync mode), or the wait for room, would block the loop.
             delivery = await off_loop(call, "klaviyo-signal-call")
         else:
