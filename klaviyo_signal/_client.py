@@ -80,7 +80,10 @@ class Client:
     gets its own queue and worker). In background mode (the default) calls return at once
     and a worker thread sends them in bulk jobs, paced to Klaviyo's rate limits;
     ``sync_mode=True`` sends before each call returns and raises on failure, for scripts
-    and notebooks. See docs/delivery.md.
+    and notebooks. See docs/delivery.md. In coroutines, ``await delivery``, ``aflush``,
+    ``aclose``, ``async with`` and ``atrack``/``apage``/``aidentify`` never block the event
+    loop (docs/asyncio.md); ``flush_after`` and ``flushing`` flush at the end of a Lambda
+    invocation, a request or a task (docs/serverless.md).
 
     Args:
         public_api_key: The account's 6-character public key (Site ID).

@@ -83,8 +83,7 @@ def test_a_lambda_handler_with_flush_after_delivers_every_event_before_it_return
 
 
 def test_on_lambda_without_flush_after_the_first_call_says_what_to_use() -> None:
-    """On Lambda a handler that does not flush gets one log line naming flush_after (and
-    its events are indeed not sent before the freeze)."""
+    """On Lambda a handler that does not flush gets one log line naming flush_after."""
     with FakeKlaviyo() as fake:
         done = python(
             LAMBDA_HANDLER, fake.url, "plain", env={"AWS_LAMBDA_FUNCTION_NAME": "checkout"}
@@ -92,7 +91,6 @@ def test_on_lambda_without_flush_after_the_first_call_says_what_to_use() -> None
         assert done.returncode == 0, done.stderr
         assert done.stderr.count("AWS Lambda") == 1
         assert "@client.flush_after(timeout=2.0)" in done.stderr
-        assert len(fake.events) < 12
 
 
 def test_on_cloud_run_the_first_background_call_says_what_to_use() -> None:
