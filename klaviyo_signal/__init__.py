@@ -37,6 +37,7 @@ from ._errors import (
     ValidationError,
 )
 from ._explain import ExplainedRequest, Explanation
+from ._flushing import FlushReport
 from ._klaviyo.revisions import DEFAULT_REVISION, SUPPORTED_REVISIONS
 from ._klaviyo.transport import RequestsTransport
 from ._version import VERSION as __version__
@@ -58,6 +59,7 @@ __all__ = [
     "ErrorRecord",
     "ExplainedRequest",
     "Explanation",
+    "FlushReport",
     "IdentifyRule",
     "ItemRule",
     "KlaviyoSignalError",

@@ -12,10 +12,11 @@ import os
 import signal
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from ._blueprint.blueprint import Blueprint, blueprint_for_variant
 from ._blueprint.compiled import compile_blueprint
@@ -25,15 +26,17 @@ from ._blueprint.record import MESSAGE_ID as _MESSAGE_ID
 from ._calls.consent import consent_drop_reason
 from ._calls.message import Message, build_message, reseed_message_ids
 from ._calls.subscription import Action, build_subscription
-from ._config import PUBLISHED, Config, mask
+from ._config import DISABLED_VARIABLE, PUBLISHED, Config, disabled_by_env, mask
+from ._delivery.aio import off_loop, running_loop
 from ._delivery.delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
-from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage
+from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage, unit_flushes
 from ._delivery.ratelimit import RateLimits
 from ._delivery.stats import Counters, Stats, failure_key
 from ._delivery.worker import DUPLICATE, Worker
 from ._errors import ConfigurationError, RevisionWarning
 from ._errors import shown as _shown
 from ._explain import ExplainKind, Explanation, explain
+from ._flushing import Flushing, FlushReport, checked_budget, flush_after
 from ._klaviyo.json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
 from ._klaviyo.models import Event, KlaviyoObject, Profile, with_backfill
 from ._klaviyo.revisions import DEFAULT_REVISION, check_backfill
@@ -44,6 +47,11 @@ from ._klaviyo.wire import request
 __all__ = ["Client"]
 
 log = logging.getLogger("klaviyo_signal")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+# The reason (and dropped_by_reason key) of every call a disabled client makes.
+_DISABLED = "disabled"
 
 # Klaviyo answers bulk jobs at once (202, processed later); 2 s is ample for an answer.
 _MIN_ANSWER_TIMEOUT = 2.0
@@ -72,7 +80,10 @@ class Client:
     gets its own queue and worker). In background mode (the default) calls return at once
     and a worker thread sends them in bulk jobs, paced to Klaviyo's rate limits;
     ``sync_mode=True`` sends before each call returns and raises on failure, for scripts
-    and notebooks. See docs/delivery.md.
+    and notebooks. See docs/delivery.md. In coroutines, ``await delivery``, ``aflush``,
+    ``aclose``, ``async with`` and ``atrack``/``apage``/``aidentify`` never block the event
+    loop (docs/asyncio.md); ``flush_after`` and ``flushing`` flush at the end of a Lambda
+    invocation, a request or a task (docs/serverless.md).
 
     Args:
         public_api_key: The account's 6-character public key (Site ID).
@@ -111,6 +122,10 @@ class Client:
             urllib3 retries. A given transport is shared by sync mode and the worker and
             should not retry itself (the worker paces its own retries); closing the Client
             closes it.
+        disabled: Check every call as usual (``ValidationError`` still raised) and send
+            nothing: each ends ``dropped`` with reason ``disabled``, and no thread or
+            socket is opened. None (the default): the ``KLAVIYO_SIGNAL_DISABLED``
+            environment variable decides (``1``/``true``); an explicit value wins over it.
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -139,6 +154,7 @@ class Client:
         strict_revision: bool = False,
         backfill: bool = False,
         transport: Transport | None = None,
+        disabled: bool | None = None,
     ) -> None:
         self._config = Config(
             public_api_key,
@@ -161,8 +177,15 @@ class Client:
             strict_revision=strict_revision,
             backfill=backfill,
             transport=transport,
+            disabled=disabled_by_env() if disabled is None else disabled,
         )
         self._blueprint = compile_blueprint(self._config.blueprint)
+        if self._config.disabled:
+            log.warning(
+                "klaviyo-signal: this Client is disabled (disabled=True or %s): calls are "
+                "checked and dropped with reason 'disabled', nothing is sent",
+                DISABLED_VARIABLE,
+            )
         self._revision = revision_named(self._config.revision)
         status = self._revision.status()
         if status.state != "stable":
@@ -174,6 +197,7 @@ class Client:
             not self._config.sync_mode
             and not self._config.require_consent
             and not self._config.backfill
+            and not self._config.disabled
         )
         self._fresh_state()
         manage(self, reseed_message_ids)
@@ -214,7 +238,8 @@ class Client:
     def from_env(cls, **options: Any) -> Client:
         """Build a Client from KLAVIYO_PUBLIC_API_KEY, KLAVIYO_PRIVATE_API_KEY and
         optionally KLAVIYO_BASE_URL and KLAVIYO_REVISION; ``options`` are any other Client
-        keyword, and win over the environment."""
+        keyword, and win over the environment. KLAVIYO_SIGNAL_DISABLED is read by the
+        Client itself (see ``disabled``), so it applies here too."""
         missing = [
             name
             for name in ("KLAVIYO_PUBLIC_API_KEY", "KLAVIYO_PRIVATE_API_KEY")
@@ -281,6 +306,8 @@ class Client:
         if c is None:
             return f"<{type(self).__name__} (not configured)>"
         mode = "sync" if c.sync_mode else "background"
+        if c.disabled:
+            mode += ", disabled"
         return (
             f"Client(public_api_key={c.public_api_key!r}, "
             f"private_api_key={mask(c.private_api_key)!r}, base_url={c.base_url!r}, mode={mode})"
@@ -509,8 +536,8 @@ class Client:
         config = self._config
         reason = consent_drop_reason(message.consent, require_consent=config.require_consent)
         if reason is not None:
-            return self._final(Delivery(message.message_id, DeliveryStatus.DROPPED, reason))
-        if config.sync_mode or backfill:
+            return self._dropped(message.message_id, reason)
+        if config.sync_mode or backfill or config.disabled:
             # A backfill's events are built here: the worker's route for simple calls
             # carries no flags.
             decision = self._blueprint.decide(message)
@@ -521,9 +548,7 @@ class Client:
                 return self._queued(message.message_id, (), prepared)
             decision = prepared
         if decision.drop_reason is not None:
-            return self._final(
-                Delivery(message.message_id, DeliveryStatus.DROPPED, decision.drop_reason)
-            )
+            return self._dropped(message.message_id, decision.drop_reason)
         return self._deliver(message.message_id, with_backfill(decision.objects, backfill))
 
     def _subscription(self, action: Action, **fields: Any) -> Delivery:
@@ -537,10 +562,20 @@ class Client:
     def _deliver(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Delivery:
         """Send one accepted call's objects now (sync mode) or queue them (background)."""
         objects = self._revision.shape(objects)
+        if self._config.disabled:
+            for obj in objects:
+                _request(obj)  # encoded and size-checked as sync mode would, then not sent
+            return self._dropped(message_id, _DISABLED)
         if self._config.sync_mode:
             return self._send_now(Job(message_id, tuple(_request(obj) for obj in objects)))
         # Background: hand over the objects; the worker encodes them, off the caller's time.
         return self._queued(message_id, objects, None)
+
+    def _dropped(self, message_id: str, reason: str) -> Delivery:
+        """End a call ``dropped``: for ``reason``, or because the client is disabled."""
+        if self._config.disabled:
+            reason = _DISABLED
+        return self._final(Delivery(message_id, DeliveryStatus.DROPPED, reason))
 
     def _queued(
         self, message_id: str, objects: Sequence[KlaviyoObject], later: Pending | None
@@ -580,10 +615,15 @@ class Client:
         self._stats.outcome(delivery.status.value, reason)
         callback = self._config.on_delivery
         if callback is not None:
-            try:
-                callback(delivery)
-            except Exception:
-                log.exception("klaviyo-signal: the on_delivery callback raised")
+            loop = running_loop()
+            if loop is None:
+                _call_back(callback, delivery)
+            else:
+                # Never on the event loop: a callback that blocks would stall every task.
+                try:
+                    loop.run_in_executor(None, _call_back, callback, delivery)
+                except RuntimeError:  # the loop's executor is shut down: the loop is ending
+                    _call_back(callback, delivery)
         return delivery
 
     # -- lifetime ------------------------------------------------------------------------
@@ -696,6 +736,220 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- asyncio and short-lived processes -------------------------------------------------
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush()`` for coroutines: the event loop carries on while the worker sends.
+
+        Returns:
+            True when nothing is left queued; False if ``timeout`` seconds passed first.
+            A cancelled ``aflush`` leaves the calls queued; with ``timeout=None`` its
+            waiting thread ends only once the queue is empty, so prefer a timeout.
+        """
+        if self._worker.pending == 0 and self._worker.flush(0.0):
+            return True  # nothing queued and no callback running: no thread needed
+        return await off_loop(functools.partial(self.flush, timeout), "klaviyo-signal-aflush")
+
+    async def aclose(self) -> None:
+        """``close()`` for coroutines: sends what is queued (up to ``shutdown_timeout``)
+        while the event loop carries on, then stops the worker. Idempotent."""
+        if self._closed:
+            return
+        await off_loop(self.close, "klaviyo-signal-aclose")
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aidentify(
+        self,
+        user_id: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        *,
+        anonymous_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        consent: Mapping[str, bool] | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+    ) -> Delivery:
+        """``identify()``, sent now, returning its final Delivery without blocking the loop.
+
+        Raises:
+            ValidationError: As ``identify`` (at once, before anything is queued).
+            APIError, TransportError: sync mode only, as ``identify``.
+        """
+        return await self._now(
+            functools.partial(
+                self.identify,
+                user_id,
+                traits,
+                anonymous_id=anonymous_id,
+                context=context,
+                consent=consent,
+                timestamp=timestamp,
+                message_id=message_id,
+            )
+        )
+
+    async def atrack(
+        self,
+        event: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        consent: Mapping[str, bool] | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        backfill: bool | None = None,
+    ) -> Delivery:
+        """``track()``, sent now, returning its final Delivery without blocking the loop.
+
+        In background mode the call is queued and its bulk job sent at once (as a flush
+        would), instead of after ``flush_interval``; a failure is the Delivery's status.
+
+        Raises:
+            ValidationError: As ``track`` (at once, before anything is queued).
+            APIError, TransportError: sync mode only, as ``track``.
+        """
+        return await self._now(
+            functools.partial(
+                self.track,
+                event,
+                properties,
+                user_id=user_id,
+                anonymous_id=anonymous_id,
+                traits=traits,
+                context=context,
+                consent=consent,
+                timestamp=timestamp,
+                message_id=message_id,
+                backfill=backfill,
+            )
+        )
+
+    async def apage(
+        self,
+        name: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        user_id: str | None = None,
+        anonymous_id: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+        consent: Mapping[str, bool] | None = None,
+        timestamp: datetime | str | None = None,
+        message_id: str | None = None,
+        backfill: bool | None = None,
+    ) -> Delivery:
+        """``page()``, sent now, returning its final Delivery without blocking the loop.
+
+        Raises:
+            ValidationError: As ``page`` (at once, before anything is queued).
+            APIError, TransportError: sync mode only, as ``page``.
+        """
+        return await self._now(
+            functools.partial(
+                self.page,
+                name,
+                properties,
+                user_id=user_id,
+                anonymous_id=anonymous_id,
+                traits=traits,
+                context=context,
+                consent=consent,
+                timestamp=timestamp,
+                message_id=message_id,
+                backfill=backfill,
+            )
+        )
+
+    async def _now(self, call: Callable[[], Delivery]) -> Delivery:
+        """Make a call and await its final Delivery, never blocking the event loop."""
+        c = self._config
+        if (c.sync_mode or c.block_on_full) and not c.disabled:
+            # The request itself (sync mode), or the wait for room, would block the loop.
+            delivery = await off_loop(call, "klaviyo-signal-call")
+        else:
+            delivery = call()  # queueing never waits
+        if delivery.status is DeliveryStatus.QUEUED:
+            # Seal the jobs holding it now (returns at once): "send now", not in a second.
+            self._worker.flush(0.0)
+        return await delivery
+
+    @overload
+    def flush_after(self, fn: _F, /) -> _F: ...
+
+    @overload
+    def flush_after(self, fn: None = None, /, *, timeout: float = 2.0) -> Callable[[_F], _F]: ...
+
+    def flush_after(self, fn: Callable[..., Any] | None = None, /, *, timeout: float = 2.0) -> Any:
+        """Decorate a handler (sync or async) so each call flushes when it returns or raises.
+
+        For units of work after which the process may freeze or stop: an AWS Lambda or
+        Cloud Run handler, a Celery task, a script's ``main``. The flush waits at most
+        ``timeout`` seconds; calls it leaves unsent are logged in one WARNING line and
+        stay queued. The handler's return value and exceptions pass through unchanged.
+
+        Args:
+            fn: The handler, when used bare (``@client.flush_after``).
+            timeout: The flush's budget in seconds.
+
+        Raises:
+            ConfigurationError: ``timeout`` is not a number above 0.
+        """
+        budget = checked_budget(timeout)
+        unit_flushes()
+
+        def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+            return flush_after(functools.partial(self._flushing, budget), handler)
+
+        return decorate if fn is None else decorate(fn)
+
+    def flushing(self, timeout: float = 2.0) -> AbstractContextManager[FlushReport]:
+        """Flush when the ``with`` block ends (returns or raises), within ``timeout`` s.
+
+        ``with client.flushing(2.0) as report:`` gives a FlushReport filled in when the
+        block ends: ``flushed``, and ``left``, the calls still unsent (also logged in one
+        WARNING line; they stay queued).
+
+        Raises:
+            ConfigurationError: ``timeout`` is not a number above 0.
+        """
+        budget = checked_budget(timeout)
+        unit_flushes()
+        return self._flushing(budget, "the flushing() block")
+
+    def aflushing(self, timeout: float = 2.0) -> AbstractAsyncContextManager[FlushReport]:
+        """``flushing()`` for coroutines (``async with``): the flush awaits ``aflush``.
+
+        Raises:
+            ConfigurationError: ``timeout`` is not a number above 0.
+        """
+        budget = checked_budget(timeout)
+        unit_flushes()
+        return self._flushing(budget, "the aflushing() block")
+
+    def _flushing(self, timeout: float, what: str) -> Flushing:
+        worker = self._worker
+        return Flushing(self.flush, self.aflush, lambda: worker.pending, timeout, what)
+
+
+def _call_back(callback: OnDelivery, delivery: Delivery) -> None:
+    try:
+        callback(delivery)
+    except Exception:
+        log.exception("klaviyo-signal: the on_delivery callback raised")
 
 
 def _transport(config: Config, *, max_retries: int, pool_size: int = 4) -> KlaviyoAPI:

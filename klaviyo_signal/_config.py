@@ -7,6 +7,7 @@ thread. The private key is kept out of every repr.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -22,10 +23,16 @@ from ._errors import shown as _shown
 from ._klaviyo.revisions import DEFAULT_REVISION, no_backfill, revision
 from ._klaviyo.transport import Transport
 
-__all__ = ["PUBLISHED", "Config", "mask"]
+__all__ = ["DISABLED_VARIABLE", "PUBLISHED", "Config", "disabled_by_env", "mask"]
 
 PUBLISHED: Literal["published"] = "published"
 """The ``rate_limits`` default: Klaviyo's published limit for each endpoint."""
+
+DISABLED_VARIABLE = "KLAVIYO_SIGNAL_DISABLED"
+"""The environment variable that switches every Client that does not say ``disabled=``."""
+
+_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"", "0", "false", "no", "off"})
 
 _PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
 # Printable ASCII without spaces: anything else cannot go in an HTTP header, and requests
@@ -33,6 +40,23 @@ _PUBLIC_KEY = re.compile(r"^[A-Za-z0-9]{6}$")
 _PRIVATE_KEY_CHARS = re.compile(r"[\x21-\x7e]+\Z")
 _REGION = re.compile(r"^[A-Z]{2}$")
 _LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def disabled_by_env() -> bool:
+    """Read ``KLAVIYO_SIGNAL_DISABLED``: 1/true/yes/on, or 0/false/no/off (or unset).
+
+    Raises:
+        ConfigurationError: Any other value (a typo must not send from staging).
+    """
+    value = os.environ.get(DISABLED_VARIABLE, "").strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ConfigurationError(
+        f"{DISABLED_VARIABLE}: expected 1, true, yes or on (or 0, false, no, off), got "
+        f"{_shown(os.environ[DISABLED_VARIABLE])}"
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -209,6 +233,7 @@ class Config:
     strict_revision: bool = attrs.field(default=False, validator=_bool)
     backfill: bool = attrs.field(default=False, validator=_bool)
     transport: Transport | None = attrs.field(default=None, validator=_check_transport)
+    disabled: bool = attrs.field(default=False, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "rate_limits", _rate_limits(self.rate_limits, self.revision))

@@ -22,6 +22,7 @@ ROOT = {
     "ErrorRecord",
     "ExplainedRequest",
     "Explanation",
+    "FlushReport",
     "IdentifyRule",
     "ItemRule",
     "KlaviyoSignalError",

@@ -2,17 +2,21 @@
 
 Every call ends in exactly one final ``Delivery``: ``delivered``, ``dropped`` or ``failed``.
 Background mode hands back a ``queued`` Delivery at once; ``Delivery.wait()`` gives the
-final one. Sync mode sends a ``Job`` with ``send_job``; background mode hands the call to
-the worker (``_delivery/worker.py``), which batches.
+final one, and ``await delivery`` gives it inside a coroutine without blocking the event
+loop (the worker thread resolves an asyncio future through ``call_soon_threadsafe``).
+Sync mode sends a ``Job`` with ``send_job``; background mode hands the call to the worker
+(``_delivery/worker.py``), which batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, cast
 
 import attrs
 
@@ -58,12 +62,14 @@ class Board:
     own when it is dropped.
     """
 
-    __slots__ = ("alive", "finals", "pid", "signal", "warned")
+    __slots__ = ("alive", "finals", "listeners", "pid", "signal", "warned")
 
     def __init__(self) -> None:
         self.signal = threading.Condition()
         self.alive: set[int] = set()
         self.finals: dict[int, Final] = {}
+        # Calls awaited in a coroutine: each is told its outcome once, on the worker thread.
+        self.listeners: dict[int, list[Callable[[Final], None]]] = {}
         # A forked child inherits the parent's Tickets but not the worker that ends them.
         self.pid = os.getpid()
         self.warned = False
@@ -77,6 +83,9 @@ class Board:
                     self.finals[seq] = final
                     if seq not in alive:  # its Ticket went away meanwhile
                         self.finals.pop(seq, None)
+                if self.listeners:
+                    for listener in self.listeners.pop(seq, ()):
+                        listener(final)
             self.signal.notify_all()
 
 
@@ -127,6 +136,47 @@ class Ticket:
             final = board.finals.get(seq)
         return None if final is None else Delivery(self._message_id, *final)
 
+    async def settled(self) -> Delivery:
+        """Return the final outcome once the worker posts it, without blocking the loop.
+
+        In a forked child, a call queued by the parent comes back at once, as ``wait``
+        says.
+        """
+        # Imported on first use: most processes never await a Delivery.
+        import asyncio  # noqa: PLC0415
+
+        board, seq = self._board, self._seq
+        if board.pid != os.getpid():
+            return cast(Delivery, self.wait(0.0))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Final] = loop.create_future()
+
+        def resolve(final: Final) -> None:
+            # On the worker thread, under the Board's lock: hand over, never wait here.
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(_resolve, future, final)
+
+        with board.signal:
+            final = board.finals.get(seq)
+            if final is None:
+                board.listeners.setdefault(seq, []).append(resolve)
+        if final is None:
+            try:
+                final = await future
+            finally:
+                with board.signal:
+                    waiting = board.listeners.get(seq, [])
+                    if resolve in waiting:
+                        waiting.remove(resolve)
+                        if not waiting:
+                            del board.listeners[seq]
+        return Delivery(self._message_id, *final)
+
+
+def _resolve(future: Any, final: Final) -> None:
+    if not future.done():  # not cancelled meanwhile
+        future.set_result(final)
+
 
 @attrs.frozen
 class Delivery:
@@ -156,6 +206,20 @@ class Delivery:
         if self._ticket is None or self.status is not DeliveryStatus.QUEUED:
             return self
         return self._ticket.wait(timeout) or self
+
+    def __await__(self) -> Generator[Any, None, Delivery]:
+        """``await delivery``: the final Delivery, without blocking the event loop.
+
+        A final Delivery (every one in sync mode) resolves at once. There is no timeout
+        of its own: wrap it in ``asyncio.wait_for`` or ``asyncio.timeout``; a cancelled
+        wait leaves the call queued, and it is still sent.
+        """
+        return self._settled().__await__()
+
+    async def _settled(self) -> Delivery:
+        if self._ticket is None or self.status is not DeliveryStatus.QUEUED:
+            return self
+        return await self._ticket.settled()
 
 
 OnDelivery = Callable[[Delivery], object]

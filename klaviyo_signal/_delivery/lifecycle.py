@@ -18,12 +18,19 @@ SIGTERM (``docker stop``, Kubernetes, systemd) ends a Python process without ``a
 ``install_signal_handlers`` is the opt-in: its handler only starts a flush thread, since
 it runs on the main thread between two bytecodes, perhaps inside a section that holds a
 worker's lock, where a flush would wait forever.
+
+Some runtimes never let a background thread send, or freeze it: uWSGI without
+``enable-threads`` never runs it; AWS Lambda freezes it between invocations; Cloud Run
+throttles its CPU once the response is sent. ``starting_thread`` says so once per process,
+as the first background thread starts, with what to do instead.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
+import logging
 import os
 import signal
 import sys
@@ -44,7 +51,11 @@ __all__ = [
     "install_signal_handlers",
     "manage",
     "release",
+    "starting_thread",
+    "unit_flushes",
 ]
+
+log = logging.getLogger("klaviyo_signal")
 
 _Handler = Callable[[int, FrameType | None], object] | int | None
 
@@ -87,6 +98,10 @@ class _Registry:
         self.closed = threading.Condition(threading.Lock())
         # Process-wide state each process must have of its own (the message id generator).
         self.per_process: Callable[[], None] = lambda: None
+        # Whether the runtime notes were considered (once per process tree), and whether
+        # the application flushes at the end of each unit of work (flush_after, flushing).
+        self.noted = False
+        self.unit_flushes = False
 
 
 _registry = _Registry()
@@ -257,3 +272,75 @@ def _close_all_then_die(signum: int) -> None:
             _registry.closed.wait_for(lambda: _registry.closing == 0)
     finally:
         os.kill(os.getpid(), signum)
+
+
+def unit_flushes() -> None:
+    """Record that the application flushes after each unit of work (no Lambda note)."""
+    _registry.unit_flushes = True
+
+
+# What the first background thread's start says, per runtime: (environment variable, note).
+_SERVERLESS = (
+    (
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "klaviyo-signal: running on AWS Lambda, which freezes background threads between "
+        "invocations: queued calls wait for the next invocation, and are lost when the "
+        "environment is recycled. Decorate the handler with @client.flush_after(timeout=2.0) "
+        "(or wrap its body in `with client.flushing(timeout=2.0):`), or use sync_mode=True; "
+        "see docs/serverless.md",
+    ),
+    (
+        "K_SERVICE",
+        "klaviyo-signal: running on Cloud Run, which throttles the CPU once a response is "
+        "sent (unless CPU is always allocated): queued calls may wait until the next request. "
+        "Decorate request handlers with @client.flush_after(timeout=2.0) (or use `with "
+        "client.flushing(timeout=2.0):`) and call client.install_signal_handlers() for the "
+        "SIGTERM before shutdown; see docs/serverless.md",
+    ),
+)
+
+
+def starting_thread() -> None:
+    """Log, once per process, what keeps this runtime from sending in the background.
+
+    Called on the caller's thread as a worker starts its first thread: under uWSGI without
+    threads that thread would never run, so nothing can be said from it.
+    """
+    if _registry.noted:
+        return
+    _registry.noted = True
+    if _uwsgi_without_threads():
+        log.error(
+            "klaviyo-signal: uWSGI runs without enable-threads, so the delivery thread never "
+            "runs and queued calls are never sent. Start uWSGI with --enable-threads (or "
+            "`enable-threads = true` in its ini file), or build the Client with "
+            "sync_mode=True; see docs/gevent.md"
+        )
+    if not _registry.unit_flushes:
+        for variable, note in _SERVERLESS:
+            if os.environ.get(variable):
+                log.warning(note)
+                break
+
+
+def _uwsgi_without_threads() -> bool:
+    """Whether this process is a uWSGI worker whose Python threads never run."""
+    if "uwsgi" not in sys.modules:
+        try:
+            # Only a uWSGI process has it (an embedded module); importing it is the test.
+            importlib.import_module("uwsgi")
+        except ImportError:
+            return False
+    options = getattr(sys.modules["uwsgi"], "opt", None)
+    if not isinstance(options, dict):
+        return False
+    # --threads implies enable-threads; values are bytes (b"true", b"4") or True.
+    return not any(_on(options.get(name)) for name in ("enable-threads", "threads"))
+
+
+def _on(value: object) -> bool:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)

@@ -62,7 +62,7 @@ from .jobs import (
     encode_queued,
     unique_key,
 )
-from .lifecycle import adopt, release
+from .lifecycle import adopt, release, starting_thread
 from .outcomes import CLIENT_PROFILES, PROFILE_IMPORT, Failure, Identify, Outcomes, Unit
 from .ratelimit import EndpointLimiter, RateLimits
 from .sender import Sender, Sent
@@ -436,6 +436,7 @@ class Worker:
         return not self._closed
 
     def _start(self) -> None:
+        starting_thread()
         with self._lock:
             if self._thread is not None or self._closed:
                 return

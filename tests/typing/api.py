@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from klaviyo_signal import (
     DEFAULT_REVISION,
     Client,
     Delivery,
     DeliveryStatus,
+    FlushReport,
     Message,
     RequestsTransport,
 )
@@ -48,3 +51,40 @@ class LoggingTransport:
 seam: Transport = LoggingTransport()
 wrapped: Client = Client("AbC123", "pk_example_key", transport=seam)
 wrapped.close()
+
+
+@client.flush_after(timeout=2.0)
+def handler(event: dict[str, str], context: object) -> dict[str, int]:
+    client.track("Order Completed", {"revenue": 1}, user_id=event["user"])
+    return {"statusCode": 200}
+
+
+@client.flush_after
+async def async_handler(user: str) -> int:
+    await client.atrack("Order Completed", {"revenue": 1}, user_id=user)
+    return 1
+
+
+answer: dict[str, int] = handler({"user": "u"}, None)
+with client.flushing(timeout=2.0) as report:
+    client.page("Pricing", user_id="u")
+left: int = report.left
+flushed: bool | None = report.flushed
+disabled: Client = Client("AbC123", "pk_example_key", disabled=True)
+
+
+async def in_a_coroutine() -> None:
+    async with Client("AbC123", "pk_example_key") as aclient:
+        delivery: Delivery = await aclient.track("Order Completed", user_id="u")
+        sent: Delivery = await aclient.aidentify("u", {"email": "a@example.com"})
+        viewed: Delivery = await aclient.apage("Pricing", user_id="u")
+        done: bool = await aclient.aflush(timeout=2.0)
+        async with aclient.aflushing(timeout=1.0) as areport:
+            aclient.track("Order Completed", user_id="u")
+        again: FlushReport = areport
+        count: int = await async_handler("u")
+        print(delivery, sent, viewed, done, again, count)
+    await aclient.aclose()
+
+
+asyncio.run(in_a_coroutine())
