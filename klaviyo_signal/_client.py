@@ -157,8 +157,8 @@ class Client:
         disabled: bool | None = None,
     ) -> None:
         self._config = Config(
-            public_api_key,
-            private_api_key,
+            public_api_key=public_api_key,
+            private_api_key=private_api_key,
             base_url=base_url,
             revision=revision,
             sync_mode=sync_mode,

@@ -20,7 +20,7 @@ from ._delivery.delivery import Delivery
 from ._delivery.ratelimit import published_limits
 from ._errors import ConfigurationError, mask
 from ._errors import shown as _shown
-from ._klaviyo.revisions import DEFAULT_REVISION, no_backfill, revision
+from ._klaviyo.revisions import no_backfill, revision
 from ._klaviyo.transport import Transport
 
 __all__ = ["DISABLED_VARIABLE", "PUBLISHED", "Config", "disabled_by_env", "mask"]
@@ -205,35 +205,33 @@ def _blueprint(value: Blueprint | None) -> Blueprint:
     return value
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Config:
-    """Every Client option, validated."""
+    """Every Client option, validated; the defaults are written once, in ``Client``."""
 
     public_api_key: str = attrs.field(validator=_check_public_key)
     private_api_key: str = attrs.field(validator=_check_private_key, repr=mask)
-    base_url: str = attrs.field(default="https://a.klaviyo.com", validator=_check_base_url)
-    revision: str = attrs.field(default=DEFAULT_REVISION, validator=_check_revision)
-    sync_mode: bool = False
-    blueprint: Blueprint = attrs.field(default=None, converter=_blueprint)
-    require_consent: bool = False
-    default_phone_region: str | None = attrs.field(default=None, validator=_check_region)
-    max_retries: int = attrs.field(default=5, validator=_count)
-    timeout: float = attrs.field(default=10.0, validator=_positive)
-    on_delivery: Callable[[Delivery], object] | None = attrs.field(
-        default=None, validator=_callable_or_none
-    )
-    max_queue_size: int = attrs.field(default=10_000, validator=_at_least_one)
-    shutdown_timeout: float = attrs.field(default=5.0, validator=_positive)
-    flush_interval: float = attrs.field(default=1.0, validator=_positive)
-    max_queue_bytes: int = attrs.field(default=50_000_000, validator=_at_least_one)
-    block_on_full: bool = attrs.field(default=False, validator=_bool)
+    base_url: str = attrs.field(validator=_check_base_url)
+    revision: str = attrs.field(validator=_check_revision)
+    sync_mode: bool
+    blueprint: Blueprint = attrs.field(converter=_blueprint)
+    require_consent: bool
+    default_phone_region: str | None = attrs.field(validator=_check_region)
+    max_retries: int = attrs.field(validator=_count)
+    timeout: float = attrs.field(validator=_positive)
+    on_delivery: Callable[[Delivery], object] | None = attrs.field(validator=_callable_or_none)
+    max_queue_size: int = attrs.field(validator=_at_least_one)
+    shutdown_timeout: float = attrs.field(validator=_positive)
+    flush_interval: float = attrs.field(validator=_positive)
+    max_queue_bytes: int = attrs.field(validator=_at_least_one)
+    block_on_full: bool = attrs.field(validator=_bool)
     # Given as the Client's ``rate_limits`` argument; resolved against the revision's
     # published limits once every field is checked.
-    rate_limits: dict[str, tuple[int, int]] | None = attrs.field(default=PUBLISHED)  # type: ignore[assignment]
-    strict_revision: bool = attrs.field(default=False, validator=_bool)
-    backfill: bool = attrs.field(default=False, validator=_bool)
-    transport: Transport | None = attrs.field(default=None, validator=_check_transport)
-    disabled: bool = attrs.field(default=False, validator=_bool)
+    rate_limits: dict[str, tuple[int, int]] | None = attrs.field()
+    strict_revision: bool = attrs.field(validator=_bool)
+    backfill: bool = attrs.field(validator=_bool)
+    transport: Transport | None = attrs.field(validator=_check_transport)
+    disabled: bool = attrs.field(validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "rate_limits", _rate_limits(self.rate_limits, self.revision))
