@@ -28,6 +28,7 @@ from ._config import PUBLISHED, Config, mask
 from ._delivery.delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
 from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage
 from ._delivery.ratelimit import RateLimits
+from ._delivery.ratestore import open_rate_store
 from ._delivery.stats import Counters, Stats, failure_key
 from ._delivery.worker import DUPLICATE, Worker
 from ._errors import ConfigurationError, RevisionWarning
@@ -106,6 +107,10 @@ class Client:
             revision is retired, instead of serving it as a later one with other rules.
         backfill: Send every event as a backfill (recorded without triggering flows),
             unless a call says ``backfill=False``.
+        rate_limit_store: Background mode: share each endpoint's rate limit with every
+            process of the account that names the same store, ``"redis://host:6379/0"``
+            (the ``redis`` extra) or ``"sqlite:///path/to/file.db"`` (one host); None:
+            each process paces alone. See docs/scale.md.
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -133,6 +138,7 @@ class Client:
         rate_limits: RateLimits | Literal["published"] | None = PUBLISHED,
         strict_revision: bool = False,
         backfill: bool = False,
+        rate_limit_store: str | None = None,
     ) -> None:
         self._config = Config(
             public_api_key,
@@ -154,7 +160,10 @@ class Client:
             rate_limits=rate_limits,  # type: ignore[arg-type]  # resolved by Config
             strict_revision=strict_revision,
             backfill=backfill,
+            rate_limit_store=rate_limit_store,
         )
+        store = self._config.rate_limit_store
+        self._rate_store = None if store is None else open_rate_store(store, public_api_key)
         self._revision = revision_named(self._config.revision)
         status = self._revision.status()
         if status.state != "stable":
@@ -194,6 +203,7 @@ class Client:
             # A request's answer may not keep close() waiting much past shutdown_timeout;
             # a timed-out request is retried (safe: unique_id), so this costs little.
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
+            rate_store=self._rate_store,
         )
         # A Client dropped without close() still sends what it queued (by exit at the
         # latest, within shutdown_timeout), then its thread ends.
@@ -646,6 +656,8 @@ class Client:
                 self._config.shutdown_timeout,
             )
         self._transport.close()
+        if self._rate_store is not None:
+            self._rate_store.close()
 
     def _reset_after_fork(self) -> None:
         """In a forked child: start over with an empty queue, no thread, a new session."""
