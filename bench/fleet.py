@@ -1,6 +1,6 @@
 """Fleet: N processes of one account offered 2x its bulk limit, with and without a shared store.
 
-    python bench/fleet.py                 # 8 processes, --scale 3, 2 windows: about 2 minutes
+    python bench/fleet.py                 # 8 processes, --scale 2, 2 windows: about 2.5 minutes
     python bench/fleet.py --procs 4 --scale 2 --windows 1
 
 Run it in an environment with this checkout and the ``redis`` extra
@@ -262,7 +262,7 @@ def table(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--procs", type=int, default=8)
-    p.add_argument("--scale", type=float, default=3.0, help="windows last 1/K of Klaviyo's")
+    p.add_argument("--scale", type=float, default=2.0, help="windows last 1/K of Klaviyo's")
     p.add_argument("--windows", type=int, default=2, help="steady windows measured")
     p.add_argument("--sqlite", action="store_true", help="add a run with a SQLite store")
     p.add_argument("--json", help="also write the raw numbers here")

@@ -21,6 +21,7 @@ from klaviyo_signal._delivery import ratestore
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from .test_lifecycle import in_forked_child, needs_fork
 
 BULK = "POST /api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")
@@ -332,3 +333,34 @@ def test_store_password_is_not_in_the_client_config_repr() -> None:
         assert "s3cret" not in repr(client._config)
     finally:
         client.close()
+
+
+@needs_fork
+def test_forked_child_shares_the_parents_budget(store_url: str) -> None:
+    """A process forked after its parent used the store (gunicorn --preload) opens its own
+    connection and spends the same budget."""
+    limits = {BULK: (5, 3)}
+    with FakeKlaviyo(rate_limits=limits) as fake:
+        client = Client(
+            PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url, blueprint=BLUEPRINT,
+            rate_limits=limits, rate_limit_store=store_url, flush_interval=0.01,
+        )  # fmt: skip
+        try:
+            for i in range(2):
+                client.track("Signed Up", {}, user_id=f"parent-{i}")
+                time.sleep(0.05)
+            assert client.flush(10)
+
+            def child() -> str:
+                for i in range(2):
+                    client.track("Signed Up", {}, user_id=f"child-{i}")
+                    time.sleep(0.05)
+                client.flush(2)  # its second job waits for the minute to pass
+                return str(client.stats.delivered)
+
+            delivered_in_child = in_forked_child(child)
+        finally:
+            client.close()
+        assert delivered_in_child == "1"
+        assert accepted(fake) == 3
+        assert fake.throttled == 0
