@@ -397,6 +397,7 @@ class SQLiteStore(RateStore):
         super().__init__(url, account, (sqlite3.Error, OSError))
         self._path = path
         self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
         self._db: sqlite3.Connection | None = None
         self._pid = 0
         try:
@@ -428,8 +429,14 @@ class SQLiteStore(RateStore):
             self._db, self._pid = db, os.getpid()
         return self._db
 
+    def _guard(self) -> threading.Lock:
+        # A lock held by a thread of the parent at fork() would stay held in the child.
+        if self._lock_pid != os.getpid():
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        return self._lock
+
     def _transaction(self, step: Callable[[sqlite3.Connection, float], Any]) -> Any:
-        with self._lock:
+        with self._guard():
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -505,7 +512,7 @@ class SQLiteStore(RateStore):
         self._transaction(step)
 
     def close(self) -> None:
-        with self._lock:
+        with self._guard():
             db, self._db = self._db, None
             if db is not None and self._pid == os.getpid():
                 db.close()
