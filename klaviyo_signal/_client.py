@@ -31,6 +31,7 @@ from ._delivery.aio import off_loop, running_loop
 from ._delivery.delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
 from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage, unit_flushes
 from ._delivery.ratelimit import RateLimits
+from ._delivery.ratestore import open_rate_store
 from ._delivery.stats import Counters, Stats, failure_key
 from ._delivery.worker import DUPLICATE, Worker
 from ._errors import ConfigurationError, RevisionWarning
@@ -126,6 +127,10 @@ class Client:
             nothing: each ends ``dropped`` with reason ``disabled``, and no thread or
             socket is opened. None (the default): the ``KLAVIYO_SIGNAL_DISABLED``
             environment variable decides (``1``/``true``); an explicit value wins over it.
+        rate_limit_store: Background mode: share each endpoint's rate limit with every
+            process of the account that names the same store, ``"redis://host:6379/0"``
+            (the ``redis`` extra) or ``"sqlite:///path/to/file.db"`` (one host); None:
+            each process paces alone. See docs/scale.md.
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -155,6 +160,7 @@ class Client:
         backfill: bool = False,
         transport: Transport | None = None,
         disabled: bool | None = None,
+        rate_limit_store: str | None = None,
     ) -> None:
         self._config = Config(
             public_api_key=public_api_key,
@@ -178,6 +184,7 @@ class Client:
             backfill=backfill,
             transport=transport,
             disabled=disabled_by_env() if disabled is None else disabled,
+            rate_limit_store=rate_limit_store,
         )
         self._blueprint = compile_blueprint(self._config.blueprint)
         if self._config.disabled:
@@ -186,6 +193,8 @@ class Client:
                 "checked and dropped with reason 'disabled', nothing is sent",
                 DISABLED_VARIABLE,
             )
+        store = self._config.rate_limit_store
+        self._rate_store = None if store is None else open_rate_store(store, public_api_key)
         self._revision = revision_named(self._config.revision)
         status = self._revision.status()
         if status.state != "stable":
@@ -226,6 +235,7 @@ class Client:
             # A request's answer may not keep close() waiting much past shutdown_timeout;
             # a timed-out request is retried (safe: unique_id), so this costs little.
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
+            rate_store=self._rate_store,
         )
         # A Client dropped without close() still sends what it queued (by exit at the
         # latest, within shutdown_timeout), then its thread ends.
@@ -694,6 +704,8 @@ class Client:
                 self._config.shutdown_timeout,
             )
         self._transport.close()
+        if self._rate_store is not None:
+            self._rate_store.close()
 
     def _reset_after_fork(self) -> None:
         """In a forked child: start over with an empty queue, no thread, a new session."""

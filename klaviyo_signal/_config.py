@@ -18,6 +18,7 @@ import attrs
 from ._blueprint.blueprint import Blueprint, default_blueprint
 from ._delivery.delivery import Delivery
 from ._delivery.ratelimit import published_limits
+from ._delivery.ratestore import check_store_url, shown_url
 from ._errors import ConfigurationError, mask
 from ._errors import shown as _shown
 from ._klaviyo.revisions import no_backfill, revision
@@ -178,6 +179,10 @@ def _rate_limits(value: object, revision_name: str) -> dict[str, tuple[int, int]
     return limits
 
 
+def _check_rate_limit_store(_: object, __: attrs.Attribute[str | None], value: str | None) -> None:
+    check_store_url(value)
+
+
 def _callable_or_none(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not callable(value):
         raise ConfigurationError(
@@ -232,8 +237,15 @@ class Config:
     backfill: bool = attrs.field(validator=_bool)
     transport: Transport | None = attrs.field(validator=_check_transport)
     disabled: bool = attrs.field(validator=_bool)
+    rate_limit_store: str | None = attrs.field(validator=_check_rate_limit_store, repr=shown_url)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "rate_limits", _rate_limits(self.rate_limits, self.revision))
+        if self.rate_limit_store is not None and self.sync_mode:
+            raise ConfigurationError(
+                "rate_limit_store: paces the background worker's requests; with "
+                "sync_mode=True each call is sent at once and nothing would use the store "
+                "(drop one of the two)"
+            )
         if self.backfill and not revision(self.revision).backfill:
             raise ConfigurationError(no_backfill(self.revision))

@@ -28,6 +28,7 @@ __all__ = [
     "STEADY_SPAN",
     "EndpointLimiter",
     "RateLimits",
+    "budget_of",
     "published_limits",
 ]
 
@@ -136,14 +137,22 @@ class EndpointLimiter:
         return pause
 
     def _observe(self, headers: Mapping[str, str], now: float) -> None:
-        remaining = _number(_header(headers, "ratelimit-remaining"))
-        reset = _number(_header(headers, "ratelimit-reset"))
-        if remaining is None or reset is None:
+        budget = budget_of(headers)
+        if budget is None:
             return
         # Whichever window Klaviyo describes, at most `remaining` more fit before it resets;
         # this catches other senders sharing the account's quota.
-        self._budget = remaining
+        self._budget, reset = budget
         self._budget_until = now + reset
+
+
+def budget_of(headers: Mapping[str, str]) -> tuple[float, float] | None:
+    """Return (``RateLimit-Remaining``, ``RateLimit-Reset`` seconds) of an answer, or None."""
+    remaining = _number(_header(headers, "ratelimit-remaining"))
+    reset = _number(_header(headers, "ratelimit-reset"))
+    if remaining is None or reset is None:
+        return None
+    return remaining, reset
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -65,6 +65,7 @@ from .jobs import (
 from .lifecycle import adopt, release, starting_thread
 from .outcomes import CLIENT_PROFILES, PROFILE_IMPORT, Failure, Identify, Outcomes, Unit
 from .ratelimit import EndpointLimiter, RateLimits
+from .ratestore import RateStore
 from .sender import Sender, Sent
 from .stats import Counters
 from .subscription_jobs import SubscriptionJob, SubscriptionJobs
@@ -250,6 +251,8 @@ class Worker:
         answer_timeout: The longest any request waits for its answer, so ``close()``
             ends the thread within the shutdown timeout plus this.
         clock: Monotonic seconds (tests may pass another).
+        rate_store: Where every process of the account shares each endpoint's budget
+            (``rate_limit_store``); None: this worker paces alone.
     """
 
     def __init__(  # noqa: PLR0915 - one assignment per piece of state, documented here
@@ -268,7 +271,9 @@ class Worker:
         max_retries: int = 5,
         answer_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        rate_store: RateStore | None = None,
     ) -> None:
+        self._rate_store = rate_store
         self._make_transport = make_transport
         self._transport: KlaviyoAPI | None = None
         self._board = board
@@ -895,7 +900,15 @@ class Worker:
             burst, steady = (None, None)
             if self._limits is not None and endpoint in self._limits:
                 burst, steady = self._limits[endpoint]
-            limiter = EndpointLimiter(burst, steady, clock=self._clock)
+            if self._rate_store is None:
+                limiter = EndpointLimiter(burst, steady, clock=self._clock)
+            else:
+                # A slot stays in flight at most until an answer is due, plus the time it
+                # may wait for another endpoint's request to finish first.
+                lease = 2 * (self._answer_timeout + _JOIN_GRACE)
+                limiter = self._rate_store.limiter(
+                    endpoint, burst, steady, lease=lease, clock=self._clock
+                )
             self._limiters[endpoint] = limiter
         return limiter
 
