@@ -28,22 +28,21 @@ from ._calls.message import Message, build_message, reseed_message_ids
 from ._calls.subscription import Action, build_subscription
 from ._config import DISABLED_VARIABLE, PUBLISHED, Config, disabled_by_env, mask
 from ._delivery.aio import off_loop, running_loop
-from ._delivery.delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
+from ._delivery.delivery import Board, Delivery, DeliveryStatus, OnDelivery, Ticket
 from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage, unit_flushes
 from ._delivery.ratelimit import RateLimits
 from ._delivery.ratestore import open_rate_store
 from ._delivery.stats import Counters, Stats, failure_key
+from ._delivery.sync import SyncDelivery, encode_requests
 from ._delivery.worker import DUPLICATE, Worker
 from ._errors import ConfigurationError, RevisionWarning
 from ._errors import shown as _shown
 from ._explain import ExplainKind, Explanation, explain
 from ._flushing import Flushing, FlushReport, checked_budget, flush_after
-from ._klaviyo.json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
-from ._klaviyo.models import Event, KlaviyoObject, Profile, with_backfill
+from ._klaviyo.models import KlaviyoObject, with_backfill
 from ._klaviyo.revisions import DEFAULT_REVISION, check_backfill
 from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import KlaviyoAPI, RequestsTransport, Transport
-from ._klaviyo.wire import request
 
 __all__ = ["Client"]
 
@@ -56,22 +55,6 @@ _DISABLED = "disabled"
 
 # Klaviyo answers bulk jobs at once (202, processed later); 2 s is ample for an answer.
 _MIN_ANSWER_TIMEOUT = 2.0
-
-
-def _request(obj: KlaviyoObject) -> tuple[str, bytes]:
-    path, data = request(obj)
-    if isinstance(obj, Event):
-        return path, _fits(data, MAX_EVENT_REQUEST_BYTES, "the event")
-    if isinstance(obj, Profile):
-        return path, _fits(data, MAX_PROFILE_IMPORT_BYTES, "the profile import")
-    return path, data
-
-
-def _fits(body: bytes, limit: int, what: str) -> bytes:
-    """Return a sync request's body, or raise ValidationError if Klaviyo would refuse its size."""
-    if len(body) > limit:
-        raise request_too_large(len(body), limit, what)
-    return body
 
 
 class Client:
@@ -214,8 +197,10 @@ class Client:
     def _fresh_state(self) -> None:
         """Build the sync session, the counters and the (idle) background worker."""
         c = self._config
-        self._transport = _transport(c, max_retries=c.max_retries)
         self._stats = Counters()
+        self._sync = SyncDelivery(
+            _transport(c, max_retries=c.max_retries), self._stats, self._final
+        )
         self._board = Board()
         self._worker = Worker(
             # The worker retries 429s, 5xx and unanswered requests itself, through its
@@ -573,11 +558,10 @@ class Client:
         """Send one accepted call's objects now (sync mode) or queue them (background)."""
         objects = self._revision.shape(objects)
         if self._config.disabled:
-            for obj in objects:
-                _request(obj)  # encoded and size-checked as sync mode would, then not sent
+            encode_requests(objects)  # encoded and size-checked as sync mode would, not sent
             return self._dropped(message_id, _DISABLED)
         if self._config.sync_mode:
-            return self._send_now(Job(message_id, tuple(_request(obj) for obj in objects)))
+            return self._sync.send(message_id, objects)
         # Background: hand over the objects; the worker encodes them, off the caller's time.
         return self._queued(message_id, objects, None)
 
@@ -603,18 +587,6 @@ class Client:
         if isinstance(ticket, str):
             return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))
         return Delivery(message_id, DeliveryStatus.QUEUED, ticket=ticket)
-
-    def _post(self, path: str, body: bytes) -> int:
-        answer = self._transport.post(path, body)
-        self._stats.request(len(body), retries=answer.retries)
-        return answer.status
-
-    def _send_now(self, job: Job) -> Delivery:
-        delivery, error = send_job(self._post, job)
-        self._final(delivery, error)
-        if error is not None:
-            raise error
-        return delivery
 
     def _final(self, delivery: Delivery, error: BaseException | None = None) -> Delivery:
         reason = delivery.reason
@@ -703,7 +675,7 @@ class Client:
                 left,
                 self._config.shutdown_timeout,
             )
-        self._transport.close()
+        self._sync.close()
         if self._rate_store is not None:
             self._rate_store.close()
 

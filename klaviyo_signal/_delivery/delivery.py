@@ -1,11 +1,11 @@
-"""Outcomes of calls, and the two ways of delivering them: now (sync) or queued (background).
+"""Outcomes of calls: the Delivery a caller holds, and how a queued one learns its end.
 
 Every call ends in exactly one final ``Delivery``: ``delivered``, ``dropped`` or ``failed``.
 Background mode hands back a ``queued`` Delivery at once; ``Delivery.wait()`` gives the
 final one, and ``await delivery`` gives it inside a coroutine without blocking the event
 loop (the worker thread resolves an asyncio future through ``call_soon_threadsafe``).
-Sync mode sends a ``Job`` with ``send_job``; background mode hands the call to the worker
-(``_delivery/worker.py``), which batches.
+Sync mode sends a call at once (``_delivery/sync.py``); background mode hands it to the
+worker (``_delivery/worker.py``), which batches.
 """
 
 from __future__ import annotations
@@ -20,17 +20,13 @@ from typing import Any, cast
 
 import attrs
 
-from .._errors import APIError, KlaviyoSignalError, TransportError
-
 __all__ = [
     "Board",
     "Delivery",
     "DeliveryStatus",
     "Final",
-    "Job",
     "OnDelivery",
     "Ticket",
-    "send_job",
 ]
 
 log = logging.getLogger("klaviyo_signal")
@@ -223,26 +219,3 @@ class Delivery:
 
 
 OnDelivery = Callable[[Delivery], object]
-
-
-@attrs.frozen
-class Job:
-    """One accepted call, ready to send: its requests as (path, body bytes) pairs."""
-
-    message_id: str
-    requests: Sequence[tuple[str, bytes]]
-
-
-def send_job(
-    post: Callable[[str, bytes], int], job: Job
-) -> tuple[Delivery, KlaviyoSignalError | None]:
-    """Send a job's requests in order; return its final Delivery and the error, if any."""
-    status: int | None = None
-    for path, body in job.requests:
-        try:
-            status = post(path, body)
-        except APIError as exc:
-            return Delivery(job.message_id, DeliveryStatus.FAILED, str(exc), exc.status), exc
-        except TransportError as exc:
-            return Delivery(job.message_id, DeliveryStatus.FAILED, str(exc)), exc
-    return Delivery(job.message_id, DeliveryStatus.DELIVERED, None, status), None
