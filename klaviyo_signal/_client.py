@@ -27,6 +27,7 @@ from ._calls.subscription import Action, build_subscription
 from ._config import PUBLISHED, Config, mask
 from ._delivery.delivery import Board, Delivery, DeliveryStatus, Job, OnDelivery, Ticket, send_job
 from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage
+from ._delivery.outbox import Outbox
 from ._delivery.ratelimit import RateLimits
 from ._delivery.stats import Counters, Stats, failure_key
 from ._delivery.worker import DUPLICATE, Worker
@@ -106,6 +107,9 @@ class Client:
             revision is retired, instead of serving it as a later one with other rules.
         backfill: Send every event as a backfill (recorded without triggering flows),
             unless a call says ``backfill=False``.
+        outbox: Background mode: the path of a SQLite file that keeps every queued call
+            until Klaviyo has answered it, so calls survive the process being killed; the
+            next process that opens it sends what is left. See docs/outbox.md.
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -133,6 +137,7 @@ class Client:
         rate_limits: RateLimits | Literal["published"] | None = PUBLISHED,
         strict_revision: bool = False,
         backfill: bool = False,
+        outbox: str | os.PathLike[str] | None = None,
     ) -> None:
         self._config = Config(
             public_api_key,
@@ -154,6 +159,7 @@ class Client:
             rate_limits=rate_limits,  # type: ignore[arg-type]  # resolved by Config
             strict_revision=strict_revision,
             backfill=backfill,
+            outbox=outbox,
         )
         self._revision = revision_named(self._config.revision)
         status = self._revision.status()
@@ -194,6 +200,7 @@ class Client:
             # A request's answer may not keep close() waiting much past shutdown_timeout;
             # a timed-out request is retried (safe: unique_id), so this costs little.
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
+            outbox=None if c.outbox is None else Outbox(c.outbox),
         )
         # A Client dropped without close() still sends what it queued (by exit at the
         # latest, within shutdown_timeout), then its thread ends.

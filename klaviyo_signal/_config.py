@@ -7,6 +7,7 @@ thread. The private key is kept out of every repr.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -160,6 +161,18 @@ def _callable_or_none(_: object, attribute: attrs.Attribute[Any], value: Any) ->
         )
 
 
+def _outbox(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigurationError(
+            f"outbox: expected the path of a SQLite file (str or os.PathLike) or None, "
+            f"got {_shown(value)}"
+        )
+    if isinstance(value, str) and value in ("", ":memory:"):
+        raise ConfigurationError(
+            f"outbox: {value!r} is not a file; the outbox must outlive the process"
+        )
+
+
 def _blueprint(value: Blueprint | None) -> Blueprint:
     if value is None:
         return default_blueprint()
@@ -197,8 +210,14 @@ class Config:
     rate_limits: dict[str, tuple[int, int]] | None = attrs.field(default=PUBLISHED)  # type: ignore[assignment]
     strict_revision: bool = attrs.field(default=False, validator=_bool)
     backfill: bool = attrs.field(default=False, validator=_bool)
+    outbox: str | os.PathLike[str] | None = attrs.field(default=None, validator=_outbox)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "rate_limits", _rate_limits(self.rate_limits, self.revision))
         if self.backfill and not revision(self.revision).backfill:
             raise ConfigurationError(no_backfill(self.revision))
+        if self.outbox is not None and self.sync_mode:
+            raise ConfigurationError(
+                "outbox: sync_mode sends each call before it returns, so nothing waits in an "
+                "outbox; pass one or the other"
+            )
