@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -348,3 +349,47 @@ def test_outcomes_stats_and_callbacks_match_the_memory_queue(tmp_path: Path) -> 
         durable = scenario(fake, tmp_path / "outbox.db")
     assert durable == memory
     assert rows(tmp_path / "outbox.db") == 0
+
+
+def test_a_record_naming_other_code_is_not_run(
+    fake: FakeKlaviyo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row whose pickle names code outside the library's models is refused (logged and
+    removed), never run, and the outbox's other calls are still sent."""
+    path = tmp_path / "outbox.db"
+    marker = tmp_path / "ran"
+    client = client_for("http://127.0.0.1:9", path, flush_interval=3600, **UNREACHABLE)
+    kept = client.track("Signed Up", {}, user_id="u")
+    client.close()
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    with sqlite3.connect(path) as connection:
+        connection.execute("INSERT INTO calls (slot, rec) VALUES (0, ?)", (pickle.dumps(Evil()),))
+    with client_for(fake, path) as again:
+        assert again.flush(20)
+    assert not marker.exists()
+    assert recorded(fake) == [kept.message_id]
+    assert "could not be read" in caplog.text
+    assert rows(path) == 0
+
+
+def test_only_what_klaviyo_answered_leaves_the_file(fake: FakeKlaviyo, tmp_path: Path) -> None:
+    """A call Klaviyo refuses (400) ends ``failed`` and leaves the outbox; one that ends on
+    5xx after every retry ends ``failed`` too but stays, and the next Client sends it."""
+    path = tmp_path / "outbox.db"
+    with client_for(fake, path, max_retries=0) as client:
+        fake.fail_next(400)
+        refused = client.track("Signed Up", {}, user_id="a")
+        assert refused.wait(10).status is DeliveryStatus.FAILED
+        assert rows(path) == 0
+        fake.fail_next(503)
+        unanswered = client.track("Signed Up", {}, user_id="b")
+        assert unanswered.wait(10).status is DeliveryStatus.FAILED
+        assert rows(path) == 1
+    with client_for(fake, path) as again:
+        assert again.flush(20)
+    assert recorded(fake) == [unanswered.message_id]
+    assert rows(path) == 0

@@ -55,6 +55,8 @@ _BUSY_TIMEOUT = 5.0
 # Rows deleted between two checkpoints of the write-ahead log.
 _CHECKPOINT_EVERY = 2000
 _MAX_SLOTS = 1 << 16
+_DELETE_SLICE = 100
+_LOG_LIMIT = 4 << 20
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS calls (id INTEGER PRIMARY KEY, slot INTEGER NOT NULL, "
     "rec BLOB NOT NULL)",
@@ -171,7 +173,8 @@ _fork_hook = False
 
 def _after_fork_in_child() -> None:
     for outbox in list(_open):
-        outbox._abandon_in_child()
+        if outbox._pid != os.getpid():  # not one the child opened already (a later hook's)
+            outbox._abandon_in_child()
 
 
 def _slots_for(lock_path: str) -> _Slots:
@@ -215,6 +218,9 @@ def _connect(path: str) -> sqlite3.Connection:
     # Checkpoints run on the worker's own connection (see Outbox.remove), never inside a
     # caller's commit.
     connection.execute("PRAGMA wal_autocheckpoint=0")
+    # Once a checkpoint has emptied it, the log is cut back to this size: a backlog (Klaviyo
+    # unreachable for a while) does not leave a large log file behind.
+    connection.execute(f"PRAGMA journal_size_limit={_LOG_LIMIT}")
     return connection
 
 
@@ -333,19 +339,23 @@ class Outbox:
         if not rows or self._pid != os.getpid():
             return
         try:
-            with self._lock:
-                if self._closed:
-                    return
-                connection = self._connection
-                connection.execute("BEGIN")
-                try:
-                    connection.executemany(
-                        "DELETE FROM calls WHERE id = ?", [(row,) for row in rows]
-                    )
-                    connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
+            # A job's rows go in slices, each its own transaction: a caller waiting to
+            # commit its call waits for one slice, not for a whole job of deletes.
+            for start in range(0, len(rows), _DELETE_SLICE):
+                with self._lock:
+                    if self._closed:
+                        return
+                    connection = self._connection
+                    connection.execute("BEGIN")
+                    try:
+                        connection.executemany(
+                            "DELETE FROM calls WHERE id = ?",
+                            [(row,) for row in rows[start : start + _DELETE_SLICE]],
+                        )
+                        connection.execute("COMMIT")
+                    except BaseException:
+                        connection.execute("ROLLBACK")
+                        raise
             self._removed += len(rows)
             if self._removed >= _CHECKPOINT_EVERY:
                 self._removed = 0
