@@ -19,7 +19,8 @@ event jobs holding that person's earlier events, and an event job holding a late
 of a person whose identify still waits waits for that identify (and, being first in
 its outbox, holds back the event jobs behind it until then).
 
-Nothing starts before the first call, and ``close()`` leaves no thread behind.
+Nothing starts before the first call (with an outbox, before the calls an earlier process
+left in it: ``_delivery/outbox``), and ``close()`` leaves no thread behind.
 """
 
 from __future__ import annotations

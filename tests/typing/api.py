@@ -22,3 +22,4 @@ queued: Delivery = client.track("Order Completed", {"revenue": 1}, user_id="u", 
 final: Delivery = queued.wait(1.0)
 ok: bool = client.flush(timeout=2.0)
 client.close()
+durable: Client = Client("AbC123", "pk_example_key", outbox="klaviyo-outbox.db")
