@@ -384,12 +384,34 @@ def test_only_what_klaviyo_answered_leaves_the_file(fake: FakeKlaviyo, tmp_path:
         fake.fail_next(400)
         refused = client.track("Signed Up", {}, user_id="a")
         assert refused.wait(10).status is DeliveryStatus.FAILED
-        assert rows(path) == 0
+        wait_for(lambda: rows(path) == 0)  # the row goes just after the Delivery is final
         fake.fail_next(503)
         unanswered = client.track("Signed Up", {}, user_id="b")
         assert unanswered.wait(10).status is DeliveryStatus.FAILED
+        assert client.flush(10)
         assert rows(path) == 1
     with client_for(fake, path) as again:
         assert again.flush(20)
     assert recorded(fake) == [unanswered.message_id]
     assert rows(path) == 0
+
+
+def test_a_full_disk_drops_the_call_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call the outbox cannot write (the disk is full) ends ``dropped`` with a reason
+    naming the outbox, counted in stats and logged once, instead of queued unprotected."""
+    client = client_for(
+        "http://127.0.0.1:9", tmp_path / "outbox.db", flush_interval=3600, **UNREACHABLE
+    )
+    # A full disk, as SQLite sees one: the file may not grow by another page.
+    connection = client._worker._outbox._connection  # type: ignore[union-attr]
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count={pages}")
+    deliveries = [client.track("Signed Up", {"s": "x" * 300}, user_id="u") for _ in range(20)]
+    dropped = [d for d in deliveries if d.status is DeliveryStatus.DROPPED]
+    assert dropped
+    assert all(str(d.reason).startswith("outbox write failed: ") for d in dropped)
+    assert sum(client.stats.dropped_by_reason.values()) == len(dropped)
+    assert caplog.text.count("could not write a call to outbox") == 1
+    client.close()

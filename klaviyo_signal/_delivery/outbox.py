@@ -242,6 +242,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._closed = False
         self._removed = 0
+        self._write_failed = False
         self._checkpointer: sqlite3.Connection | None = None
         try:
             import fcntl  # noqa: F401, PLC0415
@@ -322,14 +323,26 @@ class Outbox:
         """Commit one call; return its row id.
 
         Raises:
-            sqlite3.Error: The write failed (disk full, a lock held past the busy timeout).
+            sqlite3.Error: The write failed (disk full, a lock held past the busy timeout);
+                logged the first time.
         """
         with self._lock:
             if self._closed:
                 raise sqlite3.OperationalError("the outbox is closed")
-            cursor = self._connection.execute(
-                "INSERT INTO calls (slot, rec) VALUES (?, ?)", (self.slot, record)
-            )
+            try:
+                cursor = self._connection.execute(
+                    "INSERT INTO calls (slot, rec) VALUES (?, ?)", (self.slot, record)
+                )
+            except sqlite3.Error as exc:
+                if not self._write_failed:
+                    self._write_failed = True
+                    log.error(
+                        "klaviyo-signal: could not write a call to outbox %r (%s); calls "
+                        "that cannot be written are dropped (logged once)",
+                        self.path,
+                        exc,
+                    )
+                raise
             return cursor.lastrowid  # type: ignore[return-value]
 
     # -- the worker's side -------------------------------------------------------------

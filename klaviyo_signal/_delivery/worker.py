@@ -483,8 +483,7 @@ class Worker:
             record = dump_fields(message_id, size, named, fields)
         try:
             row = outbox.add(record)
-        except sqlite3.Error as exc:
-            log.error("klaviyo-signal: could not write a call to outbox %r: %s", outbox.path, exc)
+        except sqlite3.Error as exc:  # logged by the outbox, once
             return f"outbox write failed: {exc}"
         ticket = self._enqueue(message_id, size, objects, fields, named=named, row=row)
         if isinstance(ticket, str):
@@ -494,7 +493,8 @@ class Worker:
     def _keep_rows(self, unit: Unit) -> None:
         """Leave the rows of ``unit``'s calls in the outbox when they end now."""
         for seq in unit.owners():
-            self._rows.pop(seq, None)  # type: ignore[call-overload]
+            if isinstance(seq, int):
+                self._rows.pop(seq, None)
 
     def _replay(self, outbox: Outbox) -> None:
         """Queue the calls earlier processes left in the outbox (start-up; no Delivery
