@@ -243,6 +243,7 @@ class Outbox:
         self._closed = False
         self._removed = 0
         self._write_failed = False
+        self._checkpoint_lock = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
         try:
             import fcntl  # noqa: F401, PLC0415
@@ -381,9 +382,12 @@ class Outbox:
     def _checkpoint(self) -> None:
         # A passive checkpoint copies the log into the file without blocking writers; on
         # its own connection, a caller's commit never waits for its disk sync.
-        if self._checkpointer is None:
-            self._checkpointer = _connect(self.path)
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            if self._checkpointer is None:
+                self._checkpointer = _connect(self.path)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def adopt(self) -> list[tuple[int, bytes]]:
         """Take over the rows no live process sends; return them, oldest first.
@@ -426,6 +430,7 @@ class Outbox:
                 return
             self._closed = True
             self._connection.close()
+        with self._checkpoint_lock:
             if self._checkpointer is not None:
                 self._checkpointer.close()
         _open.discard(self)
