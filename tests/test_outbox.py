@@ -136,18 +136,27 @@ def test_a_killed_process_calls_are_sent_once_by_the_next(
 
 
 def test_calls_unsent_at_close_stay_for_the_next_process(fake: FakeKlaviyo, tmp_path: Path) -> None:
-    """Calls close() could not send (Klaviyo unreachable) end ``dropped`` but stay in the
-    outbox, and the next Client sends them."""
+    """Calls close() could not send (Klaviyo unreachable) end ``dropped`` or ``failed`` but
+    stay in the outbox, and the next Client sends them: events, a profile import and a
+    subscription, as they were made."""
     outbox = tmp_path / "outbox.db"
     unreachable = "http://127.0.0.1:9"  # the discard port: nothing listens
     client = client_for(unreachable, outbox, **UNREACHABLE)
     deliveries = [client.track("Signed Up", {"n": i}, user_id="u") for i in range(5)]
+    deliveries.append(client.identify("u", {"email": "jane@example.com", "first_name": "Jane"}))
+    deliveries.append(client.subscribe(email="jane@example.com", list_id="Y6nRLr"))
     client.close()
     assert {d.wait(1).status for d in deliveries} <= {DeliveryStatus.DROPPED, DeliveryStatus.FAILED}
-    assert rows(outbox) == 5
+    assert rows(outbox) == 7
     with client_for(fake, outbox) as again:
         assert again.flush(20)
-    assert sorted(recorded(fake)) == sorted(d.message_id for d in deliveries)
+        assert again.stats.delivered == 7
+    assert sorted(recorded(fake)) == sorted(d.message_id for d in deliveries[:5])
+    profile = fake.profile_for(email="jane@example.com")
+    assert profile is not None
+    assert profile.external_id == "u"
+    assert profile.attributes["first_name"] == "Jane"
+    assert profile.lists == ("Y6nRLr",)
     assert rows(outbox) == 0
 
 
