@@ -30,6 +30,7 @@ from ._config import DISABLED_VARIABLE, PUBLISHED, Config, disabled_by_env, mask
 from ._delivery.aio import off_loop, running_loop
 from ._delivery.delivery import Board, Delivery, DeliveryStatus, OnDelivery, Ticket
 from ._delivery.lifecycle import closing, forget, install_signal_handlers, manage, unit_flushes
+from ._delivery.outbox import Outbox
 from ._delivery.ratelimit import RateLimits
 from ._delivery.ratestore import open_rate_store
 from ._delivery.stats import Counters, Stats, failure_key
@@ -114,6 +115,9 @@ class Client:
             process of the account that names the same store, ``"redis://host:6379/0"``
             (the ``redis`` extra) or ``"sqlite:///path/to/file.db"`` (one host); None:
             each process paces alone. See docs/scale.md.
+        outbox: Background mode: the path of a SQLite file that keeps every queued call
+            until Klaviyo has answered it, so calls survive the process being killed; the
+            next process that opens it sends what is left. See docs/outbox.md.
 
     Raises:
         ConfigurationError: A key or option is invalid.
@@ -144,6 +148,7 @@ class Client:
         transport: Transport | None = None,
         disabled: bool | None = None,
         rate_limit_store: str | None = None,
+        outbox: str | os.PathLike[str] | None = None,
     ) -> None:
         self._config = Config(
             public_api_key=public_api_key,
@@ -168,6 +173,7 @@ class Client:
             transport=transport,
             disabled=disabled_by_env() if disabled is None else disabled,
             rate_limit_store=rate_limit_store,
+            outbox=outbox,
         )
         self._blueprint = compile_blueprint(self._config.blueprint)
         if self._config.disabled:
@@ -221,6 +227,7 @@ class Client:
             # a timed-out request is retried (safe: unique_id), so this costs little.
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
             rate_store=self._rate_store,
+            outbox=None if c.outbox is None else Outbox(c.outbox),
         )
         # A Client dropped without close() still sends what it queued (by exit at the
         # latest, within shutdown_timeout), then its thread ends.

@@ -200,6 +200,18 @@ def _check_transport(_: object, __: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
+def _outbox(_: object, __: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigurationError(
+            f"outbox: expected the path of a SQLite file (str or os.PathLike) or None, "
+            f"got {_shown(value)}"
+        )
+    if isinstance(value, str) and value in ("", ":memory:"):
+        raise ConfigurationError(
+            f"outbox: {value!r} is not a file; the outbox must outlive the process"
+        )
+
+
 def _blueprint(value: Blueprint | None) -> Blueprint:
     if value is None:
         return default_blueprint()
@@ -238,6 +250,7 @@ class Config:
     transport: Transport | None = attrs.field(validator=_check_transport)
     disabled: bool = attrs.field(validator=_bool)
     rate_limit_store: str | None = attrs.field(validator=_check_rate_limit_store, repr=shown_url)
+    outbox: str | os.PathLike[str] | None = attrs.field(validator=_outbox)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "rate_limits", _rate_limits(self.rate_limits, self.revision))
@@ -249,3 +262,8 @@ class Config:
             )
         if self.backfill and not revision(self.revision).backfill:
             raise ConfigurationError(no_backfill(self.revision))
+        if self.outbox is not None and self.sync_mode:
+            raise ConfigurationError(
+                "outbox: sync_mode sends each call before it returns, so nothing waits in an "
+                "outbox; pass one or the other"
+            )

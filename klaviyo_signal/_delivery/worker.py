@@ -19,7 +19,8 @@ event jobs holding that person's earlier events, and an event job holding a late
 of a person whose identify still waits waits for that identify (and, being first in
 its outbox, holds back the event jobs behind it until then).
 
-Nothing starts before the first call, and ``close()`` leaves no thread behind.
+Nothing starts before the first call (with an outbox, before the calls an earlier process
+left in it: ``_delivery/outbox``), and ``close()`` leaves no thread behind.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import functools
 import itertools
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -63,6 +65,7 @@ from .jobs import (
     unique_key,
 )
 from .lifecycle import adopt, release, starting_thread
+from .outbox import Outbox, dump_fields, dump_objects, load
 from .outcomes import CLIENT_PROFILES, PROFILE_IMPORT, Failure, Identify, Outcomes, Unit
 from .ratelimit import EndpointLimiter, RateLimits
 from .ratestore import RateStore
@@ -137,6 +140,23 @@ class _Names:
         message_id = self.ids.pop(seq, None)
         if message_id is not None and self.seqs.get(message_id) == seq:
             del self.seqs[message_id]
+
+
+class _KeepingOutcomes(Outcomes):
+    """The outcomes of a worker with an outbox: a call that ends without Klaviyo's final
+    word on it (Klaviyo unreachable, or a 5xx, after every retry) keeps its outbox row, so
+    a later process sends it again; only what Klaviyo accepted or refused leaves the file."""
+
+    keep: Callable[[Unit], None] = staticmethod(lambda unit: None)
+
+    def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
+        if exc.status in SERVER_ERROR_STATUSES or exc.transient:
+            self.keep(unit)
+        return super().refused(unit, exc)
+
+    def unreachable(self, unit: Unit, exc: TransportError) -> None:
+        self.keep(unit)
+        super().unreachable(unit, exc)
 
 
 DUPLICATE = "duplicate"
@@ -253,6 +273,9 @@ class Worker:
         clock: Monotonic seconds (tests may pass another).
         rate_store: Where every process of the account shares each endpoint's budget
             (``rate_limit_store``); None: this worker paces alone.
+        outbox: The durable outbox (``_delivery/outbox``): each call is committed to it
+            before it is queued and deleted once Klaviyo has answered it; the calls an
+            earlier process left in it are queued at once. None: memory only.
     """
 
     def __init__(  # noqa: PLR0915 - one assignment per piece of state, documented here
@@ -272,6 +295,7 @@ class Worker:
         answer_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         rate_store: RateStore | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self._rate_store = rate_store
         self._make_transport = make_transport
@@ -286,7 +310,7 @@ class Worker:
         self._clock = clock
         self._limits = limits
         self._rule_for = rule_for
-        self._outcomes = Outcomes(
+        self._outcomes = (Outcomes if outbox is None else _KeepingOutcomes)(
             stats, board, on_delivery, self._settled, self._step_aside, called=self._called
         )
         self._stats = stats
@@ -337,6 +361,12 @@ class Worker:
         self._head_failures: dict[str, int] = {}
         self._deadline: float | None = None
         self._sealed_mark = 0  # the last _flush_mark the open jobs were sealed for
+        self._outbox = outbox
+        # The outbox row of each call not final yet (sequence number -> row id).
+        self._rows: dict[int, int] = {}
+        if outbox is not None:
+            cast(_KeepingOutcomes, self._outcomes).keep = self._keep_rows
+            self._replay(outbox)
 
     @property
     def _batches(self) -> tuple[_Batches, ...]:
@@ -385,11 +415,14 @@ class Worker:
         fields: tuple[object, ...] | None,
         *,
         named: bool = False,
+        row: int | None = None,
     ) -> Ticket | str:
         """Queue one call; ``named``: its message id may repeat a queued call's (a caller's
-        own), not one the fast lane made up."""
+        own), not one the fast lane made up; ``row``: its outbox row, written already."""
         if size > self._max_bytes:
             return "call larger than max_queue_bytes"
+        if self._outbox is not None and row is None:
+            return self._enqueue_durable(message_id, size, objects, fields, named)
         # Numbered and ticketed before taking the lock (next() on a count is atomic): the
         # lock is held only for the bookkeeping. The Ticket is registered before the call
         # is queued, so its outcome cannot be missed; a refused call's Ticket is dropped.
@@ -409,6 +442,8 @@ class Worker:
                 if not self._wait_for_space(size):
                     return "client is closed"
             self._calls[seq] = (message_id, size)
+            if row is not None:
+                self._rows[seq] = row
             if named:
                 self._named.add(message_id, seq)
             if len(objects) > 1:
@@ -427,6 +462,88 @@ class Worker:
         if wake:
             self._wake.set()
         return ticket
+
+    def _enqueue_durable(
+        self,
+        message_id: str,
+        size: int,
+        objects: Sequence[KlaviyoObject],
+        fields: tuple[object, ...] | None,
+        named: bool,
+    ) -> Ticket | str:
+        """Commit one call to the outbox, then queue it; a refused call's row is deleted."""
+        outbox = cast(Outbox, self._outbox)
+        # Read without the lock: a call that would be refused costs no write (the queue
+        # decides again, under its lock).
+        if self._closed:
+            return "client is closed"
+        if not self._block and (
+            self._pending >= self._max_size or self._bytes + size > self._max_bytes
+        ):
+            return "queue full"
+        if named and message_id in self._named.seqs:
+            return _duplicate(message_id)
+        if fields is None:
+            record = dump_objects(message_id, size, named, objects)
+        else:
+            record = dump_fields(message_id, size, named, fields)
+        try:
+            row = outbox.add(record)
+        except sqlite3.Error as exc:  # logged by the outbox, once
+            return f"outbox write failed: {exc}"
+        ticket = self._enqueue(message_id, size, objects, fields, named=named, row=row)
+        if isinstance(ticket, str):
+            outbox.remove([row])
+        return ticket
+
+    def _keep_rows(self, unit: Unit) -> None:
+        """Leave the rows of ``unit``'s calls in the outbox when they end now."""
+        for seq in unit.owners():
+            if isinstance(seq, int):
+                self._rows.pop(seq, None)
+
+    def _replay(self, outbox: Outbox) -> None:
+        """Queue the calls earlier processes left in the outbox (start-up; no Delivery
+        waits for them: they count in the stats and reach ``on_delivery``)."""
+        rows = outbox.adopt()
+        if not rows:
+            return
+        unreadable: list[int] = []
+        with self._lock:
+            for row, data in rows:
+                try:
+                    message_id, size, named, objects, fields = load(data)
+                except ValueError:
+                    unreadable.append(row)
+                    continue
+                seq = next(self._seq)
+                self._calls[seq] = (message_id, size)
+                self._rows[seq] = row
+                if named:
+                    self._named.add(message_id, seq)
+                if len(objects) > 1:
+                    self._outcomes.parts[seq] = len(objects)
+                self._pending += 1
+                self._arrivals += 1
+                self._bytes += size
+                self._inbox.append((seq, objects) if fields is None else (seq, (), *fields))
+            self._idle = False
+            replayed = self._pending
+        if unreadable:
+            log.error(
+                "klaviyo-signal: %d record(s) of outbox %r could not be read and were removed",
+                len(unreadable),
+                outbox.path,
+            )
+            outbox.remove(unreadable)
+        if replayed:
+            log.warning(
+                "klaviyo-signal: sending %d call(s) an earlier process left in outbox %r",
+                replayed,
+                outbox.path,
+            )
+            self._start()
+            self._wake.set()
 
     def _wait_for_space(self, size: int) -> bool:
         """Block (holding the Condition) until a call of ``size`` fits; False if closed."""
@@ -536,6 +653,8 @@ class Worker:
             and not (thread is not None and thread.is_alive())
         ):
             self._transport.close()
+        if self._outbox is not None:
+            self._outbox.close()  # what is left in it is sent by the next process
         return left
 
     def detach(self, shutdown_timeout: float) -> None:
@@ -597,6 +716,9 @@ class Worker:
                 self._taken += len(self._inbox)  # a later flush() must not wait for these
                 self._inbox.clear()
             left = [seq for seq in self._calls if seq not in keep]
+        if self._rows:
+            for seq in left:
+                self._rows.pop(seq, None)  # their rows stay in the outbox for a later process
         if units:
             sent = {owner for unit in units for owner in unit.owners()}
             self._outcomes.settle([s for s in left if s in sent], in_flight, whole=True)
@@ -1039,7 +1161,13 @@ class Worker:
 
         With ``calling``, their on_delivery callbacks run next: a flush waits for them
         (until ``_called``), so the callbacks of every call have run when it returns.
+        With an outbox, their rows are deleted first (``_abandon`` takes the rows of the
+        calls it ends out of ``_rows`` first: those calls are sent by a later process).
         """
+        if self._rows:
+            pop = self._rows.pop
+            rows = [row for seq, _ in finals if (row := pop(seq, None)) is not None]
+            cast(Outbox, self._outbox).remove(rows)
         with self._lock:
             named = self._named
             for seq, size in finals:

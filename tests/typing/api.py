@@ -88,3 +88,4 @@ async def in_a_coroutine() -> None:
 
 
 asyncio.run(in_a_coroutine())
+durable: Client = Client("AbC123", "pk_example_key", outbox="klaviyo-outbox.db")
