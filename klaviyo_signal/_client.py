@@ -22,6 +22,7 @@ from ._blueprint.events import Pending
 from ._blueprint.quick import MESSAGE_ID as _MESSAGE_ID
 from ._blueprint.quick import quick_track
 from ._calls.consent import consent_drop_reason
+from ._calls.context import CURRENT as _CONTEXT
 from ._calls.message import Message, build_message, reseed_message_ids
 from ._calls.subscription import Action, build_subscription
 from ._config import PUBLISHED, Config, mask
@@ -43,6 +44,8 @@ from ._klaviyo.wire import encode, request
 __all__ = ["Client"]
 
 log = logging.getLogger("klaviyo_signal")
+# Read once per call: one lookup when no request context is set (the hot path).
+_current_context = _CONTEXT.get
 
 # Klaviyo answers bulk jobs at once (202, processed later); 2 s is ample for an answer.
 _MIN_ANSWER_TIMEOUT = 2.0
@@ -297,6 +300,11 @@ class Client:
             ValidationError: The input breaks a rule (no identifier, bad phone or email...).
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        request = _current_context(None)
+        if request is not None:
+            user_id, anonymous_id, traits, consent = request.fill(
+                user_id, anonymous_id, traits, consent, context
+            )
         return self._call(
             build_message(
                 "identify",
@@ -335,6 +343,11 @@ class Client:
             ValidationError: The input breaks a rule (no identifier, bad name, NaN...).
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        request = _current_context(None)
+        if request is not None:
+            user_id, anonymous_id, traits, consent = request.fill(
+                user_id, anonymous_id, traits, consent, context
+            )
         if (
             context is None
             and consent is None
@@ -395,6 +408,11 @@ class Client:
             ValidationError: The input breaks a rule.
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        request = _current_context(None)
+        if request is not None:
+            user_id, anonymous_id, traits, consent = request.fill(
+                user_id, anonymous_id, traits, consent, context
+            )
         flag = self._backfill(backfill)
         return self._call(
             build_message(
