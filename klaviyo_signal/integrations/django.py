@@ -62,8 +62,8 @@ class KlaviyoSignalMiddleware:
       None: none is read. ``ANONYMOUS_ID_READER`` reads its value (default
       ``cookies.segment_anonymous_id``).
     - ``CONSENT_COOKIES``: cookie name -> reader (default Cookiebot's ``CookieConsent`` and
-      OneTrust's ``OptanonConsent``; see ``klaviyo_signal.integrations.cookies``); ``{}``:
-      none is read.
+      OneTrust's ``OptanonConsent``; see ``klaviyo_signal.integrations.cookies``); a reader
+      may be a dotted path; ``{}``: none is read.
 
     A user id, cookie or traits value that breaks a rule is left out (logged), never failing
     the request. Callables run on the request's thread; under ASGI through ``sync_to_async``.
@@ -89,16 +89,17 @@ class KlaviyoSignalMiddleware:
                 f"settings.{_SETTING}: unknown key(s) {', '.join(map(repr, unknown))}; "
                 f"the keys are {', '.join(_KEYS)}"
             )
-        user_id = _callable(options.get("USER_ID", "pk"), "USER_ID", attribute_ok=True)
+        user_id = _callable(options.get("USER_ID", "pk"), _key("USER_ID"), attribute_ok=True)
         self._user_attribute = user_id if isinstance(user_id, str) else None
         self._user_id = None if isinstance(user_id, str) else user_id
-        self._traits = _callable(options.get("TRAITS", user_email), "TRAITS")
+        self._traits = _callable(options.get("TRAITS", user_email), _key("TRAITS"))
         self._cookies = Cookies.checked(
             options.get("ANONYMOUS_ID_COOKIE", ANONYMOUS_ID_COOKIE),
             _callable(
-                options.get("ANONYMOUS_ID_READER", segment_anonymous_id), "ANONYMOUS_ID_READER"
+                options.get("ANONYMOUS_ID_READER", segment_anonymous_id),
+                _key("ANONYMOUS_ID_READER"),
             ),
-            options.get("CONSENT_COOKIES", DEFAULT_CONSENT_COOKIES),
+            _readers(options.get("CONSENT_COOKIES", DEFAULT_CONSENT_COOKIES)),
             f"settings.{_SETTING}",
         )
         # The default getters read only the user object: under ASGI they need no thread.
@@ -144,13 +145,26 @@ async def _auser(request: Any) -> object:
     return await auser()
 
 
-def _callable(value: object, key: str, *, attribute_ok: bool = False) -> Any:
+def _readers(value: object) -> object:
+    """Return CONSENT_COOKIES with dotted-path readers imported (anything else as given)."""
+    if not isinstance(value, Mapping):
+        return value
+    where = _key("CONSENT_COOKIES")
+    return {
+        name: None if reader is None else _callable(reader, f"{where}[{name!r}]")
+        for name, reader in value.items()
+    }
+
+
+def _key(name: str) -> str:
+    return f"settings.{_SETTING}[{name!r}]"
+
+
+def _callable(value: object, where: str, *, attribute_ok: bool = False) -> Any:
     """Return a setting's callable (imported if a dotted path), an attribute name, or None."""
     if value is None:
         if attribute_ok:
-            raise ConfigurationError(
-                f"settings.{_SETTING}['{key}']: must be an attribute name or a callable, not None"
-            )
+            raise ConfigurationError(f"{where}: must be an attribute name or a callable, not None")
         return None
     if isinstance(value, str):
         if attribute_ok and value.isidentifier():
@@ -158,11 +172,7 @@ def _callable(value: object, key: str, *, attribute_ok: bool = False) -> Any:
         try:
             value = import_string(value)
         except ImportError as error:
-            raise ConfigurationError(
-                f"settings.{_SETTING}['{key}']: cannot import {value!r} ({error})"
-            ) from None
+            raise ConfigurationError(f"{where}: cannot import {value!r} ({error})") from None
     if not callable(value):
-        raise ConfigurationError(
-            f"settings.{_SETTING}['{key}']: must be a callable taking the request, got {value!r}"
-        )
+        raise ConfigurationError(f"{where}: must be a callable (or its dotted path), got {value!r}")
     return value
