@@ -18,6 +18,7 @@ log = logging.getLogger("klaviyo_signal")
 
 #: The anonymous-id cookie read by default: the one Segment's analytics.js sets.
 ANONYMOUS_ID_COOKIE = "ajs_anonymous_id"
+_EMPTY = RequestContext()
 
 
 @attrs.frozen
@@ -80,13 +81,14 @@ class Cookies:
                     break
         if user_id is None and anonymous_id is None and not traits and consent is None:
             return None
-        return make_context(
+        context = make_context(
             user_id=user_id,
             anonymous_id=anonymous_id,
             traits=traits,
             consent=consent,
             skip=self._skip,
         )
+        return None if context == _EMPTY else context
 
     def _skip(self, field: str, error: ValidationError) -> None:
         # The error text may quote the value (an email, a cookie): not logged.
