@@ -52,6 +52,7 @@ class Installation:
     app: Any
     flush_timeout: float
     propagate_context: bool
+    flush_each_task: bool
     _entered: dict[str, AbstractContextManager[RequestContext | None]] = attrs.field(
         factory=dict, init=False
     )
@@ -116,7 +117,9 @@ class Installation:
         if entered is not None:
             entered.__exit__(None, None, None)
         request = getattr(task, "request", None)
-        if request is not None and getattr(request, "is_eager", False):
+        if not self.flush_each_task or (
+            request is not None and getattr(request, "is_eager", False)
+        ):
             return
         self._flush("at the end of task %s" % getattr(task, "name", "?"))  # noqa: UP031
 
@@ -144,6 +147,7 @@ def install(
     app: Any = None,
     flush_timeout: float = 5.0,
     propagate_context: bool = True,
+    flush_each_task: bool = True,
 ) -> Installation:
     """Connect the client to Celery's task and worker signals.
 
@@ -155,6 +159,9 @@ def install(
         app: Handle only this Celery app's tasks; None: every app's.
         flush_timeout: Seconds each flush (task end, worker shutdown) may wait.
         propagate_context: Carry the enqueuing code's request context to the task.
+        flush_each_task: Flush at the end of every task. False: only at worker shutdown
+            (and every ``flush_interval`` as usual), for workers running many short tasks
+            that should not each wait for Klaviyo's answer.
 
     Returns:
         The installation; ``uninstall()`` disconnects it.
@@ -175,7 +182,9 @@ def install(
         raise ConfigurationError(
             f"install: flush_timeout must be a positive number of seconds, got {flush_timeout!r}"
         )
-    installation = Installation(client, app, float(flush_timeout), propagate_context)
+    installation = Installation(
+        client, app, float(flush_timeout), propagate_context, flush_each_task
+    )
     installation._connect()
     return installation
 
