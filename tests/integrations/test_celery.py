@@ -163,8 +163,10 @@ def test_a_stopping_worker_sends_what_its_tasks_queued(
 
 def test_install_checks_its_arguments(fake: FakeKlaviyo) -> None:
     """A non-Client or a non-positive flush_timeout raises ConfigurationError."""
-    with pytest.raises(ConfigurationError, match="client must be a klaviyo_signal.Client"):
+    with pytest.raises(ConfigurationError, match=r"client must be a klaviyo_signal\.Client"):
         install("client")  # type: ignore[arg-type]
-    with Client(PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url) as client:
-        with pytest.raises(ConfigurationError, match="flush_timeout must be a positive"):
-            install(client, flush_timeout=0)
+    with (
+        Client(PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url) as client,
+        pytest.raises(ConfigurationError, match="flush_timeout must be a positive"),
+    ):
+        install(client, flush_timeout=0)
