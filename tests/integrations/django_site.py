@@ -110,14 +110,14 @@ def main() -> None:
     user = User.objects.create_user("ada", email="ada@example.com", password="x")
     out: list[object] = []
     for mode in sys.argv[1:]:
-        if mode == "custom":  # run with KLAVIYO_SIGNAL_SETTINGS naming other sources
-            browser = Client()
+        if mode.startswith("custom"):  # run with KLAVIYO_SIGNAL_SETTINGS naming other sources
+            browser = Client() if mode == "custom" else AsyncClient()
             browser.cookies["my_anon"] = "anon-9"
             browser.cookies["OptanonConsent"] = (
                 "isGpcEnabled=0&version=202401.1.0&groups=C0001%3A1%2CC0002%3A1%2CC0004%3A0"
             )
             browser.force_login(user)
-            out.append(get(browser, "/order"))
+            out.append(get(browser, "/order" if mode == "custom" else "/async-order"))
             continue
         make = Client if mode == "wsgi" else AsyncClient
         prefix = "" if mode == "wsgi" else "async-"

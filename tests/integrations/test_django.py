@@ -85,15 +85,26 @@ def test_requests_send_with_the_visitors_identity_and_consent(
     assert len(fake.events) == 3
 
 
-def test_settings_name_other_sources(fake: FakeKlaviyo, tmp_path: Path) -> None:
-    """KLAVIYO_SIGNAL picks the user attribute, the cookies and the consent reader."""
+@pytest.mark.parametrize(
+    ("mode", "user_id"),
+    [
+        ("custom", "username"),
+        # Under ASGI a callable runs through sync_to_async: its lazy request.user reads the
+        # database, which Django refuses on the event loop.
+        ("custom-asgi", "tests.integrations.django_helpers.username"),
+    ],
+)
+def test_settings_name_other_sources(
+    fake: FakeKlaviyo, tmp_path: Path, mode: str, user_id: str
+) -> None:
+    """KLAVIYO_SIGNAL picks the user id (attribute or callable), the cookies and the reader."""
     settings = {
-        "USER_ID": "username",
+        "USER_ID": user_id,
         "TRAITS": None,
         "ANONYMOUS_ID_COOKIE": "my_anon",
         "CONSENT_COOKIES": {"OptanonConsent": "klaviyo_signal.integrations.cookies.onetrust"},
     }
-    (answer,) = answers(run_site(fake, tmp_path, "custom", settings=settings))[:1]
+    (answer,) = answers(run_site(fake, tmp_path, mode, settings=settings))[:1]
     assert answer["status"] == "dropped"  # OneTrust's C0004 (targeting) is denied
     assert answer["seen"] == {
         "user_id": "ada",
