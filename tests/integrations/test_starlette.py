@@ -55,8 +55,10 @@ def test_fastapi_handlers_send_with_the_visitors_identity_and_consent(
     """Sync and async FastAPI endpoints' bare track() carry the cookie id and consent."""
     fastapi = pytest.importorskip("fastapi")
     app = fastapi.FastAPI()
+    # The user id from a header a gateway sets: any callable taking the scope.
     app.add_middleware(
-        KlaviyoSignalMiddleware, user_id=lambda scope: scope.get("state", {}).get("uid")
+        KlaviyoSignalMiddleware,
+        user_id=lambda scope: dict(scope["headers"]).get(b"x-user-id", b"").decode() or None,
     )
 
     @app.post("/orders")
@@ -71,7 +73,7 @@ def test_fastapi_handlers_send_with_the_visitors_identity_and_consent(
 
     with TestClient(app) as browser:
         browser.cookies.set("ajs_anonymous_id", "%22anon-1%22")
-        first = browser.post("/orders").json()
+        first = browser.post("/orders", headers={"x-user-id": "u-1"}).json()
         second = browser.get("/sync-orders").json()
         browser.cookies.clear()
         browser.cookies.set("ajs_anonymous_id", "anon-2")
@@ -82,6 +84,7 @@ def test_fastapi_handlers_send_with_the_visitors_identity_and_consent(
 
     events = {event.unique_id: event for event in fake.events}
     assert events[first["message_id"]].profile.anonymous_ids == ("anon-1",)
+    assert events[first["message_id"]].profile.external_id == "u-1"
     # The explicit anonymous_id names another visitor: nothing of the request's is used.
     assert events[second["message_id"]].profile.anonymous_ids == ("explicit-anon",)
     assert third["status"] == DeliveryStatus.DROPPED.value
