@@ -12,6 +12,7 @@ from ._blueprint.rules import (
     PropertyMap,
     SubscribeRule,
 )
+from ._calls.context import RequestContext, current_context, request_context
 from ._calls.message import Message
 from ._client import Client
 from ._delivery.delivery import Delivery, DeliveryStatus
@@ -70,6 +71,7 @@ __all__ = [
     "ProfileMap",
     "PropertyMap",
     "RateLimitError",
+    "RequestContext",
     "RequestTimeoutError",
     "RequestsTransport",
     "RevisionGoneError",
@@ -83,5 +85,7 @@ __all__ = [
     "ValidationError",
     "__version__",
     "blueprint_for_variant",
+    "current_context",
     "default_blueprint",
+    "request_context",
 ]

@@ -24,6 +24,7 @@ from ._blueprint.events import Pending
 from ._blueprint.quick import quick_track
 from ._blueprint.record import MESSAGE_ID as _MESSAGE_ID
 from ._calls.consent import consent_drop_reason
+from ._calls.context import CURRENT as _CONTEXT
 from ._calls.message import Message, build_message, reseed_message_ids
 from ._calls.subscription import Action, build_subscription
 from ._config import DISABLED_VARIABLE, PUBLISHED, Config, disabled_by_env, mask
@@ -48,6 +49,8 @@ from ._klaviyo.transport import KlaviyoAPI, RequestsTransport, Transport
 __all__ = ["Client"]
 
 log = logging.getLogger("klaviyo_signal")
+# Read once per call: one lookup when no request context is set (the hot path).
+_current_context = _CONTEXT.get
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -334,6 +337,11 @@ class Client:
             ValidationError: The input breaks a rule (no identifier, bad phone or email...).
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        request = _current_context(None)
+        if request is not None:
+            user_id, anonymous_id, traits, consent = request.fill(
+                user_id, anonymous_id, traits, consent, context
+            )
         return self._call(
             build_message(
                 "identify",
@@ -372,6 +380,11 @@ class Client:
             ValidationError: The input breaks a rule (no identifier, bad name, NaN...).
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        request = _current_context(None)
+        if request is not None:
+            user_id, anonymous_id, traits, consent = request.fill(
+                user_id, anonymous_id, traits, consent, context
+            )
         if (
             context is None
             and consent is None
@@ -432,6 +445,11 @@ class Client:
             ValidationError: The input breaks a rule.
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
+        request = _current_context(None)
+        if request is not None:
+            user_id, anonymous_id, traits, consent = request.fill(
+                user_id, anonymous_id, traits, consent, context
+            )
         flag = self._backfill(backfill)
         return self._call(
             build_message(

@@ -34,6 +34,7 @@ ROOT = {
     "PropertyMap",
     "RateLimitError",
     "RequestsTransport",
+    "RequestContext",
     "RequestTimeoutError",
     "RevisionGoneError",
     "RevisionWarning",
@@ -47,7 +48,9 @@ ROOT = {
     "ValidationError",
     "__version__",
     "blueprint_for_variant",
+    "current_context",
     "default_blueprint",
+    "request_context",
 }
 
 
@@ -59,7 +62,7 @@ def test_the_root_exports_exactly_the_public_names() -> None:
         assert hasattr(klaviyo_signal, name), name
     public = {n for n in vars(klaviyo_signal) if n[0].isalpha()}
     # Besides __all__, only the subpackages and modules a user may import by path.
-    assert public - ROOT <= {"typing", "testing", "annotations"}
+    assert public - ROOT <= {"typing", "testing", "integrations", "annotations"}
 
 
 def test_typing_exports_the_aliases_and_protocols() -> None:

@@ -11,7 +11,10 @@ from klaviyo_signal import (
     DeliveryStatus,
     FlushReport,
     Message,
+    RequestContext,
     RequestsTransport,
+    current_context,
+    request_context,
 )
 from klaviyo_signal.typing import JSON, HTTPRequest, HTTPResponse, Mapper, OnDelivery, Transport
 
@@ -31,6 +34,10 @@ client: Client = Client("AbC123", "pk_example_key", revision=DEFAULT_REVISION, o
 queued: Delivery = client.track("Order Completed", {"revenue": 1}, user_id="u", backfill=False)
 final: Delivery = queued.wait(1.0)
 ok: bool = client.flush(timeout=2.0)
+with request_context(user_id="u", anonymous_id="a", consent={"marketing": True}) as entered:
+    inside: RequestContext | None = current_context()
+    who: str | None = entered.user_id
+    client.track("Order Completed", {"revenue": 1})
 client.close()
 
 
