@@ -35,7 +35,7 @@ from ._errors import shown as _shown
 from ._explain import ExplainKind, Explanation, explain
 from ._klaviyo.json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
 from ._klaviyo.models import Event, KlaviyoObject, Profile, with_backfill
-from ._klaviyo.revisions import DEFAULT_REVISION, check_backfill
+from ._klaviyo.revisions import DEFAULT_REVISION, PROFILE_JOBS_OPERATION, check_backfill
 from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import Transport
 from ._klaviyo.wire import encode, request
@@ -194,6 +194,7 @@ class Client:
             # A request's answer may not keep close() waiting much past shutdown_timeout;
             # a timed-out request is retried (safe: unique_id), so this costs little.
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
+            profile_jobs=self._revision.has(PROFILE_JOBS_OPERATION),
         )
         # A Client dropped without close() still sends what it queued (by exit at the
         # latest, within shutdown_timeout), then its thread ends.

@@ -234,6 +234,22 @@ class Transport:
             body: The encoded JSON.
             timeout: A shorter read timeout for this request (the worker's shutdown deadline).
         """
+        return self._send("POST", path, body, timeout, f"POST {path}")
+
+    def get(self, path: str, *, endpoint: str, timeout: float | None = None) -> Answer:
+        """GET a resource; raise ``APIError``/``TransportError`` as ``post`` does.
+
+        Args:
+            path: The path with its query, e.g. ``/api/profile-bulk-import-jobs/01H``.
+            endpoint: The operation it is, e.g. ``GET /api/profile-bulk-import-jobs/{id}``
+                (its documented answers and scopes).
+            timeout: A shorter read timeout for this request.
+        """
+        return self._send("GET", path, None, timeout, endpoint)
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, timeout: float | None, endpoint: str
+    ) -> Answer:
         limit = self._timeout
         if timeout is not None and timeout < limit[1]:
             limit = (min(limit[0], timeout), timeout)
@@ -245,8 +261,8 @@ class Transport:
             headers = _PUBLIC_ONLY
         error: TransportError | None = None
         try:
-            response = self._session.post(
-                url, data=body, timeout=limit, headers=headers, allow_redirects=False
+            response = self._session.request(
+                method, url, data=body, timeout=limit, headers=headers, allow_redirects=False
             )
         except requests.exceptions.RequestException as exc:
             error = self._translate(exc, path)
@@ -257,7 +273,6 @@ class Transport:
             raise error
         history = getattr(getattr(response.raw, "retries", None), "history", ())
         payload = _parse(response)
-        endpoint = f"POST {path}"
         if response.status_code >= 400:
             raise self._refusal(response, payload, endpoint)
         problem = _not_klaviyo(endpoint, response, payload)
@@ -274,7 +289,7 @@ class Transport:
             headers=dict(response.headers),
             body=payload,
             retries=len(history),
-            sent_bytes=len(body),
+            sent_bytes=len(body or b""),
         )
 
     def _refusal(self, response: requests.Response, payload: JSON, endpoint: str) -> APIError:

@@ -27,6 +27,8 @@ __all__ = [
     "bulk_event_bytes",
     "bulk_events_body",
     "bulk_item_frame",
+    "bulk_profile_bytes",
+    "bulk_profiles_body",
     "encode",
     "event_body",
     "event_bytes",
@@ -148,6 +150,22 @@ def bulk_events_body(groups: Iterable[tuple[Profile, Sequence[Event]]]) -> dict[
             "attributes": {"events-bulk-create": {"data": items}},
         }
     }
+
+
+def bulk_profiles_body(profiles: Iterable[Profile]) -> dict[str, JSON]:
+    """Return the body of ``POST /api/profile-bulk-import-jobs``: one entry per profile."""
+    entries: list[JSON] = [_profile_resource(profile)["data"] for profile in profiles]
+    return {
+        "data": {
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": entries}},
+        }
+    }
+
+
+def bulk_profile_bytes(profile: Profile) -> bytes:
+    """Return ``encode`` of one entry of ``bulk_profiles_body``'s profiles array."""
+    return dumps(_profile_resource(profile)["data"])
 
 
 def encode(body: JSON) -> bytes:

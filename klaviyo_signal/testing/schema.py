@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -252,3 +253,34 @@ def unknown_field_errors(
         for name in attributes
         if name not in known
     ]
+
+
+# Django's EmailValidator (Klaviyo's API answers like Django REST Framework): a dot-atom
+# local part and a domain of letter-digit-hyphen labels with a top-level domain of at least
+# two letters. Stricter than the SDK's own check, so an address can pass the call and still
+# be refused by Klaviyo, as in production.
+_EMAIL_USER = re.compile(r"^[-!#$%&'*+/=?^_`{}|~0-9A-Z]+(\.[-!#$%&'*+/=?^_`{}|~0-9A-Z]+)*$", re.I)
+_EMAIL_DOMAIN = re.compile(
+    r"^((?:[A-Z0-9](?:[A-Z0-9-]{0,61}[A-Z0-9])?\.)+)(?:[A-Z]{2,63}|xn--[A-Z0-9]{1,59})$", re.I
+)
+# The shortest numbers in use are 8 digits with the country code (E.164 allows fewer).
+_MIN_PHONE_DIGITS = 8
+
+
+def profile_value_errors(attributes: Mapping[str, JSON]) -> list[tuple[str, str]]:
+    """Return (field, detail) for each identifier value Klaviyo would refuse on a profile."""
+    errors: list[tuple[str, str]] = []
+    email = attributes.get("email")
+    if isinstance(email, str) and email:
+        user, _, domain = email.rpartition("@")
+        if not (user and _EMAIL_USER.match(user) and _EMAIL_DOMAIN.match(domain)):
+            errors.append(("email", f"Invalid email address: '{email}'"))
+    phone = attributes.get("phone_number")
+    if isinstance(phone, str) and phone and sum(c.isdigit() for c in phone) < _MIN_PHONE_DIGITS:
+        errors.append(
+            (
+                "phone_number",
+                f"Invalid phone number format (Example of a valid format: +12345678901): '{phone}'",
+            )
+        )
+    return errors
