@@ -193,11 +193,16 @@ def test_an_anonymous_visit_stitches_into_the_known_profile(revision_name: str, 
         assert profile.properties == {"plan": "pro"}
         assert sorted(e.metric for e in fake.events) == ["page_view", "page_view", "purchase"]
         taken = checked_requests(fake, served_as="2025-01-15" if revision_name == OLD else None)
-        imports = [r for r in taken if r.path == "/api/profile-import"]
+        # Background identifies go in a bulk profile import job, sync ones to profile-import.
+        imports = [
+            r.body if sync else r.body["data"]["attributes"]["profiles"]
+            for r in taken
+            if r.path == ("/api/profile-import" if sync else "/api/profile-bulk-import-jobs")
+        ]
         links = [r for r in taken if r.path.startswith("/client/")]
         assert len(imports) == 1
         if revision_name == NEW:
-            assert "anonymous_id" not in imports[0].body["data"]["attributes"]
+            assert "anonymous_id" not in imports[0]["data"]["attributes"]
             [link] = links
             assert link.path == f"/client/profiles?company_id={PUBLIC_KEY}"
             assert "authorization" not in link.headers  # never the private key
@@ -207,7 +212,7 @@ def test_an_anonymous_visit_stitches_into_the_known_profile(revision_name: str, 
                 "anonymous_id": "anon-1",
             }
         else:
-            assert imports[0].body["data"]["attributes"]["anonymous_id"] == "anon-1"
+            assert imports[0]["data"]["attributes"]["anonymous_id"] == "anon-1"
             assert links == []
 
 
@@ -446,7 +451,8 @@ def test_the_import_waits_for_its_link_even_after_earlier_events(fake: FakeKlavi
     imported = next(
         i
         for i, (path, body) in enumerate(sent)
-        if path == "/api/profile-import" and body["data"]["attributes"]["external_id"] == "u-1"
+        if path == "/api/profile-bulk-import-jobs"
+        and body["data"]["attributes"]["profiles"]["data"][0]["attributes"]["external_id"] == "u-1"
     )
     assert link < imported, sent
 

@@ -373,7 +373,9 @@ class Worker:
 
     @property
     def _batches(self) -> tuple[_Batches, ...]:
-        return (self._open, self._subscriptions, self._profiles)
+        # Profile jobs before subscription jobs: an identify's import goes before the
+        # subscription its trait made.
+        return (self._open, self._profiles, self._subscriptions)
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -922,6 +924,11 @@ class Worker:
 
     def _put(self, unit: Unit, after: tuple[str, int] | None = None) -> int:
         """Queue a sealed unit at the end of its endpoint's outbox; return its order."""
+        if type(unit) is SubscriptionJob and len(self._profiles):
+            who = [("email", s.email) for s in unit.subs if s.email is not None]
+            who += [("phone_number", s.phone_number) for s in unit.subs if s.phone_number]
+            if self._profiles.mentions_any(who):
+                self._put(self._profiles.seal())  # the identify's import goes first
         if after is None and type(unit) is BulkJob:
             if self._imports_by_pair or len(self._profiles):
                 after = self._import_before(unit)

@@ -17,7 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
-from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION, Revision, revision
+from klaviyo_signal._klaviyo.revisions import (
+    DEFAULT_REVISION,
+    SUPPORTED_REVISIONS,
+    Revision,
+    revision,
+)
 
 __all__ = [
     "IDENTIFIERS",
@@ -128,10 +133,23 @@ def real_error_body(status: int, detail: str | None = None) -> dict[str, JSON]:
     return result
 
 
+def schema_revision(operation: str, under: Revision) -> Revision:
+    """Return the revision whose schema of ``operation`` the fake applies under ``under``.
+
+    Its own; or, when the package ships none for it (bulk profile import in 2025-*, where
+    Klaviyo has the endpoint), the newest earlier revision that ships one, whose body a
+    later revision keeps accepting (the same field list until 2025-10-15).
+    """
+    if under.has(operation):
+        return under
+    earlier = [r for r in SUPPORTED_REVISIONS if r < under.name and revision(r).has(operation)]
+    return revision(earlier[-1]) if earlier else under
+
+
 def schema_errors(operation: str, body: JSON, under: Revision) -> list[dict[str, JSON]]:
     """Validate ``body`` against the operation's request schema under revision ``under``;
     one record per error found."""
-    validator = _validator(operation, under.name)
+    validator = _validator(operation, schema_revision(operation, under).name)
     errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
     return [error_record(400, e.message, source_pointer=pointer(e.absolute_path)) for e in errors]
 

@@ -617,6 +617,7 @@ def _bulk_import_profiles(
     (400 or 413). A profile whose email or phone number Klaviyo would refuse becomes an
     import error of the job, listed once the job is complete; the others are merged.
     """
+    under = schema.schema_revision(PROFILE_JOBS_OPERATION, under)
     if not under.has(PROFILE_JOBS_OPERATION):
         detail = (
             f"FakeKlaviyo holds no schema of /api/profile-bulk-import-jobs for revision "
