@@ -195,7 +195,7 @@ def test_an_anonymous_visit_stitches_into_the_known_profile(revision_name: str, 
         taken = checked_requests(fake, served_as="2025-01-15" if revision_name == OLD else None)
         # Background identifies go in a bulk profile import job, sync ones to profile-import.
         imports = [
-            r.body if sync else r.body["data"]["attributes"]["profiles"]
+            r.body if sync else {"data": r.body["data"]["attributes"]["profiles"]["data"][0]}
             for r in taken
             if r.path == ("/api/profile-import" if sync else "/api/profile-bulk-import-jobs")
         ]
