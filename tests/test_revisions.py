@@ -7,6 +7,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from datetime import date
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -462,3 +463,31 @@ def test_the_client_side_endpoint_counts_only_its_documented_202() -> None:
     from klaviyo_signal._klaviyo.operations import success_statuses
 
     assert success_statuses("POST /client/profiles") == frozenset({202})
+
+
+@pytest.mark.parametrize("name", SUPPORTED_REVISIONS)
+def test_bulk_profile_import_limits_are_its_schemas_own(name: str) -> None:
+    """Bulk profile import and its two polling endpoints take the limits their operations
+    publish, in the revisions that ship the schema; the others have no such endpoint."""
+    rev = revision(name)
+    limits = rev.limits()
+    endpoints = [
+        "POST /api/profile-bulk-import-jobs",
+        "GET /api/profile-bulk-import-jobs/{id}",
+        "GET /api/profile-bulk-import-jobs/{id}/import-errors",
+    ]
+    if not rev.has("profile_bulk_import_job"):
+        assert name.startswith("2025-")
+        assert not any(endpoint in limits for endpoint in endpoints)
+        return
+    folder = resources.files("klaviyo_signal") / "_klaviyo" / "schemas" / name
+    post = json.loads((folder / "profile_bulk_import_job.schema.json").read_text("utf-8"))
+    polls = json.loads((folder / "profile_bulk_import_job.get_operations.json").read_text("utf-8"))
+    published = [post["operation"], *polls["operations"].values()]
+    for endpoint, operation in zip(endpoints, published, strict=True):
+        burst, steady = (
+            operation["x-klaviyo-ratelimit"]["burst"],
+            operation["x-klaviyo-ratelimit"]["steady"],
+        )
+        assert limits[endpoint] == (int(burst.split("/")[0]), int(steady.split("/")[0]))
+    assert limits["POST /api/profile-bulk-import-jobs"] == (10, 150)
