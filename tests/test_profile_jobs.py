@@ -204,3 +204,66 @@ def test_a_revision_without_the_bulk_schema_keeps_profile_import(fake: FakeKlavi
     assert client.flush(20)
     client.close()
     assert [r.path for r in fake.requests] == ["/api/profile-import"]
+
+
+def test_import_errors_are_read_page_by_page(fake: FakeKlaviyo) -> None:
+    """More import errors than one page holds: every refused call fails, the others deliver."""
+    client = client_for(fake)
+    bad = [client.identify(f"b-{i}", {"email": f"b{i}@example.c"}) for i in range(130)]
+    good = client.identify("g-1", {"email": "good@example.com"})
+    assert client.flush(30)
+    client.close()
+    assert {d.wait(0).status for d in bad} == {DeliveryStatus.FAILED}
+    assert good.wait(0).status is DeliveryStatus.DELIVERED
+    pages = [r for r in fake.requests if "/import-errors" in r.path]
+    assert len(pages) == 2
+    assert all(r.status == 200 for r in pages)
+
+
+def test_a_400_naming_one_profile_fails_its_call_and_sends_the_rest_again(
+    fake: FakeKlaviyo,
+) -> None:
+    """A refused job whose error points at one entry fails that call alone; the rest go again."""
+    pointer = "/data/attributes/profiles/data/1/attributes/email"
+    error = {"status": 400, "code": "invalid", "title": "Invalid input.", "detail": "No."}
+    fake.fail_next(400, body={"errors": [{**error, "source": {"pointer": pointer}}]})
+    client = client_for(fake)
+    calls = [client.identify(f"u-{i}", {"email": f"u{i}@example.com"}) for i in range(3)]
+    assert client.flush(20)
+    client.close()
+    assert [d.wait(0).status for d in calls] == [
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.DELIVERED,
+    ]
+    assert calls[1].wait(0).reason == "No."
+    resent = [r for r in fake.requests if r.path == JOBS][1]
+    assert len(resent.body["data"]["attributes"]["profiles"]["data"]) == 2
+
+
+def test_a_key_that_cannot_read_jobs_falls_back_too() -> None:
+    """A 403 on the job's poll (no lists:read) resends its calls through profile-import."""
+    scopes = ["events:write", "profiles:write", "lists:write"]
+    with FakeKlaviyo(retired=(), scopes=scopes) as fake:
+        client = client_for(fake)
+        delivery = client.identify("u-1", {"email": "ann@example.com"})
+        assert delivery.wait(timeout=20).status is DeliveryStatus.DELIVERED
+        client.close()
+        statuses = [(r.method, r.path.split("/")[2], r.status) for r in fake.requests]
+    assert statuses == [
+        ("POST", "profile-bulk-import-jobs", 202),
+        ("GET", "profile-bulk-import-jobs", 403),
+        ("POST", "profile-import", 200),  # the job had imported it: an update
+    ]
+
+
+def test_a_job_still_importing_at_shutdown_ends_failed_saying_it_is_likely_imported() -> None:
+    """close() before Klaviyo finished a job ends its calls failed, not dropped, and says why."""
+    with FakeKlaviyo(retired=(), import_delay=60) as fake:
+        client = client_for(fake, shutdown_timeout=1.0)
+        delivery = client.identify("u-1", {"email": "ann@example.com"})
+        client.close()
+        final = delivery.wait(0)
+        assert fake.import_jobs[0].status != "complete"
+    assert final.status is DeliveryStatus.FAILED
+    assert "likely imported" in (final.reason or "")

@@ -1313,7 +1313,7 @@ class Worker:
             logging.WARNING,
             "klaviyo-signal: Klaviyo refused bulk profile import for this key (%s); identify "
             "falls back to POST /api/profile-import for this client, one request per call, "
-            "nothing lost (logged once; give the key the lists:write scope for bulk import)",
+            "nothing lost (logged once; give the key the scopes named for bulk import)",
             exc,
         )
         jobs = {job.order: job for job in self._importing.values() if job.fallback_order is None}
