@@ -930,7 +930,10 @@ class Worker:
             if self._profiles.mentions_any(who):
                 self._put(self._profiles.seal())  # the identify's import goes first
         if after is None and type(unit) is BulkJob:
-            if self._imports_by_pair or len(self._profiles):
+            # After a fallback every identify, a converted job's too, is a profile import.
+            if self._identifying and not self._bulk_identify:
+                after = self._identify_before(unit)
+            if after is None and (self._imports_by_pair or len(self._profiles)):
                 after = self._import_before(unit)
             if after is None and self._identifying:
                 after = self._identify_before(unit)
