@@ -12,7 +12,9 @@ at which the sink had counted the N-th event (CLOCK_MONOTONIC is shared by every
 on the machine, so the worker can subtract its own start time).
 
 Modes:
-    klaviyo   202 for /api/events and /api/event-bulk-create-jobs, 201 for /api/profile-import
+    klaviyo   202 for /api/events and /api/event-bulk-create-jobs, 201 for /api/profile-import,
+              202 for /api/profile-bulk-import-jobs (a queued job), and 200 for GET
+              /api/profile-bulk-import-jobs/{id} (the job, complete, nothing failed)
     segment   200 for /v1/batch
     rudder    200 for /v1/batch
     posthog   200 for /batch/
@@ -43,12 +45,19 @@ KLAVIYO_LIMITS = {
     "/api/events": (350, 3500),
     "/api/event-bulk-create-jobs": (10, 150),
     "/api/profile-import": (75, 700),
+    "/api/profile-bulk-import-jobs": (10, 150),
+    "/api/profile-bulk-import-jobs/{id}": (10, 150),
+    "/api/profile-bulk-import-jobs/{id}/import-errors": (10, 150),
 }
+PROFILE_JOBS = "/api/profile-bulk-import-jobs"
 ROUTES = {
     "klaviyo": {
         "/api/events": 202,
         "/api/event-bulk-create-jobs": 202,
         "/api/profile-import": 201,
+        "/api/profile-bulk-import-jobs": 202,
+        "/api/profile-bulk-import-jobs/{id}": 200,
+        "/api/profile-bulk-import-jobs/{id}/import-errors": 200,
     },
     "segment": {"/v1/batch": 200},
     "rudder": {"/v1/batch": 200},
@@ -70,6 +79,29 @@ THROTTLED = {
 }
 
 
+def route_of(path: str) -> str:
+    """The route a path is served by: a bulk import job's id stands as ``{id}``."""
+    if path.startswith(PROFILE_JOBS + "/"):
+        rest = path[len(PROFILE_JOBS) + 1 :]
+        return f"{PROFILE_JOBS}/{{id}}" + (
+            "/import-errors" if rest.endswith("/import-errors") else ""
+        )
+    return path
+
+
+def job_body(job_id: str, status: str, total: int) -> bytes:
+    """A profile bulk import job as Klaviyo's JSON:API answers it."""
+    done = status == "complete"
+    attributes = {
+        "status": status,
+        "total_count": total,
+        "completed_count": total if done else 0,
+        "failed_count": 0,
+    }
+    data = {"type": "profile-bulk-import-job", "id": job_id, "attributes": attributes}
+    return json.dumps({"data": data}).encode()
+
+
 def count_events(path: str, body: object) -> tuple[int, int]:
     """Return (events, profiles) carried by one accepted request body."""
     if not isinstance(body, dict):
@@ -78,6 +110,8 @@ def count_events(path: str, body: object) -> tuple[int, int]:
         return 1, 0
     if path == "/api/profile-import":
         return 0, 1
+    if path == PROFILE_JOBS:
+        return 0, len(body["data"]["attributes"]["profiles"]["data"])
     if path == "/api/event-bulk-create-jobs":
         items = body["data"]["attributes"]["events-bulk-create"]["data"]
         return sum(len(item["attributes"]["events"]["data"]) for item in items), len(items)
@@ -147,6 +181,7 @@ class Sink:
         self.reached: dict[int, float] = {}
         self.stop = asyncio.Event()
         self.writers: set[asyncio.StreamWriter] = set()
+        self.jobs: dict[str, int] = {}  # profile import job id -> profiles
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -264,14 +299,15 @@ class Sink:
             self.stop.set()
         if self.mode == "hold":
             return None, b"", {}
-        status = ROUTES[self.mode].get(path)
-        self.by_path[path] = self.by_path.get(path, 0) + 1
-        if status is None or method != "POST":
+        route = route_of(path)
+        status = ROUTES[self.mode].get(route)
+        self.by_path[route] = self.by_path.get(route, 0) + 1
+        if status is None or method != ("GET" if route != path else "POST"):
             return self._status(404, b'{"errors": [{"status": 404, "code": "not_found"}]}', {})
         extra: dict[str, str] = {}
-        if self.mode == "limited" and path in self.windows:
-            ok, wait, remaining, reset = self.windows[path].admit(now)
-            burst, steady = KLAVIYO_LIMITS[path]
+        if self.mode == "limited" and route in self.windows:
+            ok, wait, remaining, reset = self.windows[route].admit(now)
+            burst, steady = KLAVIYO_LIMITS[route]
             if not ok:
                 self.throttled += 1
                 retry = max(1, math.ceil(wait))
@@ -290,6 +326,12 @@ class Sink:
                 "RateLimit-Remaining": str(remaining),
                 "RateLimit-Reset": _seconds(reset, self.scale),
             }
+        if route != path:  # polling a job: it was imported at once, nothing failed
+            job_id = path[len(PROFILE_JOBS) + 1 :].split("/")[0]
+            if route.endswith("/import-errors"):
+                return self._status(200, b'{"data": [], "links": {"next": null}}', extra)
+            body = job_body(job_id, "complete", self.jobs.get(job_id, 0))
+            return self._status(200, body, extra)
         try:
             data = raw
             encoding = headers.get("content-encoding", "").lower()
@@ -303,6 +345,13 @@ class Sink:
             self.bad += 1
             return self._status(400, b'{"errors": [{"status": 400, "code": "invalid"}]}', {})
         self.profiles += profiles
+        if path == PROFILE_JOBS:
+            # Counted in profiles: ``accepted`` holds (time, profiles, path) for these.
+            self.last_accept = now
+            self.accepted.append((now, profiles, path))
+            job_id = f"JOB{len(self.jobs):08d}"
+            self.jobs[job_id] = profiles
+            return self._status(status, job_body(job_id, "queued", profiles), extra)
         self._counted(now, events, path)
         if path == "/api/profile-import":
             return self._status(status, b'{"data": {"type": "profile", "id": "01BENCH"}}', extra)

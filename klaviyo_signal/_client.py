@@ -42,7 +42,7 @@ from ._errors import shown as _shown
 from ._explain import ExplainKind, Explanation, explain
 from ._flushing import Flushing, FlushReport, checked_budget, flush_after
 from ._klaviyo.models import KlaviyoObject, with_backfill
-from ._klaviyo.revisions import DEFAULT_REVISION, check_backfill
+from ._klaviyo.revisions import DEFAULT_REVISION, PROFILE_JOBS_OPERATION, check_backfill
 from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import KlaviyoAPI, RequestsTransport, Transport
 
@@ -231,6 +231,7 @@ class Client:
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
             rate_store=self._rate_store,
             outbox=None if c.outbox is None else Outbox(c.outbox),
+            profile_jobs=self._revision.has(PROFILE_JOBS_OPERATION),
         )
         # A Client dropped without close() still sends what it queued (by exit at the
         # latest, within shutdown_timeout), then its thread ends.

@@ -147,14 +147,16 @@ def test_interval_flush_sends_without_flush_call(fake: FakeKlaviyo) -> None:
 
 
 def test_identify_goes_before_later_events_of_the_profile(fake: FakeKlaviyo) -> None:
-    """An identify is sent after the profile's earlier events and before its later ones."""
+    """An identify is sent after the profile's earlier events and imported before its later ones."""
     client = client_for(fake)
     client.track("Signed Up", {"n": 1}, user_id="user-1")
     client.identify("user-1", {"email": "ann@example.com"})
     client.track("Signed Up", {"n": 2}, user_id="user-1")
     client.close()
     paths = [r.path for r in fake.requests]
-    assert paths == [BULK, "/api/profile-import", BULK]
+    jobs = "/api/profile-bulk-import-jobs"
+    # The later event goes once Klaviyo has imported the identify's job (polled).
+    assert paths == [BULK, jobs, f"{jobs}/{fake.import_jobs[0].id}", BULK]
     assert all(r.status in (200, 201, 202) for r in fake.requests)
     assert fake.profile_for(external_id="user-1").email == "ann@example.com"  # type: ignore[union-attr]
 

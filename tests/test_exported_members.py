@@ -82,6 +82,7 @@ def test_testing_exports_the_fake() -> None:
     """klaviyo_signal.testing exports the fake and the records it keeps."""
     assert set(klaviyo_signal.testing.__all__) == {
         "FakeEvent",
+        "FakeImportJob",
         "FakeKlaviyo",
         "FakeProfile",
         "FakeRequest",

@@ -7,6 +7,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from datetime import date
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -193,11 +194,16 @@ def test_an_anonymous_visit_stitches_into_the_known_profile(revision_name: str, 
         assert profile.properties == {"plan": "pro"}
         assert sorted(e.metric for e in fake.events) == ["page_view", "page_view", "purchase"]
         taken = checked_requests(fake, served_as="2025-01-15" if revision_name == OLD else None)
-        imports = [r for r in taken if r.path == "/api/profile-import"]
+        # Background identifies go in a bulk profile import job, sync ones to profile-import.
+        imports = [
+            r.body if sync else {"data": r.body["data"]["attributes"]["profiles"]["data"][0]}
+            for r in taken
+            if r.path == ("/api/profile-import" if sync else "/api/profile-bulk-import-jobs")
+        ]
         links = [r for r in taken if r.path.startswith("/client/")]
         assert len(imports) == 1
         if revision_name == NEW:
-            assert "anonymous_id" not in imports[0].body["data"]["attributes"]
+            assert "anonymous_id" not in imports[0]["data"]["attributes"]
             [link] = links
             assert link.path == f"/client/profiles?company_id={PUBLIC_KEY}"
             assert "authorization" not in link.headers  # never the private key
@@ -207,7 +213,7 @@ def test_an_anonymous_visit_stitches_into_the_known_profile(revision_name: str, 
                 "anonymous_id": "anon-1",
             }
         else:
-            assert imports[0].body["data"]["attributes"]["anonymous_id"] == "anon-1"
+            assert imports[0]["data"]["attributes"]["anonymous_id"] == "anon-1"
             assert links == []
 
 
@@ -446,7 +452,8 @@ def test_the_import_waits_for_its_link_even_after_earlier_events(fake: FakeKlavi
     imported = next(
         i
         for i, (path, body) in enumerate(sent)
-        if path == "/api/profile-import" and body["data"]["attributes"]["external_id"] == "u-1"
+        if path == "/api/profile-bulk-import-jobs"
+        and body["data"]["attributes"]["profiles"]["data"][0]["attributes"]["external_id"] == "u-1"
     )
     assert link < imported, sent
 
@@ -456,3 +463,31 @@ def test_the_client_side_endpoint_counts_only_its_documented_202() -> None:
     from klaviyo_signal._klaviyo.operations import success_statuses
 
     assert success_statuses("POST /client/profiles") == frozenset({202})
+
+
+@pytest.mark.parametrize("name", SUPPORTED_REVISIONS)
+def test_bulk_profile_import_limits_are_its_schemas_own(name: str) -> None:
+    """Bulk profile import and its two polling endpoints take the limits their operations
+    publish, in the revisions that ship the schema; the others have no such endpoint."""
+    rev = revision(name)
+    limits = rev.limits()
+    endpoints = [
+        "POST /api/profile-bulk-import-jobs",
+        "GET /api/profile-bulk-import-jobs/{id}",
+        "GET /api/profile-bulk-import-jobs/{id}/import-errors",
+    ]
+    if not rev.has("profile_bulk_import_job"):
+        assert name.startswith("2025-")
+        assert not any(endpoint in limits for endpoint in endpoints)
+        return
+    folder = resources.files("klaviyo_signal") / "_klaviyo" / "schemas" / name
+    post = json.loads((folder / "profile_bulk_import_job.schema.json").read_text("utf-8"))
+    polls = json.loads((folder / "profile_bulk_import_job.get_operations.json").read_text("utf-8"))
+    published = [post["operation"], *polls["operations"].values()]
+    for endpoint, operation in zip(endpoints, published, strict=True):
+        burst, steady = (
+            operation["x-klaviyo-ratelimit"]["burst"],
+            operation["x-klaviyo-ratelimit"]["steady"],
+        )
+        assert limits[endpoint] == (int(burst.split("/")[0]), int(steady.split("/")[0]))
+    assert limits["POST /api/profile-bulk-import-jobs"] == (10, 150)

@@ -469,10 +469,8 @@ def test_identify_with_the_trait_subscribes_after_the_profile(fake: FakeKlaviyo)
         delivery = client.identify("u-1", {"email": "a@example.com", "newsletter": True})
         client.close()
         assert delivery.wait(timeout=5).status is DeliveryStatus.DELIVERED
-        assert [r.path for r in sent(fake, "/api/profile-import", SUBSCRIBE_PATH)] == [
-            "/api/profile-import",
-            SUBSCRIBE_PATH,
-        ]
+        imports = "/api/profile-import" if sync_mode else "/api/profile-bulk-import-jobs"
+        assert [r.path for r in sent(fake, imports, SUBSCRIBE_PATH)] == [imports, SUBSCRIBE_PATH]
         profile = fake.profile_for(email="a@example.com", external_id="u-1")
         assert profile is not None
         assert profile.lists == ("News",)

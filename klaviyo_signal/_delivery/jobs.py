@@ -121,9 +121,13 @@ class BulkJob:
 
     def mentions(self, identity: Identity) -> bool:
         """Whether any event here is for a profile sharing an identifier with ``identity``."""
+        return any(pair in self.who() for pair in _pairs(identity.key()))
+
+    def who(self) -> set[tuple[str, str]]:
+        """Every identifier of a profile in the job, as (name, value) pairs."""
         if self._who is None:
             self._who = {pair for key in self._keys for pair in _pairs(key)}
-        return any(pair in self._who for pair in _pairs(identity.key()))
+        return self._who
 
     def item_count(self) -> int:
         """How many items (profiles) the job carries."""

@@ -26,6 +26,7 @@ from .._errors import (
 )
 from .delivery import Board, Delivery, DeliveryStatus, Final, OnDelivery
 from .jobs import BulkJob, failed_parts
+from .profile_jobs import Poll, ProfileJob
 from .stats import Counters, failure_key
 from .subscription_jobs import SubscriptionJob
 
@@ -53,14 +54,25 @@ CLIENT_PROFILES = "POST /client/profiles"
 
 
 class Identify:
-    """A profile import (or a client-side profile link) waiting in the outbox."""
+    """A profile import (or a client-side profile link) waiting in the outbox.
 
-    __slots__ = ("_body", "endpoint", "owner")
+    ``waits``: outbox -> the order of the last unit there it must follow, besides the one
+    its outbox entry names (a profile job that became profile imports keeps its own).
+    """
 
-    def __init__(self, owner: int, body: bytes, endpoint: str = PROFILE_IMPORT) -> None:
+    __slots__ = ("_body", "endpoint", "owner", "waits")
+
+    def __init__(
+        self,
+        owner: int,
+        body: bytes,
+        endpoint: str = PROFILE_IMPORT,
+        waits: dict[str, int] | None = None,
+    ) -> None:
         self.owner = owner
         self._body = body
         self.endpoint = endpoint
+        self.waits = waits
 
     def body(self) -> bytes:
         """Return the request body."""
@@ -71,7 +83,7 @@ class Identify:
         return [self.owner]
 
 
-Unit = BulkJob | Identify | SubscriptionJob
+Unit = BulkJob | Identify | SubscriptionJob | ProfileJob | Poll
 
 
 class Outcomes:
@@ -126,9 +138,9 @@ class Outcomes:
         """
         self.settle(_calls(unit.owners()), None, http_status=http_status, sliced=True)
 
-    def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
+    def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | ProfileJob | None:
         """Klaviyo answered with an error other than 429; return what to send again."""
-        if isinstance(unit, (BulkJob, SubscriptionJob)) and exc.status == 400:
+        if isinstance(unit, (BulkJob, SubscriptionJob, ProfileJob)) and exc.status == 400:
             parts = unit.PARTS if isinstance(unit, BulkJob) else None
             bad = failed_parts((err.pointer for err in exc.errors), unit.ITEMS, parts)
             if bad is not None and _within(unit, bad):
@@ -155,7 +167,7 @@ class Outcomes:
                 whole = [index for index, named in bad.items() if named is None]
                 if len(whole) == unit.item_count():
                     return None  # every item refused: nothing left to send
-                if isinstance(unit, SubscriptionJob):
+                if isinstance(unit, (SubscriptionJob, ProfileJob)):
                     return unit.without(whole)
                 rest = unit.without(whole, {i: set(n) for i, n in bad.items() if n is not None})
                 return rest if rest.item_count() else None
@@ -285,6 +297,10 @@ class Outcomes:
         for (status_name, reason_key), count in by.items():
             self._stats.outcome(status_name, reason_key, count)
 
+    def once(self, kind: str, level: int, message: str, *args: object) -> None:
+        """Log ``message`` the first time something of ``kind`` happens, never again."""
+        self._once(kind, level, message, *args)
+
     def _once(self, kind: str, level: int, message: str, *args: object) -> None:
         if kind in self._logged:
             return
@@ -302,7 +318,7 @@ def _calls(owners: Sequence[object]) -> list[int]:
     return [owner for owner in owners if type(owner) is int]
 
 
-def _within(unit: BulkJob | SubscriptionJob, bad: dict[int, set[int] | None]) -> bool:
+def _within(unit: BulkJob | SubscriptionJob | ProfileJob, bad: dict[int, set[int] | None]) -> bool:
     """Whether every item and event the errors name is in ``unit`` (else it all failed)."""
     count = unit.item_count()
     for index, named in bad.items():

@@ -44,7 +44,13 @@ from .._blueprint.events import Pending, pack
 from .._blueprint.record import ITEM_IDENTITY, ITEM_RULE, ITEM_UNIQUE_ID, IdentityKey
 from .._blueprint.rules import Rule
 from .._calls.identity import Identity
-from .._errors import APIError, KlaviyoSignalError, TransportError
+from .._errors import (
+    APIError,
+    BlockedByEdgeError,
+    KlaviyoSignalError,
+    PermissionDeniedError,
+    TransportError,
+)
 from .._klaviyo.json import (
     BYTES_PER_VALUE,
     MAX_PROFILE_IMPORT_BYTES,
@@ -54,6 +60,7 @@ from .._klaviyo.json import (
 from .._klaviyo.models import ClientProfile, Event, KlaviyoObject, Profile
 from .._klaviyo.transport import SERVER_ERROR_STATUSES, Answer, KlaviyoAPI
 from .._klaviyo.wire import profile_bytes
+from . import profile_jobs
 from .delivery import Board, DeliveryStatus, OnDelivery, Ticket
 from .jobs import (
     MAX_JOB_BYTES,
@@ -67,6 +74,17 @@ from .jobs import (
 from .lifecycle import adopt, release, starting_thread
 from .outbox import Outbox, dump_fields, dump_objects, load
 from .outcomes import CLIENT_PROFILES, PROFILE_IMPORT, Failure, Identify, Outcomes, Unit
+from .profile_jobs import (
+    IMPORT_ERRORS,
+    JOB_STATUS,
+    PROFILE_JOBS,
+    OpenProfiles,
+    Pair,
+    Poll,
+    ProfileJob,
+    job_of,
+    pairs_of,
+)
 from .ratelimit import EndpointLimiter, RateLimits
 from .ratestore import RateStore
 from .sender import Sender, Sent
@@ -112,6 +130,8 @@ _BROKEN = Failure(DeliveryStatus.FAILED, _BROKEN_REASON, None, "internal error")
 # Subscribe and unsubscribe jobs share one outbox, so one person's consent changes keep
 # the order they were made in across the two endpoints.
 _SUBSCRIPTIONS = "subscriptions"
+# The outbox name of a wait for a profile job to be imported (not only sent): see _ready.
+_IMPORTED = "imported"
 _BROKEN_IN_FLIGHT = Failure(
     DeliveryStatus.FAILED,
     "internal error in the delivery worker while the request was in flight; Klaviyo may "
@@ -149,7 +169,7 @@ class _KeepingOutcomes(Outcomes):
 
     keep: Callable[[Unit], None] = staticmethod(lambda unit: None)
 
-    def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | None:
+    def refused(self, unit: Unit, exc: APIError) -> BulkJob | SubscriptionJob | ProfileJob | None:
         if exc.status in SERVER_ERROR_STATUSES or exc.transient:
             self.keep(unit)
         return super().refused(unit, exc)
@@ -252,6 +272,15 @@ def _check_fits(objects: Sequence[KlaviyoObject], event: tuple[bytes, IdentityKe
             raise request_too_large(len(data), MAX_JOB_BYTES, "the event")
 
 
+def _lacks_scope(exc: APIError) -> bool:
+    """Whether Klaviyo itself refused the key (a 403 from its API, not from its edge)."""
+    return isinstance(exc, PermissionDeniedError) and not isinstance(exc, BlockedByEdgeError)
+
+
+def _seqs(owners: Iterable[object]) -> list[int]:
+    return [owner for owner in owners if type(owner) is int]
+
+
 class Worker:
     """Queues calls and sends them from one background thread.
 
@@ -276,6 +305,8 @@ class Worker:
         outbox: The durable outbox (``_delivery/outbox``): each call is committed to it
             before it is queued and deleted once Klaviyo has answered it; the calls an
             earlier process left in it are queued at once. None: memory only.
+        profile_jobs: Send identifies through bulk profile import jobs (the revision
+            has its schema), polling each job until Klaviyo has imported it.
     """
 
     def __init__(  # noqa: PLR0915 - one assignment per piece of state, documented here
@@ -296,6 +327,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         rate_store: RateStore | None = None,
         outbox: Outbox | None = None,
+        profile_jobs: bool = False,
     ) -> None:
         self._rate_store = rate_store
         self._make_transport = make_transport
@@ -361,6 +393,14 @@ class Worker:
         self._head_failures: dict[str, int] = {}
         self._deadline: float | None = None
         self._sealed_mark = 0  # the last _flush_mark the open jobs were sealed for
+        # Background identifies through bulk profile import (until a 403 turns it off):
+        # the open job; the jobs sent and not imported yet, by order; and, per identifier,
+        # the order of the last unfinished job holding it.
+        self._bulk_identify = profile_jobs
+        self._profiles = OpenProfiles()
+        self._importing: dict[int, ProfileJob] = {}
+        self._imports_by_pair: dict[Pair, int] = {}
+        # Last: the replay queues calls into the state above.
         self._outbox = outbox
         # The outbox row of each call not final yet (sequence number -> row id).
         self._rows: dict[int, int] = {}
@@ -370,7 +410,9 @@ class Worker:
 
     @property
     def _batches(self) -> tuple[_Batches, ...]:
-        return (self._open, self._subscriptions)
+        # Profile jobs before subscription jobs: an identify's import goes before the
+        # subscription its trait made.
+        return (self._open, self._profiles, self._subscriptions)
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -709,6 +751,18 @@ class Worker:
         units = [*self._maybe_sent.values()]
         if self._in_flight is not None:
             units.append(self._in_flight)
+        for job in list(self._importing.values()):
+            if job.fallback_order is None and job.job_id is not None:
+                # Accepted, not yet imported: Klaviyo has them, and the calls say so.
+                reason = (
+                    f"{failure.key}: Klaviyo accepted profile import job {job.job_id} but had "
+                    "not finished importing it when the worker stopped; its profiles are "
+                    "likely imported"
+                )
+                owners = [seq for seq in _seqs(job.owners()) if seq not in keep]
+                self._outcomes.settle(
+                    owners, Failure(DeliveryStatus.FAILED, reason, None, failure.key), whole=True
+                )
         with self._lock:
             if keep_queue:
                 keep = keep | {item[0] for item in self._inbox}
@@ -768,6 +822,9 @@ class Worker:
         self._subscriptions = SubscriptionJobs()
         self._outboxes.clear()
         self._identifying.clear()
+        self._profiles = OpenProfiles()
+        self._importing.clear()
+        self._imports_by_pair.clear()
         self._in_flight = None
         self._maybe_sent.clear()
         self._head_failures.clear()
@@ -950,8 +1007,36 @@ class Worker:
         for this person's earlier event jobs), or else after those jobs."""
         identity = profile.identity
         after = link if link is not None else self._after_events(identity)
+        if self._bulk_identify and self._profiles.fits(profile):
+            self._add_to_profile_job(seq, profile, after)
+            return
         order = self._put(Identify(seq, profile_bytes(profile)), after)
         self._identifying.append((order, identity))
+
+    def _add_to_profile_job(
+        self, seq: int, profile: Profile, after: tuple[str, int] | None
+    ) -> None:
+        """Put an identify into the open profile job, after the unfinished jobs of its person.
+
+        A person's earlier job must be imported (not only sent) before the next one goes:
+        Klaviyo may import two accepted jobs in either order.
+        """
+        waits = [after] if after is not None else []
+        now = self._clock()
+        earlier = self._imported_before(pairs_of(profile.identity))
+        if self._profiles.add(profile, seq, now, [*waits, *earlier]):
+            if self._profiles.full:
+                self._put(self._profiles.seal())
+            return
+        self._put(self._profiles.seal())  # the person's other version goes first
+        earlier = self._imported_before(pairs_of(profile.identity))
+        self._profiles.add(profile, seq, now, [*waits, *earlier])
+
+    def _imported_before(self, pairs: Iterable[Pair]) -> list[tuple[str, int]]:
+        """Return a wait for the last unfinished profile job holding one of ``pairs``."""
+        found = self._imports_by_pair
+        latest = max((found.get(pair, -1) for pair in pairs), default=-1)
+        return [(_IMPORTED, latest)] if latest >= 0 else []
 
     def _after_events(self, identity: Identity) -> tuple[str, int] | None:
         """Seal the open job if it holds this person's events; return the last event job
@@ -969,15 +1054,43 @@ class Worker:
 
     def _put(self, unit: Unit, after: tuple[str, int] | None = None) -> int:
         """Queue a sealed unit at the end of its endpoint's outbox; return its order."""
-        if after is None and self._identifying and type(unit) is BulkJob:
-            after = self._identify_before(unit)
+        if type(unit) is SubscriptionJob and len(self._profiles):
+            who = [("email", s.email) for s in unit.subs if s.email is not None]
+            who += [("phone_number", s.phone_number) for s in unit.subs if s.phone_number]
+            if self._profiles.mentions_any(who):
+                self._put(self._profiles.seal())  # the identify's import goes first
+        if after is None and type(unit) is BulkJob:
+            # After a fallback every identify, a converted job's too, is a profile import.
+            if self._identifying and not self._bulk_identify:
+                after = self._identify_before(unit)
+            if after is None and (self._imports_by_pair or len(self._profiles)):
+                after = self._import_before(unit)
+            if after is None and self._identifying:
+                after = self._identify_before(unit)
         key = _outbox_of(unit)
         outbox = self._outboxes.get(key)
         if outbox is None:
             outbox = self._outboxes[key] = deque()
         order = next(self._order)
         outbox.append((order, unit, after))
+        if type(unit) is ProfileJob:
+            unit.order = order
+            for pair in unit.who():
+                self._imports_by_pair[pair] = order
         return order
+
+    def _import_before(self, job: BulkJob) -> tuple[str, int] | None:
+        """Return a wait for the last profile job holding a person of ``job`` to be imported.
+
+        An event queued after its person's identify waits until Klaviyo has imported that
+        identify's job, so it is never recorded on a profile that lacks the identifiers (see
+        docs/delivery.md). The open profile job is sealed for it first.
+        """
+        who = job.who()
+        if self._profiles.mentions_any(who):
+            self._put(self._profiles.seal())
+        waits = self._imported_before(who)
+        return waits[0] if waits else None
 
     def _put_all(self, units: Iterable[Unit]) -> None:
         for unit in units:
@@ -996,11 +1109,36 @@ class Worker:
         return None
 
     def _ready(self, after: tuple[str, int] | None) -> bool:
-        """Whether the unit that waits for ``after`` may go: that unit left its outbox."""
+        """Whether the unit that waits for ``after`` may go: that unit left its outbox, or,
+        for a wait on ``_IMPORTED``, every profile job up to that order was imported."""
         if after is None:
             return True
+        if after[0] == _IMPORTED:
+            return self._imported(after[1])
         outbox = self._outboxes.get(after[0])
         return not outbox or outbox[0][0] > after[1]
+
+    def _imported(self, order: int) -> bool:
+        """Whether every profile job up to ``order`` has ended (imported, failed, resent)."""
+        outbox = self._outboxes.get(PROFILE_JOBS)
+        if outbox and outbox[0][0] <= order:
+            return False
+        for earlier in [o for o in self._importing if o <= order]:
+            job = self._importing[earlier]
+            if job.fallback_order is None or not self._ready((PROFILE_IMPORT, job.fallback_order)):
+                return False
+            self._finish(job)  # its profile imports have all gone
+        return True
+
+    def _waits_done(self, unit: Unit, now: float) -> float | None:
+        """Return 0.0 when ``unit``'s own waits are over, the seconds until a poll is due,
+        or None while it waits for other units."""
+        if type(unit) is Poll:
+            return max(unit.not_before - now, 0.0)
+        waits = unit.waits if isinstance(unit, (ProfileJob, Identify)) else None
+        if waits and not all(self._ready(wait) for wait in waits.items()):
+            return None
+        return 0.0
 
     def _add_event(
         self, seq: int, data: bytes, profile: Profile | IdentityKey, now: float, unique: str
@@ -1046,11 +1184,18 @@ class Worker:
         """
         best: tuple[int, Unit, EndpointLimiter] | None = None
         wait: float | None = None
+        now = self._clock()
         for outbox in self._outboxes.values():
             if not outbox:
                 continue
             order, head, after = outbox[0]
             if not self._ready(after) or (best is not None and best[0] < order):
+                continue
+            due = self._waits_done(head, now)
+            if due is None:
+                continue
+            if due > 0:
+                wait = due if wait is None else min(wait, due)
                 continue
             head_limiter = self._limiter(head.endpoint)
             delay = head_limiter.delay()
@@ -1071,8 +1216,14 @@ class Worker:
         limiter.begin()
         self._in_flight = unit
         self._sending = (unit, limiter, len(body))
-        path = endpoint.split(" ", 1)[1]
-        self._sender.post(functools.partial(self._transport.post, path, body, timeout=timeout))
+        if type(unit) is Poll:
+            request = functools.partial(
+                self._transport.get, unit.path(), endpoint=endpoint, timeout=timeout
+            )
+        else:
+            path = endpoint.split(" ", 1)[1]
+            request = functools.partial(self._transport.post, path, body, timeout=timeout)
+        self._sender.post(request)
         sent = self._sender.take()
         return None if sent is None else self._sent(sent)
 
@@ -1098,14 +1249,13 @@ class Worker:
                 limiter, exc.retry_after
             ):
                 return 0.0
-            rest = self._outcomes.refused(unit, exc)
+            rest, then = self._refused(unit, exc)
         except TransportError as exc:
             limiter.end(None)
             self._stats.request(size)
             if self._retry_head(limiter, None):
                 return 0.0
-            self._outcomes.unreachable(unit, exc)
-            rest = None
+            rest, then = self._unreachable(unit, exc)
         except Exception:
             # A bug on the request's path: the endpoint must not count it in flight forever,
             # and its calls end saying Klaviyo may have them.
@@ -1117,13 +1267,15 @@ class Worker:
         else:
             limiter.end(answer.headers)
             self._stats.request(size)
-            self._outcomes.accepted(unit, answer.status)
-            rest = None
+            # What follows a profile job's answer (polling, profile imports instead) once
+            # the unit left its outbox: it needs the unit's order.
+            rest, then = None, self._accepted(unit, answer)
         finally:
             self._in_flight = None
         key = _outbox_of(unit)
         outbox = self._outboxes[key]
         order = outbox.popleft()[0]  # the unit in flight is its outbox's first
+        self._job_moved(unit, then, rest, order)
         waiting = self._identifying
         while waiting and waiting[0][0] <= order and type(unit) is Identify:
             waiting.popleft()  # identifies end in order: this one is the oldest
@@ -1155,6 +1307,186 @@ class Worker:
             retry_after = backoff * (0.5 + random.random() / 2)  # jitter, not a secret
         limiter.throttle(retry_after)
         return True
+
+    # -- profile jobs: accepted, polled, imported ------------------------------------------
+
+    def _accepted(self, unit: Unit, answer: Answer) -> Callable[[int], None] | None:
+        """Record a 2xx; for a profile job or a poll, return what follows once it left."""
+        if type(unit) is ProfileJob:
+            return functools.partial(self._job_accepted, unit, answer)
+        if type(unit) is Poll:
+            return functools.partial(self._polled, unit, answer)
+        self._outcomes.accepted(unit, answer.status)
+        return None
+
+    def _refused(
+        self, unit: Unit, exc: APIError
+    ) -> tuple[Unit | None, Callable[[int], None] | None]:
+        """Record a 4xx (or a last 5xx); return what to send again and what follows."""
+        if isinstance(unit, (ProfileJob, Poll)) and _lacks_scope(exc):
+            job = unit if isinstance(unit, ProfileJob) else unit.job
+            return None, functools.partial(self._fall_back, job, exc)
+        if type(unit) is Poll:
+            self._poll_failed(unit, str(exc), exc.status)
+            return None, None
+        return self._outcomes.refused(unit, exc), None
+
+    def _unreachable(
+        self, unit: Unit, exc: TransportError
+    ) -> tuple[Unit | None, Callable[[int], None] | None]:
+        """Record a request that got no usable answer after its retries."""
+        if type(unit) is Poll:
+            self._poll_failed(unit, str(exc), None)
+        else:
+            self._outcomes.unreachable(unit, exc)
+        return None, None
+
+    def _job_moved(
+        self, unit: Unit, then: Callable[[int], None] | None, rest: Unit | None, order: int
+    ) -> None:
+        """After a profile job or poll left its outbox: poll on, fall back, or forget it."""
+        if then is not None:
+            then(order)
+        elif type(unit) is ProfileJob:
+            if rest is None:
+                self._finish(unit)  # refused or unreachable: its calls ended already
+            elif type(rest) is ProfileJob:
+                rest.order = order  # what Klaviyo did not object to goes again
+
+    def _job_accepted(self, job: ProfileJob, answer: Answer, _order: int) -> None:
+        """Klaviyo took a profile job (202): poll it until it has been imported."""
+        job_id, _, _ = job_of(answer.body)
+        now = self._clock()
+        self._importing[job.order] = job
+        if job_id is None:
+            reason = (
+                "Klaviyo accepted the profile import job but its answer named no job id, so "
+                "whether it imported the profile cannot be known"
+            )
+            self._end_job(job, Failure(DeliveryStatus.FAILED, reason, answer.status, "no job id"))
+            return
+        job.job_id, job.accepted_at = job_id, now
+        self._put(Poll(job, JOB_STATUS, now + profile_jobs.FIRST_POLL))
+
+    def _polled(self, poll: Poll, answer: Answer, _order: int) -> None:
+        """Read a job's status or a page of its import errors; poll on, or end its calls."""
+        job = poll.job
+        now = self._clock()
+        if poll.endpoint == IMPORT_ERRORS:
+            cursor = job.record_errors(answer.body)
+            if cursor is not None:
+                self._put(Poll(job, IMPORT_ERRORS, now, cursor))
+            else:
+                self._job_imported(job)
+            return
+        _, status, failed = job_of(answer.body)
+        job.status = status or "unknown"
+        job.polls += 1
+        if status == "complete":
+            if failed:
+                self._put(Poll(job, IMPORT_ERRORS, now))
+            else:
+                self._job_imported(job)
+        elif status == "cancelled":
+            reason = f"Klaviyo cancelled profile import job {job.job_id}; nothing was imported"
+            self._end_job(job, Failure(DeliveryStatus.FAILED, reason, None, "import cancelled"))
+        elif now - job.accepted_at >= profile_jobs.IMPORT_TIMEOUT:
+            reason = (
+                f"Klaviyo accepted profile import job {job.job_id} but had not imported it "
+                f"{profile_jobs.IMPORT_TIMEOUT:g} s later (status {job.status!r}); its profiles "
+                "may still be imported"
+            )
+            self._end_job(job, Failure(DeliveryStatus.FAILED, reason, None, "import timeout"))
+        else:
+            pause = min(profile_jobs.FIRST_POLL * 2**job.polls, profile_jobs.MAX_POLL_INTERVAL)
+            self._put(Poll(job, JOB_STATUS, now + pause))
+
+    def _job_imported(self, job: ProfileJob) -> None:
+        """End each call of an imported job: failed where Klaviyo refused its profile."""
+        for index, detail in sorted(job.failures.items()):
+            reason = f"Klaviyo refused the profile in import job {job.job_id}: {detail}"
+            failure = Failure(DeliveryStatus.FAILED, reason, None, "import error")
+            self._outcomes.settle(_seqs(job.owners_of(index)), failure)
+        if job.unmatched:
+            self._outcomes.once(
+                "import errors unmatched",
+                logging.WARNING,
+                "klaviyo-signal: profile import job %s reported %d import errors naming no "
+                "profile of the job; those calls count as delivered (logged once)",
+                job.job_id,
+                job.unmatched,
+            )
+        good = [o for i, e in enumerate(job.entries) if i not in job.failures for o in e.owners]
+        self._outcomes.settle(good, None, http_status=202, sliced=True)
+        self._finish(job)
+
+    def _end_job(self, job: ProfileJob, failure: Failure) -> None:
+        self._outcomes.settle(_seqs(job.owners()), failure)
+        self._finish(job)
+
+    def _poll_failed(self, poll: Poll, problem: str, http_status: int | None) -> None:
+        job = poll.job
+        reason = (
+            f"Klaviyo accepted profile import job {job.job_id}, but polling it failed, so "
+            f"whether it imported the profile is not known: {problem}"
+        )
+        self._end_job(job, Failure(DeliveryStatus.FAILED, reason, http_status))
+
+    def _finish(self, job: ProfileJob) -> None:
+        """Forget an ended profile job: the units waiting for its import may go."""
+        self._importing.pop(job.order, None)
+        found = self._imports_by_pair
+        for pair in job.who():
+            if found.get(pair) == job.order:
+                del found[pair]
+
+    def _fall_back(self, failed: ProfileJob, exc: APIError, _order: int) -> None:
+        """The key may not use bulk profile import (403): send identifies one by one.
+
+        Every profile job not imported yet (this one, those waiting, the open one) becomes
+        its calls' own profile imports, in call order, after what each job waited for;
+        later identifies of this Client go there too. Nothing is lost, and an event waiting
+        for a job waits for those imports instead.
+        """
+        self._bulk_identify = False
+        self._outcomes.once(
+            "profile jobs 403",
+            logging.WARNING,
+            "klaviyo-signal: Klaviyo refused bulk profile import for this key (%s); identify "
+            "falls back to POST /api/profile-import for this client, one request per call, "
+            "nothing lost (logged once; give the key the scopes named for bulk import)",
+            exc,
+        )
+        jobs = {job.order: job for job in self._importing.values() if job.fallback_order is None}
+        jobs[failed.order] = failed
+        waiting = self._outboxes.get(PROFILE_JOBS, deque())
+        for _, unit, _ in waiting:
+            job = cast(ProfileJob, unit)
+            jobs[job.order] = job
+        waiting.clear()
+        for key in (JOB_STATUS, IMPORT_ERRORS):
+            polls = self._outboxes.get(key)
+            if polls:
+                kept = [entry for entry in polls if cast(Poll, entry[1]).job.order not in jobs]
+                polls.clear()
+                polls.extend(kept)
+        if len(self._profiles):
+            jobs[next(self._order)] = self._profiles.seal()
+        for job_order in sorted(jobs):
+            job = jobs[job_order]
+            job.order = job_order
+            last = None
+            for index, (owner, profile) in enumerate(job.originals()):
+                unit = Identify(owner, profile_bytes(profile))
+                if index == 0:
+                    unit.waits = job.waits
+                last = self._put(unit)
+                self._identifying.append((last, profile.identity))
+            if last is None:
+                self._finish(job)
+                continue
+            job.fallback_order = last
+            self._importing[job_order] = job
 
     def _settled(self, finals: Sequence[tuple[int, int]], calling: bool = False) -> None:
         """Release the queue room of calls that just became final (called by Outcomes).

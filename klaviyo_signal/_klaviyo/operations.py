@@ -39,6 +39,15 @@ def operations() -> Mapping[str, Mapping[str, Any]]:
         "scopes": client["x-klaviyo-scopes"],
         "responses": list(client["responses"]),
     }
+    # Nor does it list the GET operations that poll a bulk profile import job.
+    polls = json.loads((folder / "profile_bulk_import_job.get_operations.json").read_text("utf-8"))
+    for operation in polls["operations"].values():
+        path = operation["path"].replace("{job_id}", "{id}")
+        found[f"GET {path}"] = {
+            "ratelimit": operation["x-klaviyo-ratelimit"],
+            "scopes": operation["x-klaviyo-scopes"],
+            "responses": list(operation["responses"]),
+        }
     return found
 
 

@@ -32,6 +32,8 @@ from .models import ClientProfile, KlaviyoObject, Profile
 __all__ = [
     "DEFAULT_REVISION",
     "FALL_FORWARD_OPT_OUT",
+    "POLL_OPERATIONS",
+    "PROFILE_JOBS_OPERATION",
     "SUPPORTED_REVISIONS",
     "Revision",
     "Status",
@@ -51,6 +53,20 @@ OPERATIONS: Mapping[str, str] = {
     "POST /api/profile-subscription-bulk-create-jobs": "subscription_bulk_create_job",
     "POST /api/profile-subscription-bulk-delete-jobs": "subscription_bulk_delete_job",
     "POST /client/profiles": "client_profile_create",
+    "POST /api/profile-bulk-import-jobs": "profile_bulk_import_job",
+}
+
+PROFILE_JOBS_OPERATION = "profile_bulk_import_job"
+"""Background identifies go through bulk profile import only where its schema ships here
+(2024-10-15 and 2026-07-15; the 2025 revisions keep ``POST /api/profile-import``)."""
+
+# The operations a background identify polls its bulk import job with, by endpoint; their
+# limits are in ``<operation>.get_operations.json`` beside the job's request schema.
+POLL_OPERATIONS: Mapping[str, str] = {
+    "GET /api/profile-bulk-import-jobs/{id}": "/api/profile-bulk-import-jobs/{job_id}",
+    "GET /api/profile-bulk-import-jobs/{id}/import-errors": (
+        "/api/profile-bulk-import-jobs/{id}/import-errors"
+    ),
 }
 
 
@@ -167,7 +183,22 @@ class Revision:
                 continue
             limit = _document(self.name, operation)["operation"]["x-klaviyo-ratelimit"]
             out[endpoint] = (_per(limit["burst"]), _per(limit["steady"]))
+        if self.has(PROFILE_JOBS_OPERATION):
+            polls = self.poll_operations()
+            for endpoint, path in POLL_OPERATIONS.items():
+                limit = polls[path]["x-klaviyo-ratelimit"]
+                out[endpoint] = (_per(limit["burst"]), _per(limit["steady"]))
         return out
+
+    def poll_operations(self) -> Mapping[str, Mapping[str, Any]]:
+        """Return the GET operations that poll a bulk profile import job, by spec path.
+
+        Raises:
+            KeyError: This revision ships no bulk profile import schema.
+        """
+        if not self.has(PROFILE_JOBS_OPERATION):
+            raise KeyError(f"revision {self.name} has no {PROFILE_JOBS_OPERATION} operations")
+        return _polls(self.name)
 
 
 def _per(text: str) -> int:
@@ -200,6 +231,14 @@ def _document(name: str, operation: str) -> Mapping[str, Any]:
     if name not in _REVISIONS:
         raise ConfigurationError(_unsupported(name))
     found: Mapping[str, Any] = json.loads(_path(name, operation).read_text("utf-8"))
+    return found
+
+
+@functools.cache
+def _polls(name: str) -> Mapping[str, Mapping[str, Any]]:
+    folder = resources.files("klaviyo_signal") / "_klaviyo" / "schemas" / name
+    text = (folder / f"{PROFILE_JOBS_OPERATION}.get_operations.json").read_text("utf-8")
+    found: Mapping[str, Mapping[str, Any]] = json.loads(text)["operations"]
     return found
 
 

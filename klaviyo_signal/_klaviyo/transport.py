@@ -422,15 +422,29 @@ class KlaviyoAPI:
         """
         return self.send(self.build("POST", path, body, timeout=timeout))
 
-    def get(self, path: str, *, timeout: float | None = None) -> Answer:
-        """GET a resource, e.g. a bulk job's status; errors as ``post``."""
-        return self.send(self.build("GET", path, timeout=timeout))
+    def get(self, path: str, *, endpoint: str, timeout: float | None = None) -> Answer:
+        """GET a resource; raise ``APIError``/``TransportError`` as ``post`` does.
 
-    def send(self, request: HTTPRequest) -> Answer:
-        """Send a built request and read its answer."""
+        Args:
+            path: The path with its query, e.g. ``/api/profile-bulk-import-jobs/01H``.
+            endpoint: The operation it is, e.g. ``GET /api/profile-bulk-import-jobs/{id}``
+                (its documented answers and scopes).
+            timeout: A shorter read timeout for this request.
+        """
+        return self.send(self.build("GET", path, timeout=timeout), endpoint)
+
+    def send(self, request: HTTPRequest, endpoint: str | None = None) -> Answer:
+        """Send a built request and read its answer.
+
+        Args:
+            request: What ``build`` made.
+            endpoint: The operation, when its path has an id in it; default the method
+                and the URL's path.
+        """
         response = self._transport.handle(request)
         payload = _parse(response)
-        endpoint = f"{request.method} {urlsplit(request.url).path}"
+        if endpoint is None:
+            endpoint = f"{request.method} {urlsplit(request.url).path}"
         if response.status >= 400:
             raise self._refusal(response, payload, endpoint)
         problem = _not_klaviyo(endpoint, response, payload)

@@ -26,8 +26,10 @@ from .models import ClientProfile, Event, KlaviyoObject, Profile
 
 __all__ = [
     "BULK_JOB_FRAME",
+    "PROFILE_JOB_FRAME",
     "bulk_event_bytes",
     "bulk_item_frame",
+    "bulk_profile_bytes",
     "event_bytes",
     "profile_bytes",
     "request",
@@ -144,6 +146,11 @@ def subscription_body(subs: Sequence[Subscription]) -> dict[str, JSON]:
 def subscription_bytes(subs: Sequence[Subscription]) -> bytes:
     """Return ``subscription_body(subs)`` as the bytes that go on the wire."""
     return dumps(subscription_body(subs))
+
+
+def bulk_profile_bytes(profile: Profile) -> bytes:
+    """Return one entry of a profile import job's ``profiles`` array (see ``PROFILE_JOB_FRAME``)."""
+    return dumps(_profile_resource(profile)["data"])
 
 
 # -- events, from templates ----------------------------------------------------------------
@@ -306,3 +313,9 @@ BULK_JOB_FRAME = (
     b"]}}}}",
 )
 """What goes before and after the comma-joined items of ``POST /api/event-bulk-create-jobs``."""
+
+PROFILE_JOB_FRAME = (
+    b'{"data":{"type":"profile-bulk-import-job","attributes":{"profiles":{"data":[',
+    b"]}}}}",
+)
+"""What goes before and after the comma-joined entries of ``POST /api/profile-bulk-import-jobs``."""

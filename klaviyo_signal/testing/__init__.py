@@ -24,9 +24,15 @@ from types import TracebackType
 from klaviyo_signal.testing import schema
 from klaviyo_signal.testing.schema import JSON
 from klaviyo_signal.testing.server import FakeServer, InProcessTransport, RateLimits
-from klaviyo_signal.testing.state import FakeEvent, FakeProfile, FakeRequest, FakeState
+from klaviyo_signal.testing.state import (
+    FakeEvent,
+    FakeImportJob,
+    FakeProfile,
+    FakeRequest,
+    FakeState,
+)
 
-__all__ = ["FakeEvent", "FakeKlaviyo", "FakeProfile", "FakeRequest"]
+__all__ = ["FakeEvent", "FakeImportJob", "FakeKlaviyo", "FakeProfile", "FakeRequest"]
 
 
 class FakeKlaviyo:
@@ -43,6 +49,11 @@ class FakeKlaviyo:
             one is served as the oldest revision not retired, or answered 410 when it sends
             ``X-Klaviyo-Revision-Fall-Forward-Opt-Out: 1``. None (the default): the ones
             Klaviyo has retired by today's date; ``()``: none.
+        scopes: The scopes of the private key the fake plays, e.g. ``["events:write",
+            "profiles:write"]``: a request to an endpoint needing another one is answered
+            403 naming the missing scopes. None (the default): every scope.
+        import_delay: Seconds a bulk profile import job stays ``queued``, then
+            ``processing``, before its profiles are imported and it is ``complete``.
 
     Raises:
         ImportError: The ``testing`` extra (openapi-schema-validator) is not installed.
@@ -57,19 +68,25 @@ class FakeKlaviyo:
         rate_limits: bool | RateLimits = False,
         time_scale: float = 1.0,
         retired: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
+        import_delay: float = 0.0,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale!r}")
         schema.require_validator()
+        if import_delay < 0:
+            raise ValueError(f"import_delay must be >= 0 seconds, got {import_delay!r}")
         self._state = FakeState()
+        self._state.import_delay = import_delay
         self._server = FakeServer(
             self._state,
             latency=latency,
             rate_limits=rate_limits,
             time_scale=time_scale,
             retired=retired,
+            scopes=scopes,
         )
 
     def __repr__(self) -> str:
@@ -128,6 +145,11 @@ class FakeKlaviyo:
     def profiles(self) -> list[FakeProfile]:
         """Every profile, after merges, oldest first."""
         return self._state.profiles()
+
+    @property
+    def import_jobs(self) -> list[FakeImportJob]:
+        """Every bulk profile import job received, oldest first, with its status now."""
+        return self._state.import_jobs()
 
     @property
     def requests(self) -> list[FakeRequest]:

@@ -11,12 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
-from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION, Revision, revision
+from klaviyo_signal._klaviyo.revisions import (
+    DEFAULT_REVISION,
+    SUPPORTED_REVISIONS,
+    Revision,
+    revision,
+)
 
 __all__ = [
     "IDENTIFIERS",
@@ -127,10 +133,23 @@ def real_error_body(status: int, detail: str | None = None) -> dict[str, JSON]:
     return result
 
 
+def schema_revision(operation: str, under: Revision) -> Revision:
+    """Return the revision whose schema of ``operation`` the fake applies under ``under``.
+
+    Its own; or, when the package ships none for it (bulk profile import in 2025-*, where
+    Klaviyo has the endpoint), the newest earlier revision that ships one, whose body a
+    later revision keeps accepting (the same field list until 2025-10-15).
+    """
+    if under.has(operation):
+        return under
+    earlier = [r for r in SUPPORTED_REVISIONS if r < under.name and revision(r).has(operation)]
+    return revision(earlier[-1]) if earlier else under
+
+
 def schema_errors(operation: str, body: JSON, under: Revision) -> list[dict[str, JSON]]:
     """Validate ``body`` against the operation's request schema under revision ``under``;
     one record per error found."""
-    validator = _validator(operation, under.name)
+    validator = _validator(operation, schema_revision(operation, under).name)
     errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
     return [error_record(400, e.message, source_pointer=pointer(e.absolute_path)) for e in errors]
 
@@ -252,3 +271,34 @@ def unknown_field_errors(
         for name in attributes
         if name not in known
     ]
+
+
+# Django's EmailValidator (Klaviyo's API answers like Django REST Framework): a dot-atom
+# local part and a domain of letter-digit-hyphen labels with a top-level domain of at least
+# two letters. Stricter than the SDK's own check, so an address can pass the call and still
+# be refused by Klaviyo, as in production.
+_EMAIL_USER = re.compile(r"^[-!#$%&'*+/=?^_`{}|~0-9A-Z]+(\.[-!#$%&'*+/=?^_`{}|~0-9A-Z]+)*$", re.I)
+_EMAIL_DOMAIN = re.compile(
+    r"^((?:[A-Z0-9](?:[A-Z0-9-]{0,61}[A-Z0-9])?\.)+)(?:[A-Z]{2,63}|xn--[A-Z0-9]{1,59})$", re.I
+)
+# The shortest numbers in use are 8 digits with the country code (E.164 allows fewer).
+_MIN_PHONE_DIGITS = 8
+
+
+def profile_value_errors(attributes: Mapping[str, JSON]) -> list[tuple[str, str]]:
+    """Return (field, detail) for each identifier value Klaviyo would refuse on a profile."""
+    errors: list[tuple[str, str]] = []
+    email = attributes.get("email")
+    if isinstance(email, str) and email:
+        user, _, domain = email.rpartition("@")
+        if not (user and _EMAIL_USER.match(user) and _EMAIL_DOMAIN.match(domain)):
+            errors.append(("email", f"Invalid email address: '{email}'"))
+    phone = attributes.get("phone_number")
+    if isinstance(phone, str) and phone and sum(c.isdigit() for c in phone) < _MIN_PHONE_DIGITS:
+        errors.append(
+            (
+                "phone_number",
+                f"Invalid phone number format (Example of a valid format: +12345678901): '{phone}'",
+            )
+        )
+    return errors

@@ -19,15 +19,17 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
 from klaviyo_signal._errors import NetworkError
+from klaviyo_signal._klaviyo.operations import required_scopes
 from klaviyo_signal._klaviyo.revisions import (
     DEFAULT_REVISION,
     FALL_FORWARD_OPT_OUT,
+    PROFILE_JOBS_OPERATION,
     SUPPORTED_REVISIONS,
     Revision,
     revision,
@@ -60,6 +62,13 @@ _SERVER_ERROR = ("error", "A server error occurred.", "A server error occurred."
 
 
 _JSON_API = "application/vnd.api+json"
+# The polling endpoints of a bulk profile import job (ids in the path).
+_JOB_PATH = re.compile(r"^/api/profile-bulk-import-jobs/([^/]+)(/import-errors)?$")
+_JOB_STATUS = "GET /api/profile-bulk-import-jobs/{id}"
+_IMPORT_ERRORS = "GET /api/profile-bulk-import-jobs/{id}/import-errors"
+_MAX_IMPORT_PROFILES = 10_000
+_MAX_IMPORT_BYTES = 5_000_000
+_MAX_IMPORT_PROFILE_BYTES = 100_000
 
 
 @attrs.frozen
@@ -152,9 +161,11 @@ class FakeServer:
         rate_limits: bool | RateLimits,
         time_scale: float,
         retired: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
     ) -> None:
         self._state = state
         self._latency = latency
+        self._scopes = None if scopes is None else frozenset(scopes)
         overrides = dict(rate_limits) if isinstance(rate_limits, Mapping) else {}
         # Each revision's published limits, with the test's overrides on top.
         self._limits = {
@@ -271,17 +282,20 @@ class FakeServer:
             fault = self._faults.popleft() if self._faults else None
         path, _, query = raw_path.partition("?")
         path = path.rstrip("/")
+        polled = _JOB_PATH.match(path)
         endpoint = f"POST {path}"
+        if polled is not None:
+            endpoint = _IMPORT_ERRORS if polled.group(2) else _JOB_STATUS
         if fault is not None:
             return self._fault_response(fault, endpoint)
         route = _ROUTES.get(path)
-        if route is None:
+        if route is None and polled is None:
             detail = f"The path {path or '/'} could not be found."
             return _error(404, detail, code="not_found", title="Not found.")
-        if method != "POST":
+        if method != ("GET" if polled is not None else "POST"):
             detail = f'Method "{method}" not allowed.'
             return _error(405, detail, code="method_not_allowed", title="Method not allowed.")
-        refusal = _credentials(path, headers, query)
+        refusal = _credentials(path, headers, query) or self._scope_refusal(path, endpoint)
         if refusal is not None:
             return refusal
         under = self._revision(headers)
@@ -292,7 +306,9 @@ class FakeServer:
             if wait is not None and self._enforce:
                 self.throttled += 1
                 return _throttled(wait)
-        if body is _MALFORMED:
+        if polled is not None:
+            response = _poll(self._state, polled.group(1), endpoint, query)
+        elif body is _MALFORMED:
             response = _error(
                 400,
                 "JSON parse error - the request body is not valid JSON.",
@@ -301,8 +317,24 @@ class FakeServer:
             )
         else:
             now = dt.datetime.now(dt.timezone.utc)
-            response = route(self._state, body, index, now, under)
+            response = cast(_Route, route)(self._state, body, index, now, under)
         return attrs.evolve(response, headers={**rate_headers, **response.headers})
+
+    def _scope_refusal(self, path: str, endpoint: str) -> Response | None:
+        """Answer 403 naming the scopes the key lacks for ``endpoint``, as Klaviyo does."""
+        if self._scopes is None or path.startswith("/client/"):
+            return None
+        missing = [scope for scope in required_scopes(endpoint) if scope not in self._scopes]
+        if not missing:
+            return None
+        detail = f"This API key is missing required scopes: {', '.join(missing)}."
+        return _error(
+            403,
+            detail,
+            code="permission_denied",
+            title="You do not have permission to perform this action.",
+            source_pointer="/data/",
+        )
 
     def _revision(self, headers: Mapping[str, str]) -> Revision | Response:
         """The revision a request is served under: its own, or a retired one's successor."""
@@ -547,6 +579,8 @@ def _import_profile(
     state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
 ) -> Response:
     errors = _profile_body_errors(state, body, "profile_import", under)
+    if not errors:
+        errors = _value_errors(body["data"].get("attributes") or {}, ["data", "attributes"])
     if errors:
         return _bad(errors)
     profile_id, created = state.upsert(body["data"])
@@ -566,6 +600,89 @@ def _import_profile(
         "links": {"self": f"https://a.klaviyo.com/api/profiles/{profile_id}/"},
     }
     return Response(201 if created else 200, {"data": data})
+
+
+def _value_errors(attributes: Mapping[str, JSON], at: list[str | int]) -> list[JSON]:
+    return [
+        schema.error_record(400, detail, source_pointer=schema.pointer([*at, field]))
+        for field, detail in schema.profile_value_errors(attributes)
+    ]
+
+
+def _bulk_import_profiles(
+    state: FakeState, body: JSON, index: int, now: dt.datetime, under: Revision
+) -> Response:
+    """Queue a bulk profile import job: checked whole now, imported profile by profile later.
+
+    A body the schema refuses, an entry without an identifier, with a field the revision
+    does not declare or over 100 KB, or a job over 10,000 profiles or 5 MB is refused whole
+    (400 or 413). A profile whose email or phone number Klaviyo would refuse becomes an
+    import error of the job, listed once the job is complete; the others are merged.
+    """
+    under = schema.schema_revision(PROFILE_JOBS_OPERATION, under)
+    if not under.has(PROFILE_JOBS_OPERATION):
+        detail = (
+            f"FakeKlaviyo holds no schema of /api/profile-bulk-import-jobs for revision "
+            f"{under.name}."
+        )
+        return _error(400, detail, parameter="revision")
+    errors = schema.schema_errors(PROFILE_JOBS_OPERATION, body, under)
+    if errors:
+        return _bad(errors)
+    size = len(json.dumps(body, separators=(",", ":")).encode("utf-8"))
+    if size > _MAX_IMPORT_BYTES:
+        detail = f"The payload is {size} bytes; the maximum allowed payload size is 5MB."
+        return _error(413, detail, code="too_large", title="Request entity too large.")
+    profiles = body["data"]["attributes"]["profiles"]["data"]
+    where: list[str | int] = ["data", "attributes", "profiles", "data"]
+    if len(profiles) > _MAX_IMPORT_PROFILES:
+        detail = f"A job accepts up to 10,000 profiles; this one has {len(profiles)}."
+        return _bad([schema.error_record(400, detail, source_pointer=schema.pointer(where))])
+    declared = under.schema(PROFILE_JOBS_OPERATION)["properties"]["data"]["properties"]
+    items = declared["attributes"]["properties"]["profiles"]["properties"]["data"]["items"]
+    known = items["properties"]["attributes"]["properties"]
+    for i, profile in enumerate(profiles):
+        at: list[str | int] = [*where, i]
+        attributes = profile.get("attributes") or {}
+        for name in attributes:
+            if name not in known:
+                detail = f"'{name}' is not a valid field for the resource 'profile'."
+                at_name = schema.pointer([*at, "attributes", name])
+                errors.append(schema.error_record(400, detail, source_pointer=at_name))
+        if not schema.has_identifier(profile):
+            errors.append(schema.identifier_error([*at, "attributes"]))
+        if len(json.dumps(profile).encode("utf-8")) > _MAX_IMPORT_PROFILE_BYTES:
+            detail = "The maximum allowed payload size per-profile is 100KB."
+            errors.append(schema.error_record(400, detail, source_pointer=schema.pointer(at)))
+    if errors:
+        return _bad(errors)
+    job = state.add_import_job(profiles, index, now, state.import_delay)
+    return Response(202, {"data": job})
+
+
+def _poll(state: FakeState, job_id: str, endpoint: str, query: str) -> Response:
+    """Answer a GET of an import job, or of a page of its import errors."""
+    job = state.import_job(job_id)
+    if job is None:
+        detail = f"A profile bulk import job with id '{job_id}' does not exist."
+        return _error(404, detail, code="not_found", title="Not found.")
+    if endpoint == _JOB_STATUS:
+        return Response(200, {"data": job.document()})
+    params = parse_qs(query)
+    try:
+        size = int((params.get("page[size]") or ["20"])[0])
+        start = int((params.get("page[cursor]") or ["0"])[0])
+    except ValueError:
+        return _error(400, "Invalid page parameter.", parameter="page")
+    if not 1 <= size <= 100 or start < 0:
+        return _error(400, "page[size] must be between 1 and 100.", parameter="page[size]")
+    errors = job.errors if job.status == "complete" else []
+    base = f"https://a.klaviyo.com/api/profile-bulk-import-jobs/{job_id}/import-errors"
+    following = None
+    if start + size < len(errors):
+        following = f"{base}?page%5Bcursor%5D={start + size}&page%5Bsize%5D={size}"
+    links = {"self": base, "next": following, "prev": None}
+    return Response(200, {"data": errors[start : start + size], "links": links})
 
 
 def _create_client_profile(
@@ -634,6 +751,7 @@ _ROUTES: dict[str, _Route] = {
     "/api/event-bulk-create-jobs": _bulk_create_events,
     "/api/profile-import": _import_profile,
     "/client/profiles": _create_client_profile,
+    "/api/profile-bulk-import-jobs": _bulk_import_profiles,
     "/api/profile-subscription-bulk-create-jobs": _subscription_route(
         "subscription_bulk_create_job", "SUBSCRIBED", member=True
     ),

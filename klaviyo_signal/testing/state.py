@@ -12,15 +12,16 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import attrs
 
-from klaviyo_signal.testing.schema import JSON
+from klaviyo_signal.testing.schema import JSON, error_record, pointer, profile_value_errors
 
-__all__ = ["FakeEvent", "FakeProfile", "FakeRequest", "FakeState"]
+__all__ = ["FakeEvent", "FakeImportJob", "FakeProfile", "FakeRequest", "FakeState"]
 
 _RESERVED = frozenset({"email", "phone_number", "external_id", "anonymous_id", "_kx", "meta"})
 
@@ -78,6 +79,77 @@ class FakeRequest:
     headers: dict[str, str]
     body: JSON
     status: int | None
+
+
+@attrs.frozen
+class FakeImportJob:
+    """A bulk profile import job as the fake holds it now.
+
+    Attributes:
+        id: The job id Klaviyo's 202 answer named.
+        status: ``"queued"`` until ``import_delay`` has passed, then ``"complete"``.
+        total_count: Profiles in the job.
+        completed_count: Profiles imported (after completion).
+        failed_count: Profiles refused, each with an import error.
+        created_index: The ``request_index`` of the POST that created it.
+        completed_index: The index of the first request the fake answered after the job was
+            imported (its profiles were merged just before), or None while it is not.
+    """
+
+    id: str
+    status: str
+    total_count: int
+    completed_count: int
+    failed_count: int
+    created_index: int
+    completed_index: int | None
+
+
+@attrs.define
+class _ImportJob:
+    id: str
+    profiles: list[JSON]
+    created: float
+    created_at: str
+    created_index: int
+    delay: float
+    status: str = "queued"
+    completed_at: str | None = None
+    completed_index: int | None = None
+    errors: list[JSON] = attrs.Factory(list)
+
+    def document(self) -> JSON:
+        failed = len(self.errors)
+        done = self.status == "complete"
+        return {
+            "type": "profile-bulk-import-job",
+            "id": self.id,
+            "attributes": {
+                "status": self.status,
+                "created_at": self.created_at,
+                "total_count": len(self.profiles),
+                "completed_count": len(self.profiles) - failed if done else 0,
+                "failed_count": failed,
+                "completed_at": self.completed_at,
+                "expires_at": None,
+                "started_at": self.created_at if self.status != "queued" else None,
+            },
+            "relationships": {"lists": {"data": []}},
+            "links": {"self": f"https://a.klaviyo.com/api/profile-bulk-import-jobs/{self.id}/"},
+        }
+
+    def snapshot(self) -> FakeImportJob:
+        failed = len(self.errors)
+        done = self.status == "complete"
+        return FakeImportJob(
+            id=self.id,
+            status=self.status,
+            total_count=len(self.profiles),
+            completed_count=len(self.profiles) - failed if done else 0,
+            failed_count=failed,
+            created_index=self.created_index,
+            completed_index=self.completed_index,
+        )
 
 
 @attrs.define
@@ -138,20 +210,80 @@ class FakeState:
         self._merged_into: dict[str, str] = {}
         self._events: list[_Event] = []
         self._requests: list[FakeRequest] = []
+        self._imports: dict[str, _ImportJob] = {}
+        self.import_delay = 0.0
+        """Seconds a bulk profile import job stays queued/processing before it is imported."""
 
     def reset(self) -> None:
-        """Forget every profile, event and request."""
+        """Forget every profile, event, request and import job."""
         with self._lock:
             self._profiles.clear()
             self._merged_into.clear()
             self._events.clear()
             self._requests.clear()
+            self._imports.clear()
 
     @contextmanager
     def transaction(self) -> Iterator[int]:
-        """Hold the lock for one request; yields the index its FakeRequest will get."""
+        """Hold the lock for one request; yields the index its FakeRequest will get.
+
+        Import jobs whose delay has passed are imported first: Klaviyo works through its
+        queue between requests.
+        """
         with self._lock:
-            yield len(self._requests)
+            index = len(self._requests)
+            self._run_imports(index)
+            yield index
+
+    def add_import_job(
+        self, profiles: list[JSON], index: int, now: dt.datetime, delay: float
+    ) -> JSON:
+        """Queue a bulk profile import job; return its JSON:API resource (status queued)."""
+        with self._lock:
+            job = _ImportJob(
+                id=uuid.uuid4().hex[:26].upper(),
+                profiles=copy.deepcopy(profiles),
+                created=time.monotonic(),
+                created_at=now.isoformat(),
+                created_index=index,
+                delay=delay,
+            )
+            self._imports[job.id] = job
+            return job.document()
+
+    def import_job(self, job_id: str) -> _ImportJob | None:
+        """Return the import job called ``job_id`` (imported first if it is due), or None."""
+        with self._lock:
+            self._run_imports(len(self._requests))
+            return self._imports.get(job_id)
+
+    def import_jobs(self) -> list[FakeImportJob]:
+        """Snapshot every bulk profile import job, oldest first."""
+        with self._lock:
+            self._run_imports(len(self._requests))
+            return [job.snapshot() for job in self._imports.values()]
+
+    def _run_imports(self, index: int) -> None:
+        """Import every job whose delay has passed: refuse bad values, merge the rest."""
+        now = time.monotonic()
+        for job in self._imports.values():
+            if job.status == "complete":
+                continue
+            if now - job.created < job.delay:
+                job.status = "processing" if now - job.created >= job.delay / 2 else "queued"
+                continue
+            for profile in job.profiles:
+                attributes = profile.get("attributes") or {}
+                refused = profile_value_errors(attributes)
+                if refused:
+                    job.errors += [
+                        _import_error(field, detail, attributes) for field, detail in refused
+                    ]
+                    continue
+                self.upsert(profile)
+            job.status = "complete"
+            job.completed_at = dt.datetime.now(dt.timezone.utc).isoformat()
+            job.completed_index = index
 
     def add_request(self, request: FakeRequest) -> None:
         """Record a request (call inside ``transaction``)."""
@@ -241,11 +373,13 @@ class FakeState:
     def profiles(self) -> list[FakeProfile]:
         """Snapshot every profile, oldest first."""
         with self._lock:
+            self._run_imports(len(self._requests))
             return [p.snapshot() for p in self._profiles.values()]
 
     def events(self) -> list[FakeEvent]:
         """Snapshot every recorded event, oldest first."""
         with self._lock:
+            self._run_imports(len(self._requests))
             snapshots = {p.id: p.snapshot() for p in self._profiles.values()}
             return [self._event_snapshot(e, snapshots) for e in self._events]
 
@@ -362,3 +496,19 @@ def _second(time: str | None, now: dt.datetime) -> str:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
     return parsed.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _import_error(field: str, detail: str, attributes: Mapping[str, JSON]) -> JSON:
+    """One import error as Klaviyo lists it: its record, and the profile as it was sent."""
+    record = error_record(400, detail, source_pointer=pointer(["data", "attributes", field]))
+    return {
+        "type": "import-error",
+        "id": record["id"],
+        "attributes": {
+            "code": record["code"],
+            "title": record["title"],
+            "detail": detail,
+            "source": record["source"],
+            "original_payload": copy.deepcopy(dict(attributes)),
+        },
+    }
