@@ -708,6 +708,7 @@ class Client:
     def _reset_after_fork(self) -> None:
         """In a forked child: start over with an empty queue, no thread, a new session."""
         if not self._closed:
+            self._worker.forsake()
             self._fresh_state()
 
     def install_signal_handlers(self, signals: Iterable[int] = (signal.SIGTERM,)) -> None:

@@ -145,7 +145,7 @@ def test_uwsgi_without_enable_threads_logs_once_how_to_fix_it(
 
 
 GREEN_SENDER = """
-    import os, sys
+    import os, posix, sys
     {patch}
     from klaviyo_signal import Client
 
@@ -163,10 +163,12 @@ GREEN_SENDER = """
 
     {join}
     # One write(2) per line: the two processes share the pipe, and a patched stdout may
-    # write a print() in pieces.
+    # write a print() in pieces. posix.write, not eventlet's os.write: that one waits in
+    # the hub for the pipe to be writable, and a forked child shares the parent's epoll
+    # set, where the pipe is one entry: the parent's write removes it, the child waits on.
     status = client.track("Order Completed", user_id=f"{{who}}-waited").wait(20).status
-    os.write(1, f"{{who}} {{status}}\\n".encode())
-    os.write(1, f"{{who}} {{client.flush(20)}}\\n".encode())
+    posix.write(1, f"{{who}} {{status}}\\n".encode())
+    posix.write(1, f"{{who}} {{client.flush(20)}}\\n".encode())
     for j in range(20):  # left to the exit hook
         client.track("Order Completed", {{"revenue": j}}, user_id=f"{{who}}-at-exit")
     if child:
@@ -216,8 +218,8 @@ GREEN_SENDER = """
 )
 def test_monkey_patched_green_threads_deliver_everything_and_exit(runtime: dict[str, str]) -> None:
     """Under gevent's patch_all (and eventlet's monkey_patch) greenlets' calls, a waited
-    Delivery, a flush and the exit hook's flush all deliver, in a forked child too, and
-    both processes exit cleanly."""
+    Delivery, a flush and the exit hook's flush all deliver, in a forked child too (which
+    does not send the parent's call again), and both processes exit cleanly."""
     pytest.importorskip(runtime["module"])
     with FakeKlaviyo(latency=0.05) as fake:
         done = python(GREEN_SENDER.format(**runtime), fake.url, timeout=90)
@@ -227,6 +229,9 @@ def test_monkey_patched_green_threads_deliver_everything_and_exit(runtime: dict[
         )
         per_process = 50 + 1 + 20
         assert len(fake.events) == 1 + 2 * per_process
+        # The parent's call goes once, from the parent: a copy of its worker's green
+        # thread survives the fork, and must not send it again from the child.
+        assert sum("before-fork" in str(r.body) for r in fake.requests) == 1
     assert "Traceback" not in done.stderr
 
 

@@ -369,6 +369,8 @@ class Worker:
         self._idle = True
         self._closed = False
         self._stop = False
+        # Set in a forked child, where this worker is the parent's (see ``forsake``).
+        self._forsaken = False
         self._detached = False
         self._thread: threading.Thread | None = None
         # Owned by the worker thread only.
@@ -729,6 +731,16 @@ class Worker:
         adopt(self, shutdown_timeout)
         self._wake.set()
 
+    def forsake(self) -> None:
+        """In a forked child: this worker's calls are the parent's to send.
+
+        Under gevent or eventlet its thread is a green thread, which survives the fork: at
+        its next wake-up it stops sending (it would send the parent's calls again, on the
+        parent's pooled connection). A plain assignment: a parent thread may have
+        held the lock or the wake-up Event's lock at the fork.
+        """
+        self._forsaken = True
+
     def _stop_thread(self) -> None:
         with self._lock:
             self._stop = True
@@ -857,7 +869,7 @@ class Worker:
         )
 
     def _loop(self, deadline: float | None) -> None:
-        while True:
+        while not self._forsaken:
             if self._sender.busy and (
                 self._stop or (deadline is not None and self._clock() >= deadline)
             ):
@@ -904,6 +916,9 @@ class Worker:
             if chunk or wait == 0.0:
                 continue
             self._sleep(wait, now, deadline)
+        # A copy in a forked child (see forsake) parks, as it slept before the fork: it may
+        # not end, since gevent's threading forgot it at the fork and would fail to.
+        threading.Event().wait()
 
     def _take_in(
         self, chunk: list[tuple[object, ...]], now: float, *, yield_to_callers: bool
@@ -932,8 +947,8 @@ class Worker:
         if self._sender.busy:
             sent = self._sender.take()
             return None if sent is None else self._sent(sent)
-        if self._stop:
-            return None  # closed from a callback: nothing more goes out
+        if self._stop or self._forsaken:
+            return None  # closed from a callback, or forked: nothing more goes out
         return self._send_next() if any(self._outboxes.values()) else None
 
     def _step_aside(self) -> None:
