@@ -56,6 +56,19 @@ ROUTES = {
 }
 ROUTES["limited"] = ROUTES["klaviyo"]
 
+
+def add_profile_bulk_import() -> None:
+    """Serve ``POST /api/profile-bulk-import-jobs`` (202 and a job id) at Klaviyo's limits.
+
+    Only the job's creation: a client that polls the job finds no GET route here.
+    """
+    path = "/api/profile-bulk-import-jobs"
+    KLAVIYO_LIMITS.setdefault(path, (10, 150))
+    ROUTES["klaviyo"].setdefault(path, 202)
+
+
+add_profile_bulk_import()
+
 THROTTLED = {
     "errors": [
         {
@@ -83,6 +96,40 @@ def count_events(path: str, body: object) -> tuple[int, int]:
         return sum(len(item["attributes"]["events"]["data"]) for item in items), len(items)
     batch = body.get("batch")
     return (len(batch), 0) if isinstance(batch, list) else (0, 0)
+
+
+def unique_keys(path: str, body: object) -> tuple[list[str], list[str]]:
+    """Return the events' unique_ids and the profiles' identifiers in an accepted body
+    (``--count-unique``: how many distinct events and profiles arrived, resends apart)."""
+    if not isinstance(body, dict):
+        return [], []
+    data = body.get("data")
+    attributes = data.get("attributes", {}) if isinstance(data, dict) else {}
+    if path == "/api/events":
+        return [str(attributes.get("unique_id"))], []
+    if path == "/api/event-bulk-create-jobs":
+        items = attributes["events-bulk-create"]["data"]
+        ids = [
+            str(event["attributes"].get("unique_id"))
+            for item in items
+            for event in item["attributes"]["events"]["data"]
+        ]
+        return ids, [_profile_key(item["attributes"]["profile"]["data"]) for item in items]
+    if path == "/api/profile-import":
+        return [], [_profile_key(data)]
+    if path == "/api/profile-bulk-import-jobs":
+        profiles = attributes["profiles"]["data"]
+        return [], [_profile_key(profile) for profile in profiles]
+    return [], []
+
+
+def _profile_key(profile: dict[str, object]) -> str:
+    attributes = profile.get("attributes", {})
+    assert isinstance(attributes, dict)
+    for name in ("external_id", "email", "phone_number", "anonymous_id"):
+        if attributes.get(name):
+            return f"{name}:{attributes[name]}"
+    return "?"
 
 
 class Windows:
@@ -147,6 +194,10 @@ class Sink:
         self.reached: dict[int, float] = {}
         self.stop = asyncio.Event()
         self.writers: set[asyncio.StreamWriter] = set()
+        self.count_unique = args.count_unique
+        self.unique_events: set[str] = set()
+        self.event_profiles: set[str] = set()
+        self.imported_profiles: set[str] = set()
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -177,6 +228,9 @@ class Sink:
             "uptime": time.monotonic() - self.started,
             "epoch": self.epoch,
             "scale": self.scale,
+            "unique_events": len(self.unique_events),
+            "event_profiles": len(self.event_profiles),
+            "imported_profiles": len(self.imported_profiles),
         }
 
     # -- HTTP --------------------------------------------------------------------------
@@ -304,6 +358,15 @@ class Sink:
             return self._status(400, b'{"errors": [{"status": 400, "code": "invalid"}]}', {})
         self.profiles += profiles
         self._counted(now, events, path)
+        if self.count_unique:
+            with contextlib.suppress(KeyError, TypeError, AttributeError, AssertionError):
+                ids, people = unique_keys(path, body)
+                self.unique_events.update(ids)
+                seen = self.imported_profiles if "profile" in path else self.event_profiles
+                seen.update(people)
+        if path == "/api/profile-bulk-import-jobs":
+            job = json.dumps({"data": {"type": "profile-bulk-import-job", "id": f"job-{now}"}})
+            return self._status(status, job.encode(), extra)
         if path == "/api/profile-import":
             return self._status(status, b'{"data": {"type": "profile", "id": "01BENCH"}}', extra)
         if self.mode in ("segment", "rudder"):
@@ -366,6 +429,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lifetime", type=float, default=120.0)
     p.add_argument("--scale", type=float, default=1.0, help="limited mode: time scale")
     p.add_argument("--stats-out", help="write the final counters here as JSON on exit")
+    p.add_argument(
+        "--count-unique",
+        action="store_true",
+        help="count distinct event unique_ids and profiles (resends counted once)",
+    )
     return p.parse_args(argv)
 
 
