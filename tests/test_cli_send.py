@@ -246,6 +246,26 @@ def test_sigint_writes_the_checkpoint(tmp_path: Path) -> None:
     assert sorted(ids) == sorted(f"o-{n}" for n in range(total))
 
 
+def test_sigterm_leaves_unsent_lines_for_the_resumed_run(tmp_path: Path) -> None:
+    """SIGTERM in background mode exits 143; lines the client could not send stay unfinished."""
+    path = orders(tmp_path / "in.jsonl", 3000)
+    state = tmp_path / "state.json"
+    # One bulk job a minute: the first is accepted, the next two wait on a long Retry-After.
+    limits = {"POST /api/event-bulk-create-jobs": (1, 1)}
+    with FakeKlaviyo(rate_limits=limits) as fake:
+        run = spawn(fake, "--file", path, "--resume", str(state))
+        wait_for_progress(state, run, 3000)
+        run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 143, err
+        assert len(fake.events) == 1000
+    saved = json.loads(state.read_text())
+    assert saved["below"] == 1001
+    assert saved["runs"] == []
+    assert saved["counts"] == {"delivered": 1000, "dropped": 0, "failed": 0, "invalid": 0}
+    assert "1000 call(s): 1000 delivered, 0 dropped, 0 failed, 0 invalid" in out
+
+
 # -- --failed ---------------------------------------------------------------------------
 
 
