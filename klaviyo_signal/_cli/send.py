@@ -139,14 +139,16 @@ class _Run:
         self.outcomes.add(kind, reason, line or None)  # line 0: the --event call
         self.finished.add(line)
 
-    def invalid(self, line: int, text: str, reason: str) -> None:
+    def invalid(self, line: int, text: str, reason: str, message_id: str | None = None) -> None:
         """Count an input that cannot be sent; report the first few at once."""
         with self.lock:
-            if self.outcomes.counts["invalid"] < _SHOWN_INVALID:
-                self.progress.clear()
-                where = "--event" if self.source is None and line == 0 else f"line {line}"
-                self.err.write(f"{where}: invalid: {reason}\n")
-            self._final(line, text, "invalid", reason, None)
+            self._invalid(line, text, reason, message_id)
+
+    def _invalid(self, line: int, text: str, reason: str, message_id: str | None) -> None:
+        if self.outcomes.counts["invalid"] < _SHOWN_INVALID:
+            self.progress.clear()
+            self.err.write(f"{'--event' if line == 0 else f'line {line}'}: invalid: {reason}\n")
+        self._final(line, text, "invalid", reason, message_id)
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -179,12 +181,12 @@ class _Run:
     def _unsent(self, key: str | None, line: int, text: str, kind: str, reason: str) -> None:
         with self.lock:
             # A failure was already counted by on_delivery; a refusal never reached it.
-            if key is None or self.in_flight.pop(key, None) is not None:
-                if kind == "invalid" and self.outcomes.counts["invalid"] < _SHOWN_INVALID:
-                    self.progress.clear()
-                    where = "--event" if self.source is None and line == 0 else f"line {line}"
-                    self.err.write(f"{where}: invalid: {reason}\n")
-                self._final(line, text, kind, reason, None if key is None else key)
+            if key is not None and self.in_flight.pop(key, None) is None:
+                return
+            if kind == "invalid":
+                self._invalid(line, text, reason, key)
+            else:
+                self._final(line, text, kind, reason, key)
 
     # -- progress and checkpoints --------------------------------------------------------
 
