@@ -65,6 +65,7 @@ ROUTES = {
 }
 ROUTES["limited"] = ROUTES["klaviyo"]
 
+
 THROTTLED = {
     "errors": [
         {
@@ -117,6 +118,40 @@ def count_events(path: str, body: object) -> tuple[int, int]:
         return sum(len(item["attributes"]["events"]["data"]) for item in items), len(items)
     batch = body.get("batch")
     return (len(batch), 0) if isinstance(batch, list) else (0, 0)
+
+
+def unique_keys(path: str, body: object) -> tuple[list[str], list[str]]:
+    """Return the events' unique_ids and the profiles' identifiers in an accepted body
+    (``--count-unique``: how many distinct events and profiles arrived, resends apart)."""
+    if not isinstance(body, dict):
+        return [], []
+    data = body.get("data")
+    attributes = data.get("attributes", {}) if isinstance(data, dict) else {}
+    if path == "/api/events":
+        return [str(attributes.get("unique_id"))], []
+    if path == "/api/event-bulk-create-jobs":
+        items = attributes["events-bulk-create"]["data"]
+        ids = [
+            str(event["attributes"].get("unique_id"))
+            for item in items
+            for event in item["attributes"]["events"]["data"]
+        ]
+        return ids, [_profile_key(item["attributes"]["profile"]["data"]) for item in items]
+    if path == "/api/profile-import":
+        return [], [_profile_key(data)]
+    if path == "/api/profile-bulk-import-jobs":
+        profiles = attributes["profiles"]["data"]
+        return [], [_profile_key(profile) for profile in profiles]
+    return [], []
+
+
+def _profile_key(profile: dict[str, object]) -> str:
+    attributes = profile.get("attributes", {})
+    assert isinstance(attributes, dict)
+    for name in ("external_id", "email", "phone_number", "anonymous_id"):
+        if attributes.get(name):
+            return f"{name}:{attributes[name]}"
+    return "?"
 
 
 class Windows:
@@ -182,6 +217,10 @@ class Sink:
         self.stop = asyncio.Event()
         self.writers: set[asyncio.StreamWriter] = set()
         self.jobs: dict[str, int] = {}  # profile import job id -> profiles
+        self.count_unique = args.count_unique
+        self.unique_events: set[str] = set()
+        self.event_profiles: set[str] = set()
+        self.imported_profiles: set[str] = set()
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -212,6 +251,9 @@ class Sink:
             "uptime": time.monotonic() - self.started,
             "epoch": self.epoch,
             "scale": self.scale,
+            "unique_events": len(self.unique_events),
+            "event_profiles": len(self.event_profiles),
+            "imported_profiles": len(self.imported_profiles),
         }
 
     # -- HTTP --------------------------------------------------------------------------
@@ -345,6 +387,12 @@ class Sink:
             self.bad += 1
             return self._status(400, b'{"errors": [{"status": 400, "code": "invalid"}]}', {})
         self.profiles += profiles
+        if self.count_unique:
+            with contextlib.suppress(KeyError, TypeError, AttributeError, AssertionError):
+                ids, people = unique_keys(path, body)
+                self.unique_events.update(ids)
+                seen = self.imported_profiles if "profile" in path else self.event_profiles
+                seen.update(people)
         if path == PROFILE_JOBS:
             # Counted in profiles: ``accepted`` holds (time, profiles, path) for these.
             self.last_accept = now
@@ -415,6 +463,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lifetime", type=float, default=120.0)
     p.add_argument("--scale", type=float, default=1.0, help="limited mode: time scale")
     p.add_argument("--stats-out", help="write the final counters here as JSON on exit")
+    p.add_argument(
+        "--count-unique",
+        action="store_true",
+        help="count distinct event unique_ids and profiles (resends counted once)",
+    )
     return p.parse_args(argv)
 
 

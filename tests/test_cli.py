@@ -197,7 +197,7 @@ def test_send_failure_exits_1(fake: FakeKlaviyo, capsys: pytest.CaptureFixture[s
     assert main(["send", "--event", "Order Completed", "--email", EMAIL]) == 1
     out = capsys.readouterr().out
     assert "0 delivered, 0 dropped, 1 failed" in out
-    assert "failed   --event: Klaviyo answered HTTP 400" in out
+    assert "failed   1 x Klaviyo answered HTTP 400" in out
 
 
 @pytest.mark.parametrize(
@@ -284,11 +284,12 @@ def test_send_counts_bad_lines_and_goes_on(
     assert "7 call(s): 2 delivered, 1 dropped, 0 failed, 4 invalid" in captured.out
     assert "line 2: invalid: not JSON" in captured.err
     assert "line 3: invalid: no profile identifier" in captured.err
-    assert "line 5: invalid: 'type' must be 'track', 'identify' or 'page'" in captured.err
+    assert "line 5: invalid: 'type' must be 'track', 'identify', 'page'" in captured.err
     assert "line 6: invalid: page messages take no 'event'" in captured.err
-    assert "dropped  line 7: event 'Signed Up' has no rule" in captured.out
-    assert "invalid  line 2: not JSON" in captured.out
-    assert "... and 1 more invalid" in captured.out
+    assert "dropped  1 x event 'Signed Up' has no rule" in captured.out
+    assert "(line 7)" in captured.out
+    assert "invalid  1 x " in captured.out
+    assert "not JSON: Expecting value: line 1 column 1 (char 0) (line 2)" in captured.out
     assert len(fake.events) == 2
 
 

@@ -1,7 +1,8 @@
 """The ``klaviyo-signal`` command line: parse arguments, dispatch to one module per command.
 
 Exit codes: 0 success; 1 something was not delivered (a failed or invalid call, a rejected
-key); 2 bad usage or setup (argparse errors, missing environment, missing extra).
+key); 2 bad usage or setup (argparse errors, missing environment, missing extra); 130 and
+143 ``send`` stopped by SIGINT (Ctrl-C) and SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ environment (verify, send):
   KLAVIYO_BASE_URL         optional; e.g. a FakeKlaviyo's URL for tests
   KLAVIYO_REVISION         optional; the API revision (default: the newest supported)
 
-exit codes: 0 ok, 1 something was not delivered, 2 bad usage or setup.
+exit codes: 0 ok, 1 something was not delivered, 2 bad usage or setup,
+130 (143) send stopped by Ctrl-C (SIGTERM).
 Start with: klaviyo-signal demo
 """
 
@@ -75,8 +77,10 @@ def _parser() -> argparse.ArgumentParser:
         help="send one event from flags, or many from a JSON Lines file",
         description=_fill(
             "Send one track call from flags, or Segment-style messages (one JSON object per "
-            "line, type track, identify or page) from a file or stdin. Exits 1 if any call "
-            "failed or any line was invalid."
+            "line, type track, identify, page, subscribe or unsubscribe) from a file or "
+            "stdin, streamed. Reruns over the same file are duplicate-free; --resume skips "
+            "what a run that was stopped already finished. Exits 1 if any call failed or any "
+            "line was invalid, 130 on Ctrl-C."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -110,6 +114,27 @@ def _parser() -> argparse.ArgumentParser:
         "--backfill",
         action="store_true",
         help="record the events without triggering flows (historical data)",
+    )
+    send.add_argument(
+        "--blueprint",
+        metavar="PATH",
+        help="your blueprint, a .json or .toml file (as 'blueprint validate' reads it)",
+    )
+    send.add_argument(
+        "--resume",
+        metavar="STATE",
+        help=(
+            "--file: keep a checkpoint in STATE; a rerun with the same STATE after a crash, "
+            "kill or Ctrl-C sends only the lines not yet final"
+        ),
+    )
+    send.add_argument(
+        "--failed",
+        metavar="PATH",
+        help=(
+            "--file: write each failed or invalid line to PATH (JSON Lines, the message "
+            "plus a _failed reason), to fix and send again with --file"
+        ),
     )
     _revision_option(send)
     send.set_defaults(parser=send)  # usage errors found later name `send`

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import TextIO, cast
 
 from .._blueprint.blueprint import Blueprint, default_blueprint
-from .._calls.message import Kind
 from .._errors import BlueprintError, ConfigurationError, ValidationError
-from .._explain import explain
+from .._explain import ExplainKind, explain
 from .._klaviyo.json import JSON, pretty
 from .._klaviyo.revisions import DEFAULT_REVISION
 from .lines import BadLine, parse_line
@@ -63,7 +62,7 @@ def run_explain(
             require_consent=require_consent,
             default_phone_region=None,
             revision=DEFAULT_REVISION,
-            kind=cast(Kind, kind),  # parse_line only returns the three kinds
+            kind=cast(ExplainKind, kind),  # parse_line returns only the Client's calls
             args=(),
             kwargs=fields,
         )

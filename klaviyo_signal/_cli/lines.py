@@ -6,25 +6,45 @@ the shape here leaves the values to the Client, which validates them as for any 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import IO, Any
 
-__all__ = ["BadLine", "lines", "parse_line"]
+import attrs
+
+__all__ = ["BadLine", "InputFile", "lines", "parse_line", "scan"]
 
 _ALIASES = {
     "userId": "user_id",
     "anonymousId": "anonymous_id",
     "messageId": "message_id",
+    "listId": "list_id",
+    "customSource": "custom_source",
+    "consentedAt": "consented_at",
 }
 _COMMON = {"user_id", "anonymous_id", "traits", "context", "timestamp", "message_id"}
 _FIELDS = {
     "track": _COMMON | {"event", "properties"},
     "page": _COMMON | {"name", "properties"},
     "identify": _COMMON,
+    # Not Segment's: the Client's subscribe and unsubscribe, with their own keywords.
+    "subscribe": {
+        "email",
+        "phone",
+        "list_id",
+        "channels",
+        "custom_source",
+        "consented_at",
+        "consent",
+        "message_id",
+    },
+    "unsubscribe": {"email", "phone", "list_id", "channels", "message_id"},
 }
 _KNOWN = {field for fields in _FIELDS.values() for field in fields}
+_TYPES = "'track', 'identify', 'page', 'subscribe' or 'unsubscribe'"
+_READ = 1 << 20
 
 
 class BadLine(ValueError):
@@ -40,15 +60,10 @@ def parse_line(text: str) -> tuple[str, dict[str, Any]]:
     Raises:
         BadLine: Not JSON, not an object, an unknown ``type``, or a key the type cannot take.
     """
-    try:
-        message = json.loads(text, parse_float=Decimal)  # money stays exact
-    except ValueError as exc:
-        raise BadLine(f"not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise BadLine(f"expected a JSON object, got {type(message).__name__}")
+    message = read_object(text)
     kind = message.get("type")
     if kind not in _FIELDS:
-        raise BadLine(f"'type' must be 'track', 'identify' or 'page', got {kind!r}")
+        raise BadLine(f"'type' must be {_TYPES}, got {kind!r}")
     fields: dict[str, Any] = {}
     for key, value in message.items():
         name = _ALIASES.get(key, key)
@@ -62,13 +77,69 @@ def parse_line(text: str) -> tuple[str, dict[str, Any]]:
     return kind, fields
 
 
-def lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None]]:
-    """Yield (line number, text) for each non-blank line; text None when it is not UTF-8."""
+def read_object(text: str) -> dict[str, Any]:
+    """Parse one line as a JSON object, numbers with a point as Decimal (money stays exact).
+
+    Raises:
+        BadLine: Not JSON, or not an object.
+    """
+    try:
+        message = json.loads(text, parse_float=Decimal)
+    except ValueError as exc:
+        raise BadLine(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise BadLine(f"expected a JSON object, got {type(message).__name__}")
+    return message
+
+
+def lines(stream: IO[bytes]) -> Iterator[tuple[int, str | None, bytes]]:
+    """Yield (line number, text, raw bytes) for each non-blank line; text None when it is
+    not UTF-8. Numbers count every line, blank ones too, as an editor does."""
     for number, raw in enumerate(stream, 1):
         try:
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError:
-            yield number, None
+            yield number, None, raw
             continue
         if text.strip():
-            yield number, text
+            yield number, text, raw
+
+
+@attrs.frozen
+class InputFile:
+    """What identifies an input file's content: its size and SHA-256, and its message lines.
+
+    Attributes:
+        path: The path it was read from.
+        size: Its length in bytes.
+        sha256: The hex digest of its bytes.
+        messages: How many lines are not blank.
+    """
+
+    path: str
+    size: int
+    sha256: str
+    messages: int
+
+    def message_id(self, number: int) -> str:
+        """The id of line ``number`` when it carries no ``messageId``: the same in every
+        run over these bytes, and different for any other content."""
+        return f"{self.sha256[:16]}:{number}"
+
+
+def scan(path: str) -> InputFile:
+    """Read a file once: its fingerprint and how many message lines it holds.
+
+    Raises:
+        OSError: It cannot be read.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    messages = 0
+    with open(path, "rb") as stream:
+        for raw in stream:
+            digest.update(raw)
+            size += len(raw)
+            if raw.strip():
+                messages += 1
+    return InputFile(path, size, digest.hexdigest(), messages)
