@@ -38,6 +38,7 @@ import os
 import pickle
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -210,6 +211,10 @@ def _unlock(fd: int, slot: int) -> None:
     fcntl.lockf(fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
 
 
+class _Contended(Exception):
+    """Another process held the file while it was being opened."""
+
+
 def _connect(path: str) -> sqlite3.Connection:
     connection = sqlite3.connect(
         path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -264,6 +269,22 @@ class Outbox:
             os.register_at_fork(after_in_child=_after_fork_in_child)
 
     def _open_file(self) -> sqlite3.Connection:
+        # Two processes opening a new file at once: SQLite answers "locked" without
+        # waiting for the switch to WAL (its busy handler is not called there), so the
+        # opening is tried again within the busy timeout.
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            try:
+                return self._open_once()
+            except _Contended:
+                if time.monotonic() > deadline:
+                    raise ConfigurationError(
+                        f"outbox {self.path!r}: still locked by another process after "
+                        f"{_BUSY_TIMEOUT:g} s; check what holds it"
+                    ) from None
+                time.sleep(0.05)
+
+    def _open_once(self) -> sqlite3.Connection:
         where = f"outbox {self.path!r}"
         if os.path.isdir(self.path):
             raise ConfigurationError(f"{where}: is a directory; give the path of a file")
@@ -301,6 +322,14 @@ class Outbox:
         except ConfigurationError:
             connection.close()
             raise
+        except sqlite3.OperationalError as exc:
+            connection.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Contended from None
+            raise ConfigurationError(
+                f"{where}: not a usable outbox ({exc}); move it aside (it may hold calls "
+                "not sent yet) or give another path"
+            ) from None
         except sqlite3.Error as exc:
             connection.close()
             raise ConfigurationError(
