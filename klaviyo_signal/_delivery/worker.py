@@ -88,7 +88,7 @@ _YIELD = 0.0001
 # a caller could not run (descheduled, or it lost the race for the GIL to the worker
 # waking from its pause): the worker then ran whole chunks without releasing the GIL,
 # and the caller, back in its call, waited out the switch interval.
-_ACTIVE = 0.1
+_ACTIVE = 0.02
 # While a request is in flight, the worker yields at least this often, so the sender gets
 # the GIL within two milliseconds when its answer comes.
 _SENDER_TURN = 0.002
