@@ -707,7 +707,13 @@ def chart(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> dict[str, str]:
+def host() -> dict[str, str]:
+    """The host a run measured: platform, CPU model, cores, memory, kernel, Python build.
+
+    Timings from two hosts are not comparable (a newer kernel or CPython build moved the
+    worst caller call from under a millisecond to several), so every figure is stored
+    and shown beside the host it came from.
+    """
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -716,12 +722,27 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
-    mem = ""
+    memory = "unknown"
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+        memory = f"{kb / 1024 / 1024:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
+    build, built = platform.python_build()
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": memory,
+        "kernel": f"{platform.system()} {platform.release()} ({platform.version()})",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python_build": f"{build}, {built}, {platform.python_compiler()}",
+        "switch_interval_ms": f"{sys.getswitchinterval() * 1000:g}",
+    }
+
+
+def machine() -> dict[str, str]:
+    box = host()
     from importlib.metadata import PackageNotFoundError, version
 
     versions = []
@@ -754,8 +775,9 @@ def machine() -> dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {
-        "machine": f"{cpu}, {os.cpu_count()} cores{mem}; {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}",
+        "machine": f"{box['cpu']}, {box['cores']} cores, {box['memory']} RAM; "
+        f"{box['kernel']}; {box['python']} ({box['python_build']}); "
+        f"GIL switch interval {box['switch_interval_ms']} ms",
         "versions": ", ".join(versions),
         "commit": commit,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -895,6 +917,7 @@ def main() -> None:
     started = time.monotonic()
     raw = []
     done = 0
+    measured_on = host()
     for rep, runs in enumerate(reps, 1):
         for scenario, lib, spec in runs:
             if only and scenario not in only:
@@ -917,6 +940,7 @@ def main() -> None:
                     "lib": lib,
                     "spec": spec,
                     "metrics": metrics,
+                    "host": measured_on,
                     "result": result,
                 }
             )
@@ -935,6 +959,7 @@ def main() -> None:
         json.dumps(
             {
                 "info": info,
+                "host": measured_on,
                 "command": command,
                 "seconds": took,
                 "sizes": size,

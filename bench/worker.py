@@ -133,11 +133,40 @@ def cost(spec: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     samples = []
     clock = time.perf_counter_ns
+    collections = CollectionTimes()
+    gc.callbacks.append(collections)
     for i in range(spec["n"]):
         start = clock()
         lib.call(i)
         samples.append(clock() - start)
-    return {**percentiles(samples), "dropped": lib.dropped}
+    gc.callbacks.remove(collections)
+    return {**percentiles(samples), "dropped": lib.dropped, "gc": collections.summary()}
+
+
+class CollectionTimes:
+    """A ``gc.callbacks`` entry: how many collections of each generation ran during the
+    timed calls, on which thread, and the longest of each (what a full collection of a
+    long queue would cost the caller shows here)."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, int] = {}
+        self.seen: dict[str, list[int]] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter_ns()
+        thread = threading.get_ident()
+        if phase == "start":
+            self._started[thread] = now
+            return
+        began = self._started.pop(thread, now)
+        where = "caller" if thread == threading.main_thread().ident else "other"
+        self.seen.setdefault(f"gen{info['generation']} {where}", []).append(now - began)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {
+            key: {"count": len(times), "max_us": max(times) / 1000}
+            for key, times in sorted(self.seen.items())
+        }
 
 
 def throughput(spec: dict[str, Any]) -> dict[str, Any]:

@@ -95,17 +95,25 @@ __all__ = ["DUPLICATE", "Worker"]
 
 log = logging.getLogger("klaviyo_signal")
 
-# Calls taken from the queue per lock acquisition: enough to amortise the lock, few enough
-# (about half a millisecond of work) that the worker lets callers have the GIL between them.
+# Calls taken from the queue per lock acquisition (the lock is only for the bookkeeping;
+# how long the worker runs before it lets other threads in is _SLICE's business).
 _CHUNK = 50
-# While callers keep queueing, fewer: each chunk holds the GIL that a calling thread may be
-# waiting for (20 calls made the worst call in the benchmark ~3x longer than 10).
-_BUSY_CHUNK = 10
-# While callers keep queueing, the worker pauses this long after each chunk: a thread that
-# waits for the GIL otherwise waits out the whole switch interval (5 ms) on the worker.
+# The longest the worker thread runs Python before it lets other threads have the GIL,
+# whatever the call or job. CPython hands the GIL over only when its holder releases it
+# or when a waiting thread has waited out the switch interval (5 ms), so a calling thread
+# that wants it back otherwise waits that long inside its call.
+_SLICE = 0.0002
+# How long the worker sleeps at the end of a slice: it releases the GIL, and a thread
+# waiting for it (woken by the release) gets it before the worker wakes up.
 _YIELD = 0.0001
-# While a request is in flight, this thread pauses (for _YIELD) at least this often, so
-# the sender gets the GIL within two milliseconds when its answer comes.
+# Callers count as active this long after a call was queued: meanwhile the worker yields
+# at the end of every slice. Deciding by "calls since the last slice" fails exactly when
+# a caller could not run (descheduled, or it lost the race for the GIL to the worker
+# waking from its pause): the worker then ran whole chunks without releasing the GIL,
+# and the caller, back in its call, waited out the switch interval.
+_ACTIVE = 0.02
+# While a request is in flight, the worker yields at least this often, so the sender gets
+# the GIL within two milliseconds when its answer comes.
 _SENDER_TURN = 0.002
 # After an internal error the worker carries on after this pause (a bug that repeats on
 # every turn of the loop must not spin).
@@ -358,6 +366,10 @@ class Worker:
         self._pending = 0
         self._arrivals = 0  # calls ever queued; the thread compares it with what it saw
         self._seen = 0
+        # When the worker's current slice began (perf_counter), and until when callers
+        # count as active (see _turn).
+        self._slice = 0.0
+        self._active_until = 0.0
         self._bytes = 0
         # What each waiting flush() still waits for: the calls queued before it was called.
         self._flushes: list[set[int]] = []
@@ -884,9 +896,7 @@ class Worker:
                     for sender in (self._sender, *self._retired):
                         sender.stop()
                     return
-                callers_busy = self._arrivals != self._seen
-                self._seen = self._arrivals
-                size = min(_BUSY_CHUNK if callers_busy else _CHUNK, len(self._inbox))
+                size = min(_CHUNK, len(self._inbox))
                 chunk = [self._inbox.popleft() for _ in range(size)]
                 self._taken += size
                 taken = self._taken
@@ -896,7 +906,7 @@ class Worker:
             now = self._clock()
             if deadline is not None and (now >= deadline or self._pending == 0):
                 return
-            self._take_in(chunk, now, yield_to_callers=backlog and callers_busy)
+            self._take_in(chunk, now)
             if mark > self._sealed_mark and taken >= mark:
                 # Every call queued before a flush() has joined a job: seal those jobs, once.
                 # Calls queued since then go on filling new jobs (a flush under steady
@@ -911,8 +921,7 @@ class Worker:
                 for batches in self._batches:
                     self._put_all(batches.due(cutoff))
             wait = self._exchange()
-            if wait == 0.0 and callers_busy:
-                time.sleep(_YIELD)  # after a request and its outcomes, callers go first
+            self._turn()
             if chunk or wait == 0.0:
                 continue
             self._sleep(wait, now, deadline)
@@ -920,22 +929,32 @@ class Worker:
         # not end, since gevent's threading forgot it at the fork and would fail to.
         threading.Event().wait()
 
-    def _take_in(
-        self, chunk: list[tuple[object, ...]], now: float, *, yield_to_callers: bool
-    ) -> None:
-        """Absorb a chunk of calls, then let a calling thread or the sender have the GIL."""
+    def _take_in(self, chunk: list[tuple[object, ...]], now: float) -> None:
+        """Absorb a chunk of calls, ending a slice (``_turn``) wherever one is due."""
         for item in chunk:
             if self._stop:
                 break  # closed from a callback: the rest were ended with it
             self._absorb(item, now)
-        if yield_to_callers:
-            time.sleep(_YIELD)  # let a calling thread in (it would wait 5 ms otherwise)
-        elif self._sender.busy and now - self._paused >= _SENDER_TURN:
-            # The sender needs the GIL for a moment at each step of its request (send,
-            # answer, parse); while this thread encodes, it would wait out a whole switch
-            # interval (5 ms) each time, and the next job would wait for it.
+            self._turn()
+
+    def _turn(self) -> None:
+        """End the worker's slice once it has run ``_SLICE``: while callers are active,
+        or the sender has waited ``_SENDER_TURN``, sleep a moment so they get the GIL.
+
+        Every stretch of the worker's work (encoding calls, building a body, ending a
+        job's calls) calls this often, so none holds the GIL for longer than a slice.
+        """
+        now = time.perf_counter()
+        if now - self._slice < _SLICE:
+            return
+        if self._arrivals != self._seen:
+            self._seen = self._arrivals
+            self._active_until = now + _ACTIVE
+        if now < self._active_until or (self._sender.busy and now - self._paused >= _SENDER_TURN):
             self._paused = now
             time.sleep(_YIELD)
+            now = time.perf_counter()
+        self._slice = now
 
     def _exchange(self) -> float | None:
         """Take the answer to the request in flight, or send the outbox's next unit.
@@ -952,9 +971,8 @@ class Worker:
         return self._send_next() if any(self._outboxes.values()) else None
 
     def _step_aside(self) -> None:
-        """Let calling threads have the GIL for a moment, if any is queueing calls."""
-        if self._arrivals != self._seen:
-            time.sleep(_YIELD)
+        """Between the slices of a large job's outcomes: end the worker's slice if due."""
+        self._turn()
 
     def _sleep(self, wait: float | None, now: float, deadline: float | None) -> None:
         oldest = min((t for b in self._batches if (t := b.oldest) is not None), default=None)
@@ -974,6 +992,7 @@ class Worker:
         if self._sender.done:
             return  # the answer came before the clear: its wake-up is gone, take it now
         self._wake.wait(wait)
+        self._slice = time.perf_counter()  # the GIL was free all along: a fresh slice
 
     def _absorb(self, item: tuple[object, ...], now: float) -> None:
         """Put one call's objects (or its Pending event) into an open job or the outbox."""
@@ -1224,7 +1243,8 @@ class Worker:
         endpoint = unit.endpoint
         if self._transport is None:
             self._transport = self._make_transport()
-        body = unit.body()
+        # A full job's body is put together in slices; the others are small or encoded already.
+        body = unit.body(self._turn) if type(unit) is BulkJob else unit.body()
         timeout = self._answer_timeout
         if self._deadline is not None:
             timeout = min(timeout, max(self._deadline - self._clock(), _MIN_TIMEOUT))
