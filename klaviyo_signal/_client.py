@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from ._blueprint.blueprint import Blueprint, blueprint_for_variant
 from ._blueprint.compiled import compile_blueprint
@@ -46,7 +46,10 @@ from ._klaviyo.revisions import DEFAULT_REVISION, PROFILE_JOBS_OPERATION, check_
 from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import KlaviyoAPI, RequestsTransport, Transport
 
-__all__ = ["Client"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["Client", "ClientOptions"]
 
 log = logging.getLogger("klaviyo_signal")
 # Read once per call: one lookup when no request context is set (the hot path).
@@ -59,6 +62,33 @@ _DISABLED = "disabled"
 
 # Klaviyo answers bulk jobs at once (202, processed later); 2 s is ample for an answer.
 _MIN_ANSWER_TIMEOUT = 2.0
+
+
+class ClientOptions(TypedDict, total=False):
+    """``Client``'s keyword options, for typing ``from_env(**options)`` and
+    ``from_install(payload, **options)``; each means what the Client's argument does."""
+
+    base_url: str
+    revision: str
+    sync_mode: bool
+    blueprint: Blueprint | None
+    require_consent: bool
+    default_phone_region: str | None
+    max_retries: int
+    timeout: float
+    on_delivery: OnDelivery | None
+    max_queue_size: int
+    shutdown_timeout: float
+    flush_interval: float
+    max_queue_bytes: int
+    block_on_full: bool
+    rate_limits: RateLimits | Literal["published"] | None
+    strict_revision: bool
+    backfill: bool
+    transport: Transport | None
+    disabled: bool | None
+    rate_limit_store: str | None
+    outbox: str | os.PathLike[str] | None
 
 
 class Client:
@@ -241,7 +271,7 @@ class Client:
     # -- construction helpers ------------------------------------------------------------
 
     @classmethod
-    def from_env(cls, **options: Any) -> Client:
+    def from_env(cls, **options: Unpack[ClientOptions]) -> Client:
         """Build a Client from KLAVIYO_PUBLIC_API_KEY, KLAVIYO_PRIVATE_API_KEY and
         optionally KLAVIYO_BASE_URL and KLAVIYO_REVISION; ``options`` are any other Client
         keyword, and win over the environment. KLAVIYO_SIGNAL_DISABLED is read by the
@@ -268,7 +298,7 @@ class Client:
         )
 
     @classmethod
-    def from_install(cls, payload: Mapping[str, Any], **options: Any) -> Client:
+    def from_install(cls, payload: Mapping[str, Any], **options: Unpack[ClientOptions]) -> Client:
         """Build a Client from the integration-install JSON.
 
         Args:

@@ -69,6 +69,7 @@ def test_typing_exports_the_aliases_and_protocols() -> None:
     """klaviyo_signal.typing holds JSON, Mapper, OnDelivery and the transport seam's types."""
     assert set(klaviyo_signal.typing.__all__) == {
         "JSON",
+        "ClientOptions",
         "HTTPRequest",
         "HTTPResponse",
         "Mapper",
@@ -87,3 +88,16 @@ def test_testing_exports_the_fake() -> None:
         "FakeProfile",
         "FakeRequest",
     }
+
+
+def test_client_options_name_every_keyword_of_client() -> None:
+    """ClientOptions (from_env's and from_install's **options) lists exactly Client's options."""
+    import inspect
+    import typing
+
+    keywords = {
+        name
+        for name, parameter in inspect.signature(klaviyo_signal.Client).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert set(typing.get_type_hints(klaviyo_signal.typing.ClientOptions)) == keywords

@@ -16,7 +16,15 @@ from klaviyo_signal import (
     current_context,
     request_context,
 )
-from klaviyo_signal.typing import JSON, HTTPRequest, HTTPResponse, Mapper, OnDelivery, Transport
+from klaviyo_signal.typing import (
+    JSON,
+    ClientOptions,
+    HTTPRequest,
+    HTTPResponse,
+    Mapper,
+    OnDelivery,
+    Transport,
+)
 
 
 def on_delivery(delivery: Delivery) -> None:
@@ -96,3 +104,8 @@ async def in_a_coroutine() -> None:
 
 asyncio.run(in_a_coroutine())
 durable: Client = Client("AbC123", "pk_example_key", outbox="klaviyo-outbox.db")
+
+
+options: ClientOptions = {"sync_mode": True, "timeout": 5.0}
+from_env: Client = Client.from_env(**options)
+from_install: Client = Client.from_install({"config": {}}, flush_interval=0.5)
