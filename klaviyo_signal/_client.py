@@ -636,13 +636,16 @@ class Client:
     def _queued_packed(self, fields: tuple[object, ...], size: int) -> Delivery:
         """Queue a call the fast lane packed (``_blueprint.quick.quick_track``)."""
         message_id: str = fields[_MESSAGE_ID]  # type: ignore[assignment]
-        return self._taken(message_id, self._worker.submit_packed(message_id, fields, size))
+        ticket = self._worker.submit_packed(message_id, fields, size)
+        if type(ticket) is str:
+            return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))
+        return Delivery.queued(message_id, ticket)  # type: ignore[arg-type]
 
     def _taken(self, message_id: str, ticket: Ticket | str) -> Delivery:
         """Return a queued call's Delivery, or the dropped one when the queue refused it."""
         if isinstance(ticket, str):
             return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))
-        return Delivery(message_id, DeliveryStatus.QUEUED, ticket=ticket)
+        return Delivery.queued(message_id, ticket)
 
     def _final(self, delivery: Delivery, error: BaseException | None = None) -> Delivery:
         reason = delivery.reason

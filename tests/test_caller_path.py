@@ -271,3 +271,16 @@ def test_an_event_over_5_mb_raises_at_the_call(fake: FakeKlaviyo) -> None:
     client.close()
     assert small.wait(10).status is DeliveryStatus.DELIVERED
     assert client.stats.failed_by_reason == {}
+
+
+def test_a_queued_delivery_built_fast_equals_one_built_by_its_constructor() -> None:
+    """Delivery.queued (the caller's hot path) makes the same value, repr and hash."""
+    from klaviyo_signal._delivery.delivery import Board, Ticket
+
+    ticket = Ticket(Board(), 7, "m-7")
+    fast = Delivery.queued("m-7", ticket)
+    slow = Delivery("m-7", DeliveryStatus.QUEUED, ticket=ticket)
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+    assert hash(fast) == hash(slow)
+    assert fast.wait(0) is fast  # still queued: the ticket is its own

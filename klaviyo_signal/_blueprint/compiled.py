@@ -90,12 +90,15 @@ class _CallPlan:
 class CompiledBlueprint:
     """A blueprint with its call plans cached: what a Client maps every call with."""
 
-    __slots__ = ("_blueprint", "_plans")
+    __slots__ = ("_blueprint", "_plans", "_quick")
 
     def __init__(self, blueprint: Blueprint) -> None:
         self._blueprint = blueprint
         # (kind, event name) -> what such a call needs; see ``_plan``.
         self._plans: dict[tuple[str, str], _CallPlan] = {}
+        # Plain track event names -> the lane's plan: one dict lookup on the caller's hot
+        # path (only str keys: a str subclass never finds a str's entry unchecked).
+        self._quick: dict[str, QuickPlan | None] = {}
 
     @property
     def blueprint(self) -> Blueprint:
@@ -168,9 +171,18 @@ class CompiledBlueprint:
 
     def quick(self, event: object) -> QuickPlan | None:
         """Return the fast lane's plan for ``track(event)`` calls, or None (``quick.py``)."""
+        if type(event) is str:
+            try:
+                return self._quick[event]
+            except KeyError:
+                pass
         if not plain_name(event):
             return None
-        return self._plan("track", event).quick
+        plan = self._plan("track", event).quick
+        if len(self._quick) >= _PLANS_CACHE:
+            self._quick.clear()  # event names are the caller's: keep the cache bounded
+        self._quick[event] = plan
+        return plan
 
     def reads(self, kind: str, event: object) -> Reads:
         """Return what of a call's properties and context its mapping reads.

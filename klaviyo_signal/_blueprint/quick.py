@@ -191,6 +191,9 @@ def _read(
 
 
 _NO_MONEY = (None, None)
+# The codes that passed ``CURRENCY`` (a set of strs: a call's currency is a str here).
+_CURRENCIES: set[str] = set()
+_CURRENCIES_KEPT = 512
 
 
 def _money(
@@ -209,7 +212,12 @@ def _money(
     for key in plan.currency:
         currency = properties.get(key)
         if currency is not None:
-            if type(currency) is not str or not CURRENCY.fullmatch(currency):
+            if type(currency) is not str:
                 return None
+            if currency not in _CURRENCIES:
+                if not CURRENCY.fullmatch(currency):
+                    return None
+                if len(_CURRENCIES) < _CURRENCIES_KEPT:
+                    _CURRENCIES.add(currency)  # a set lookup, not a regex, the next time
             break
     return value, currency  # type: ignore[return-value]
