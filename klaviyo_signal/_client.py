@@ -412,13 +412,22 @@ class Client:
             APIError, TransportError: sync mode only, when Klaviyo does not accept it.
         """
         request = _current_context(None)
+        checked = None  # a request context's consent, checked when the context was entered
         if request is not None:
+            given = consent
             user_id, anonymous_id, traits, consent = request.fill(
                 user_id, anonymous_id, traits, consent, context
             )
+            if (
+                given is None
+                and context is None
+                and consent is request.consent
+                and consent_drop_reason(consent, require_consent=False) is None
+            ):
+                checked = consent
         if (
             context is None
-            and consent is None
+            and (consent is None or consent is checked)
             and timestamp is None
             and message_id is None
             and backfill is None
@@ -430,7 +439,7 @@ class Client:
             packed = (
                 None
                 if plan is None
-                else quick_track(plan, properties, traits, user_id, anonymous_id)
+                else quick_track(plan, properties, traits, user_id, anonymous_id, checked)
             )
             if packed is not None:
                 return self._queued_packed(*packed)

@@ -162,3 +162,48 @@ def test_sync_and_background_record_the_same_events() -> None:
         singles.append({"type": "event", "attributes": attributes})
     key = lambda event: event["attributes"]["unique_id"]  # noqa: E731
     assert sorted(bulk, key=key) == sorted(singles, key=key)
+
+
+def _anonymous_calls() -> list[dict[str, Any]]:
+    """The common calls without their own ids: the request context gives one."""
+    drop = ("user_id", "anonymous_id")
+    return [{k: v for k, v in call.items() if k not in drop} for call in _calls()]
+
+
+def test_a_request_contexts_consent_takes_the_lane_and_sends_what_explicit_consent_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside request_context(consent=...), the lane sends the bytes of the explicit call."""
+    from klaviyo_signal import request_context
+
+    handed = _pinned(monkeypatch)
+    grant = {"marketing": True, "analytics": False}
+    lane_fake, lane = _background()
+    with request_context(user_id="u-9", consent=grant):
+        for call in _anonymous_calls():
+            assert lane.track(**call).status is DeliveryStatus.QUEUED
+    assert lane.flush(10)
+    lane.close()
+    assert len(handed) == len(_calls())  # every call took the lane
+
+    full_fake, full = _background()
+    for call, (message_id, ns) in zip(_anonymous_calls(), handed, strict=True):
+        when = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+        full.track(**call, user_id="u-9", consent=grant, message_id=message_id, timestamp=when)
+    assert full.flush(10)
+    full.close()
+    assert _bodies(lane_fake) == _bodies(full_fake)
+    assert all(e.properties["consent"] == grant for e in lane_fake.events)
+
+
+def test_a_request_context_denying_marketing_never_takes_the_lane() -> None:
+    """A denial in the context drops the call with the full route's reason."""
+    from klaviyo_signal import request_context
+
+    fake, client = _background()
+    with request_context(user_id="u-1", consent={"marketing": False}):
+        delivery = client.track("Product Viewed", {"sku": "A"})
+    assert delivery.status is DeliveryStatus.DROPPED
+    assert "marketing" in (delivery.reason or "")
+    client.close()
+    assert not fake.requests

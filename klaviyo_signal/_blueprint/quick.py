@@ -103,17 +103,19 @@ def _property_keys(paths: tuple[str, ...]) -> tuple[str, ...] | None:
     return tuple(keys)
 
 
-def quick_track(
+def quick_track(  # noqa: PLR0917 - positional: the caller's hot path
     plan: QuickPlan,
     properties: Mapping[str, object] | None,
     traits: Mapping[str, object] | None,
     user_id: object,
     anonymous_id: object,
+    consent: Mapping[str, bool] | None = None,
 ) -> tuple[tuple[object, ...], int] | None:
     """Return a common call's queue fields (``_blueprint/record``) and
     the size its properties count against ``max_queue_bytes``; None: use the full route.
 
-    The call has no context, consent, timestamp or message id (the Client checked). Its
+    The call has no context, timestamp or message id, and its ``consent`` (if any) is a
+    request context's, checked already and not a denial (the Client checked). Its
     time is ``time.time_ns()``: the worker writes it as the ISO string ``datetime.now()``
     would give (``_klaviyo.wire.iso_time``), for less than the cost of making the datetime.
     """
@@ -149,7 +151,7 @@ def quick_track(
         (email, None, user_id, anonymous_id),
         time_ns(),
         new_message_id(),
-        None,
+        consent,
         *money,
         pairs,
     )
