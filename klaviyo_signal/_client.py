@@ -260,7 +260,8 @@ class Client:
             # a timed-out request is retried (safe: unique_id), so this costs little.
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
             rate_store=self._rate_store,
-            outbox=None if c.outbox is None else Outbox(c.outbox),
+            # A disabled client sends nothing, not even what another process left behind.
+            outbox=None if c.outbox is None or c.disabled else Outbox(c.outbox),
             profile_jobs=self._revision.has(PROFILE_JOBS_OPERATION),
         )
         # A Client dropped without close() still sends what it queued (by exit at the
