@@ -44,7 +44,7 @@ from ._flushing import Flushing, FlushReport, checked_budget, flush_after
 from ._klaviyo.models import KlaviyoObject, with_backfill
 from ._klaviyo.revisions import DEFAULT_REVISION, PROFILE_JOBS_OPERATION, check_backfill
 from ._klaviyo.revisions import revision as revision_named
-from ._klaviyo.transport import KlaviyoAPI, RequestsTransport, Transport
+from ._klaviyo.transport import HTTPRequest, HTTPResponse, KlaviyoAPI, RequestsTransport, Transport
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -245,7 +245,9 @@ class Client:
             # The worker retries 429s, 5xx and unanswered requests itself, through its
             # per-endpoint limiter, so its transport retries nothing. The factory holds
             # the config, not the Client, so a dropped Client can be collected.
-            make_transport=functools.partial(_transport, c, max_retries=0, pool_size=1),
+            make_transport=functools.partial(
+                _transport, c, max_retries=0, pool_size=1, borrowed=True
+            ),
             limits=c.rate_limits,
             rule_for=self._blueprint.rule_for,
             stats=self._stats,
@@ -260,7 +262,8 @@ class Client:
             # a timed-out request is retried (safe: unique_id), so this costs little.
             answer_timeout=min(c.timeout, max(c.shutdown_timeout, _MIN_ANSWER_TIMEOUT)),
             rate_store=self._rate_store,
-            outbox=None if c.outbox is None else Outbox(c.outbox),
+            # A disabled client sends nothing, not even what another process left behind.
+            outbox=None if c.outbox is None or c.disabled else Outbox(c.outbox),
             profile_jobs=self._revision.has(PROFILE_JOBS_OPERATION),
         )
         # A Client dropped without close() still sends what it queued (by exit at the
@@ -1005,11 +1008,28 @@ def _call_back(callback: OnDelivery, delivery: Delivery) -> None:
         log.exception("klaviyo-signal: the on_delivery callback raised")
 
 
-def _transport(config: Config, *, max_retries: int, pool_size: int = 4) -> KlaviyoAPI:
-    """Build Klaviyo's API over the Client's transport, or a requests one."""
-    transport: Transport = config.transport or RequestsTransport(
-        max_retries=max_retries, pool_size=pool_size
-    )
+class _Borrowed:
+    """The Client's given transport as the worker uses it: the sync side closes it, once."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.handle: Callable[[HTTPRequest], HTTPResponse] = transport.handle
+
+    def close(self) -> None:
+        pass
+
+
+def _transport(
+    config: Config, *, max_retries: int, pool_size: int = 4, borrowed: bool = False
+) -> KlaviyoAPI:
+    """Build Klaviyo's API over the Client's transport, or a requests one; ``borrowed``:
+    the worker's, which leaves a given transport for ``close()`` to close once."""
+    transport: Transport
+    if config.transport is None:
+        transport = RequestsTransport(max_retries=max_retries, pool_size=pool_size)
+    elif borrowed:
+        transport = _Borrowed(config.transport)
+    else:
+        transport = config.transport
     return KlaviyoAPI(
         transport,
         base_url=config.base_url,

@@ -468,3 +468,36 @@ def test_pool_with_block_terminate_still_sends_with_signal_handlers(tmp_path: Pa
         assert done.returncode == 0, done.stderr
         assert sorted({e.properties["tag"] for e in fake.events}) == ["a", "b", "c", "d"]
         assert len(fake.events) == 40
+
+
+@needs_fork
+def test_a_forked_child_dropping_its_client_never_ends_the_parents_calls(tmp_path: Path) -> None:
+    """A child that lets go of a Client forked with queued calls neither waits for the
+    parent's calls at exit nor reports an outcome for them: they are the parent's."""
+    ends = tmp_path / "ends"
+    script = textwrap.dedent(
+        f"""
+        import gc, os
+        from klaviyo_signal import Client, default_blueprint
+        def ended(delivery):
+            with open({str(ends)!r}, "a") as file:
+                file.write(f"{{os.getpid()}} {{delivery.status.value}}\\n")
+        client = Client({PUBLIC_KEY!r}, {PRIVATE_KEY!r}, base_url="http://127.0.0.1:9",
+                        blueprint=default_blueprint().enable("Signed Up"), flush_interval=60.0,
+                        shutdown_timeout=20.0, on_delivery=ended)
+        for n in range(3):
+            client.track("Signed Up", {{"n": n}}, user_id="u")
+        child = os.fork()
+        if child == 0:
+            del client
+            gc.collect()
+            raise SystemExit(0)
+        os.waitpid(child, 0)
+        os._exit(0)
+        """
+    )
+    started = time.monotonic()
+    done = run_script(script)
+    assert done.returncode == 0, done.stderr
+    assert not ends.exists(), ends.read_text()
+    assert time.monotonic() - started < 15

@@ -424,3 +424,19 @@ def test_a_full_disk_drops_the_call_and_says_so(
     assert sum(client.stats.dropped_by_reason.values()) == len(dropped)
     assert caplog.text.count("could not write a call to outbox") == 1
     client.close()
+
+
+def test_a_disabled_client_leaves_the_outbox_for_the_next_process(
+    fake: FakeKlaviyo, tmp_path: Path
+) -> None:
+    """A disabled Client sends nothing, not even the calls an earlier process left in its
+    outbox; they stay in the file for the next Client that is enabled."""
+    outbox = tmp_path / "outbox.db"
+    client = client_for("http://127.0.0.1:9", outbox, **UNREACHABLE)
+    client.track("Signed Up", {"n": 1}, user_id="u")
+    client.close()
+    assert rows(outbox) == 1
+    with client_for(fake, outbox, disabled=True) as disabled:
+        assert disabled.flush(5)
+    assert fake.requests == []
+    assert rows(outbox) == 1

@@ -341,6 +341,30 @@ def test_store_password_is_not_in_the_client_config_repr() -> None:
         client.close()
 
 
+def test_store_password_given_as_a_query_argument_is_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis password passed as ``?password=`` is masked in the config's repr and in the
+    warning logged when the store does not answer."""
+    url = "redis://127.0.0.1:1/0?password=s3cret"
+    with FakeKlaviyo() as fake:
+        client = Client(
+            PUBLIC_KEY,
+            PRIVATE_KEY,
+            base_url=fake.url,
+            blueprint=default_blueprint().enable("Signed Up"),
+            rate_limit_store=url,
+            flush_interval=0.05,
+        )
+        with caplog.at_level(logging.INFO, logger="klaviyo_signal"):
+            client.track("Signed Up", user_id="u1")
+            assert client.flush(20)
+            client.close()
+    assert "rate_limit_store" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert "s3cret" not in repr(client._config)
+
+
 @needs_fork
 def test_forked_child_shares_the_parents_budget(store_url: str) -> None:
     """A process forked after its parent used the store (gunicorn --preload) opens its own

@@ -110,3 +110,14 @@ def test_an_object_that_is_not_a_transport_is_refused_at_construction() -> None:
     """transport= takes an object with handle() and close(); anything else is a clear error."""
     with pytest.raises(ConfigurationError, match="transport: expected"):
         Client(PUBLIC_KEY, PRIVATE_KEY, transport=object())  # type: ignore[arg-type]
+
+
+def test_closing_a_background_client_closes_its_given_transport_once() -> None:
+    """A given transport, shared by sync calls and the worker, is closed once by close()."""
+    fake = FakeKlaviyo()
+    recording = Recording(fake.transport())
+    client = Client(PUBLIC_KEY, PRIVATE_KEY, transport=recording)
+    delivery = client.track("Order Completed", {"revenue": 9.5, "currency": "EUR"}, user_id="u1")
+    assert delivery.wait(10).status is DeliveryStatus.DELIVERED
+    client.close()
+    assert recording.closed == 1

@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from .._errors import ConfigurationError
 from .ratelimit import BURST_SPAN, STEADY_SPAN, EndpointLimiter, budget_of
@@ -571,4 +571,9 @@ def shown_url(url: object) -> str:
     if password:
         netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
         url = parts._replace(netloc=netloc).geturl()
+    # redis-py also takes the password as a query argument (``?password=...``).
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in query):
+        shown = [(name, "***" if name == "password" else value) for name, value in query]
+        url = urlsplit(url)._replace(query=urlencode(shown, safe="*")).geturl()
     return repr(url)

@@ -720,8 +720,8 @@ class Worker:
         This runs from a finalizer, possibly inside a garbage collection on a thread that
         holds this worker's locks: it takes none itself and leaves the rest to a thread.
         """
-        if self._closed:
-            return
+        if self._closed or self._forsaken:
+            return  # a forked child's copy: the parent's calls are the parent's to end
         # Plain assignments: atomic under the GIL, no lock needed.
         self._closed = True
         self._detached = True
