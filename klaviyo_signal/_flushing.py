@@ -106,9 +106,10 @@ class Flushing:
         if not flushed:
             # One line per unit of work, however many calls it left.
             log.warning(
-                "klaviyo-signal: %d call(s) were not sent within the %g s flush budget at the "
-                "end of %s; they stay queued and go out later if the process runs on (raise "
-                "the timeout, or see client.stats)",
+                "klaviyo-signal: %d call(s) were not final within the %g s flush budget at "
+                "the end of %s (not sent yet, or, for an identify, sent and not yet confirmed "
+                "imported by Klaviyo); they carry on if the process runs on (raise the "
+                "timeout, or see client.stats)",
                 report.left,
                 report.timeout,
                 self._what,

@@ -121,3 +121,25 @@ def test_closing_a_background_client_closes_its_given_transport_once() -> None:
     assert delivery.wait(10).status is DeliveryStatus.DELIVERED
     client.close()
     assert recording.closed == 1
+
+
+def test_a_transport_that_breaks_still_ends_the_sync_call_once() -> None:
+    """A user's transport raising its own error: the call ends failed, counted and called back."""
+
+    class Broken:
+        def handle(self, request: HTTPRequest) -> HTTPResponse:
+            raise ValueError("proxy misconfigured")
+
+        def close(self) -> None:
+            pass
+
+    seen: list[object] = []
+    client = Client(
+        PUBLIC_KEY, PRIVATE_KEY, sync_mode=True, transport=Broken(), on_delivery=seen.append
+    )
+    with pytest.raises(ValueError, match="proxy misconfigured"):
+        client.page(user_id="u1")
+    client.close()
+    assert client.stats.failed_by_reason == {"internal error": 1}
+    (delivery,) = seen
+    assert delivery.status is DeliveryStatus.FAILED  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from .._errors import RequestTimeoutError
+from .._errors import RequestTimeoutError, TransportError
 
 __all__ = ["MAX_REASONS", "OTHER_REASON", "Counters", "Stats", "failure_key"]
 
@@ -119,6 +119,8 @@ def failure_key(http_status: int | None, error: BaseException | None = None) -> 
     """
     if http_status is not None:
         return f"HTTP {http_status}"
+    if error is not None and not isinstance(error, TransportError):
+        return "internal error"  # a transport of the caller's raised something of its own
     return "timeout" if isinstance(error, RequestTimeoutError) else "network"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .._errors import APIError, KlaviyoSignalError, TransportError
+from .._errors import APIError, TransportError
 from .._klaviyo.json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
 from .._klaviyo.models import Event, KlaviyoObject, Profile
 from .._klaviyo.transport import KlaviyoAPI
@@ -73,7 +73,7 @@ class SyncDelivery:
 
     def _send(
         self, message_id: str, requests: Sequence[tuple[str, bytes]]
-    ) -> tuple[Delivery, KlaviyoSignalError | None]:
+    ) -> tuple[Delivery, Exception | None]:
         status: int | None = None
         for path, body in requests:
             try:
@@ -82,6 +82,9 @@ class SyncDelivery:
                 return Delivery(message_id, DeliveryStatus.FAILED, str(exc), exc.status), exc
             except TransportError as exc:
                 return Delivery(message_id, DeliveryStatus.FAILED, str(exc)), exc
+            except Exception as exc:  # a user's transport broke: the call still ends once
+                reason = f"internal error: the transport raised {type(exc).__name__}"
+                return Delivery(message_id, DeliveryStatus.FAILED, reason), exc
             self._stats.request(len(body), retries=answer.retries)
             status = answer.status
         return Delivery(message_id, DeliveryStatus.DELIVERED, None, status), None
