@@ -153,7 +153,7 @@ def quick_track(
         *money,
         pairs,
     )
-    # As _worker._size counts the properties: a fixed cost per value, plus the length of
+    # As _delivery/queue._size counts the properties: a fixed cost per value, plus the length of
     # keys and strings.
     size += (len(pairs) // 2 + 1) * BYTES_PER_VALUE
     if size > MEASURE_ABOVE:
