@@ -59,11 +59,11 @@ from .sender import Sender, Sent
 from .stats import Counters
 from .subscription_jobs import SubscriptionJob, SubscriptionJobs
 
-__all__ = ["BROKEN_IN_FLIGHT", "JOIN_GRACE", "Batches", "Dispatch"]
+__all__ = ["BROKEN_IN_FLIGHT", "JOIN_GRACE", "Dispatch", "seqs"]
 
 log = logging.getLogger("klaviyo_signal")
 
-# How long past a request's answer timeout a thread waits for it to end (its last bookkeeping).
+# The time a thread gets past a request's answer timeout to end (its last bookkeeping).
 JOIN_GRACE = 1.0
 _MAX_BACKOFF = 30.0
 # The shortest timeout a request sent during close() gets, so it can still connect.
@@ -82,7 +82,7 @@ BROKEN_IN_FLIGHT = Failure(
 )
 
 
-class Batches(Protocol):
+class _Batches(Protocol):
     """Calls waiting to fill a job: the one seam every kind of bulk job is sealed through."""
 
     @property
@@ -197,7 +197,7 @@ class Dispatch:
         self._head_failures.clear()
 
     @property
-    def batches(self) -> tuple[Batches, ...]:
+    def batches(self) -> tuple[_Batches, ...]:
         # Profile jobs before subscription jobs: an identify's import goes before the
         # subscription its trait made.
         return (self._open, self._profiles, self.subscriptions)

@@ -68,8 +68,6 @@ _SENDER_TURN = 0.002
 # After an internal error the worker carries on after this pause (a bug that repeats on
 # every turn of the loop must not spin).
 _RECOVERY_PAUSE = 0.05
-# A cheap guess at the memory one queued call holds (its objects and properties), for
-# max_queue_bytes; exact sizes are only known once the worker encodes.
 _SHUTDOWN_REASON = "shutdown: not sent before the client closed (shutdown_timeout passed)"
 _SHUTDOWN = Failure(DeliveryStatus.DROPPED, _SHUTDOWN_REASON, None, "shutdown")
 _IN_FLIGHT_REASON = (
