@@ -229,6 +229,8 @@ class Dispatch:
             [seq for seq in owners if isinstance(seq, int)], BROKEN_IN_FLIGHT, whole=True
         )
 
+    # -- the outboxes and their order ------------------------------------------------------
+
     def add_identify(self, seq: int, profile: Profile, link: tuple[str, int] | None = None) -> None:
         """Queue a profile import after the call's own anonymous-id ``link`` (which waits
         for this person's earlier event jobs), or else after those jobs."""
@@ -380,6 +382,8 @@ class Dispatch:
                 return
         reason = "the event alone is over Klaviyo's 5 MB request limit"
         self._outcomes.settle([seq], Failure(DeliveryStatus.FAILED, reason, None, "too large"))
+
+    # -- sending: pacing and retries -------------------------------------------------------
 
     def _limiter(self, endpoint: str) -> EndpointLimiter:
         limiter = self._limiters.get(endpoint)

@@ -353,7 +353,7 @@ class Worker:
             self._outcomes.settle(left, failure, whole=True)
         return len(left)
 
-    # -- the worker thread ---------------------------------------------------------------
+    # -- the worker thread -----------------------------------------------------------------
 
     def _run(self, deadline: float | None = None) -> None:
         queue, dispatch = self._queue, self._dispatch
