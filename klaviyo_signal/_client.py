@@ -242,9 +242,9 @@ class Client:
         )
         self._board = Board()
         self._worker = Worker(
-            # The worker retries 429s, 5xx and unanswered requests itself, through its
-            # per-endpoint limiter, so its transport retries nothing. The factory holds
-            # the config, not the Client, so a dropped Client can be collected.
+            # The worker owns its retries (``_delivery/dispatch`` says why), so its
+            # transport retries nothing. The factory holds the config, not the Client, so
+            # a dropped Client can be collected.
             make_transport=functools.partial(
                 _transport, c, max_retries=0, pool_size=1, borrowed=True
             ),

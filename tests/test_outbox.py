@@ -414,7 +414,7 @@ def test_a_full_disk_drops_the_call_and_says_so(
         "http://127.0.0.1:9", tmp_path / "outbox.db", flush_interval=3600, **UNREACHABLE
     )
     # A full disk, as SQLite sees one: the file may not grow by another page.
-    connection = client._worker._outbox._connection  # type: ignore[union-attr]
+    connection = client._worker._queue.outbox._connection  # type: ignore[union-attr]
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     connection.execute(f"PRAGMA max_page_count={pages}")
     deliveries = [client.track("Signed Up", {"s": "x" * 300}, user_id="u") for _ in range(20)]

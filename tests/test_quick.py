@@ -33,7 +33,7 @@ from klaviyo_signal._blueprint.quick import quick_track
 from klaviyo_signal._blueprint.record import ITEM_TIME, MESSAGE_ID
 from klaviyo_signal._calls.message import build_message
 from klaviyo_signal._delivery.jobs import encode_queued
-from klaviyo_signal._delivery.worker import _BASE_BYTES, _size
+from klaviyo_signal._delivery.queue import _BASE_BYTES, _size
 from klaviyo_signal.testing import FakeKlaviyo
 
 from .conftest import PRIVATE_KEY, PUBLIC_KEY

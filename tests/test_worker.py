@@ -544,7 +544,7 @@ def test_close_from_a_callback_while_a_request_is_in_flight_keeps_its_answer(
     """close() in on_delivery waits for the request in flight: its calls end delivered."""
     # The call checks refuse an event too large for a request; skip them here, so that the
     # worker's own last check fails the call and its callback runs on the worker thread.
-    monkeypatch.setattr("klaviyo_signal._delivery.worker.MEASURE_ABOVE", 10**12)
+    monkeypatch.setattr("klaviyo_signal._delivery.queue.MEASURE_ABOVE", 10**12)
     holder: dict[str, Client] = {}
     before = len(workers(WORKER, SENDER))
 

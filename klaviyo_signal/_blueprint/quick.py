@@ -155,7 +155,7 @@ def quick_track(  # noqa: PLR0917 - positional: the caller's hot path
         *money,
         pairs,
     )
-    # As _worker._size counts the properties: a fixed cost per value, plus the length of
+    # As _delivery/queue._size counts the properties: a fixed cost per value, plus the length of
     # keys and strings.
     size += (len(pairs) // 2 + 1) * BYTES_PER_VALUE
     if size > MEASURE_ABOVE:

@@ -235,7 +235,7 @@ class Outcomes:
             self._count([(final[0], key) for _, _, _, final, key in part])
             callback = self._on_delivery
             # Room first: a callback that queues a call must find the room these calls
-            # held, since only this thread can free any (see Worker._enqueue).
+            # held, since only this thread can free any (see Queue._enqueue).
             self._settled([(seq, size) for seq, _, size, _, _ in part], callback is not None)
             if callback is not None:
                 try:

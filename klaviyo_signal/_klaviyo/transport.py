@@ -63,8 +63,7 @@ __all__ = [
 ]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# The background worker retries only these itself-transparently: it handles 429 endpoint-wide
-# in its rate limiter, which a per-request urllib3 retry would bypass.
+# The server errors the background worker retries itself (``_delivery/dispatch`` says why).
 SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 CONNECT_TIMEOUT = 3.05
 # The media types Klaviyo's JSON bodies come with (JSON:API, or plain JSON from its gateway).
