@@ -209,10 +209,9 @@ def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
 class Pending(NamedTuple):
     """A simple rule's call, checked on the caller's thread, waiting for the worker to build.
 
-    What the event needs, as strings, numbers and the flat properties dict the rule reads:
-    no object the garbage collector keeps visiting (the rule is named by its blueprint key,
-    the profile by its identifiers); the worker's queue keeps it flattened (``pack``, see
-    ``_blueprint/record``).
+    What the event needs, as strings, numbers and the flat properties dict the rule reads
+    (the rule named by its blueprint key, the profile by its identifiers); the worker's
+    queue keeps it flattened (``pack``; ``_blueprint/record`` says why).
     """
 
     rule: tuple[str, str]

@@ -78,8 +78,8 @@ class Identity:
     def key(self) -> tuple[str | None, str | None, str | None, str | None]:
         """Return the four identifiers in ``IDENTIFIER_NAMES`` order, None where unset.
 
-        A tuple of strings, unlike the Identity: the garbage collector stops visiting it
-        after one pass, so queued calls and open jobs keep this instead.
+        A tuple of strings, unlike the Identity: what queued calls and open jobs keep
+        (``_blueprint/record`` says why).
         """
         return (self.email, self.phone_number, self.external_id, self.anonymous_id)
 

@@ -51,9 +51,8 @@ Final = tuple["DeliveryStatus", "str | None", "int | None"]
 class Board:
     """Where the worker posts final outcomes for the Tickets still held.
 
-    A queued call is known to the worker by a sequence number, not by an object: nothing
-    per queued call is a container the garbage collector has to visit, so a long queue
-    never makes a collection pass (which stalls every thread) longer. Outcomes are kept
+    A queued call is known to the worker by a sequence number, not by an object (why:
+    ``_blueprint/record``). Outcomes are kept
     only for calls whose Delivery someone still holds (``alive``); a Ticket removes its
     own when it is dropped.
     """

@@ -101,9 +101,8 @@ Item = tuple["Profile | None", tuple[bytes, bytes], "bytes | bytearray", tuple[o
 holds), the frame around the events, the events joined by commas, and who waits for each.
 
 A tuple of bytes (a bytearray once a second event joins) and a tuple of ints, not an
-object: an open job holds one item per profile (often one per event), and the garbage
-collector stops visiting such a tuple after its first pass, so a long queue never
-lengthens the pauses it makes."""
+object: an open job holds one item per profile (often one per event); why that matters
+is said once, in ``_blueprint/record``."""
 
 
 class BulkJob:

@@ -91,8 +91,8 @@ class Outcomes:
 
     A queued call is a sequence number here (``calls``: its message id and queue bytes),
     with the few calls of several parts (an identify and its subscription, an order and
-    its line items) counted in ``parts``: plain dicts of numbers and strings, which the
-    garbage collector never visits however long the queue.
+    its line items) counted in ``parts``: plain dicts of numbers and strings (see
+    ``_blueprint/record`` for why nothing per queued call is an object).
 
     Args:
         stats: The counters to update.

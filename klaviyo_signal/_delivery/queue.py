@@ -2,7 +2,7 @@
 
 ``submit`` numbers the call, gives it a Ticket and appends it to a deque under a lock:
 the blueprint's objects, or a simple call's checked ``Pending`` packed into one flat tuple
-(which the garbage collector stops visiting at once). A call is refused (or, with
+(``_blueprint/record``). A call is refused (or, with
 ``block_on_full``, waits) while the queue holds ``max_queue_size`` calls or
 ``max_queue_bytes``; a call repeating a queued call's message id is dropped. With a durable
 outbox each call is committed to it before it is queued. The room of a call is released
@@ -57,8 +57,7 @@ _PROFILE_TEXT = ("first_name", "last_name", "organization", "title", "image", "l
 
 class _Names:
     """The message ids of queued calls from the full route, both ways: a call that repeats
-    one is dropped (its events would repeat a unique_id). Dicts of strings and ints, which
-    the garbage collector does not track."""
+    one is dropped (its events would repeat a unique_id). Dicts of strings and ints."""
 
     __slots__ = ("ids", "seqs")
 
