@@ -19,8 +19,7 @@ from klaviyo_signal import (
     default_blueprint,
 )
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 
 def test_error_tree() -> None:

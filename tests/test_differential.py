@@ -17,8 +17,7 @@ import pytest
 from klaviyo_signal import Client, DeliveryStatus, default_blueprint
 from klaviyo_signal._blueprint import quick
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 _START_NS = 1_764_950_400_000_000_000  # 2025-12-05T16:00:00Z, whole microseconds below
 

@@ -12,8 +12,7 @@ from klaviyo_signal._explain import ExplainedRequest, Explanation, explain
 from klaviyo_signal._klaviyo.json import dumps
 from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, Capture
 
 
 def run(kind: Any, *args: Any, require_consent: bool = False, **kwargs: Any) -> Explanation:

@@ -11,7 +11,7 @@ directly.
 It never raises and never decides: on anything it does not recognise, and on every input
 the full route would refuse, it returns None and the full route runs, with its checks and
 its error messages. So the lane can make a call faster, never different
-(``tests/test_quick.py`` compares the two on generated calls).
+(``tests/blueprint/test_quick.py`` compares the two on generated calls).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class Status:
 class Revision:
     """One Klaviyo API revision: its release date and the body rules that differ.
 
-    Each fact is read off that revision's official schemas (``tests/test_revisions.py``
+    Each fact is read off that revision's official schemas (``tests/klaviyo/test_revisions.py``
     checks them against the copies shipped in ``_schemas/``).
     """
 

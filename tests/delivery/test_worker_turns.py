@@ -16,8 +16,7 @@ from klaviyo_signal import Client
 from klaviyo_signal._delivery.jobs import _BODY_STEP, BulkJob, OpenJob
 from klaviyo_signal._delivery.worker import Worker
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -31,8 +31,7 @@ from klaviyo_signal._calls.subscription import (
 )
 from klaviyo_signal._klaviyo.wire import subscription_body
 from klaviyo_signal.testing import FakeKlaviyo, FakeRequest
-
-from .conftest import (
+from tests.conftest import (
     PRIVATE_KEY,
     PUBLIC_KEY,
     assert_valid,

@@ -28,8 +28,7 @@ from klaviyo_signal import (
 )
 from klaviyo_signal._klaviyo.revisions import FALL_FORWARD_OPT_OUT, OPERATIONS, revision
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 
 OLD = "2024-10-15"
 NEW = "2026-07-15"

@@ -34,8 +34,7 @@ from klaviyo_signal import (
     default_blueprint,
 )
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 _LANE_KEYS = ("a", "b", "c")
 BLUEPRINT = Blueprint(

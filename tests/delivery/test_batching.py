@@ -12,8 +12,7 @@ from klaviyo_signal._calls.identity import Identity
 from klaviyo_signal._delivery.jobs import MAX_JOB_BYTES, MAX_JOB_EVENTS, OpenJob, encode_event
 from klaviyo_signal._klaviyo.models import Event, Profile
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import (
+from tests.conftest import (
     PRIVATE_KEY,
     PUBLIC_KEY,
     assert_valid,

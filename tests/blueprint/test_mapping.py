@@ -10,8 +10,7 @@ import pytest
 
 from klaviyo_signal import Client, DeliveryStatus, ValidationError, default_blueprint
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture, assert_valid
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, Capture, assert_valid
 
 
 def client_for(url: str, **options: Any) -> Client:

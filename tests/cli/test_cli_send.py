@@ -23,7 +23,7 @@ from klaviyo_signal._cli.checkpoint import Finished
 from klaviyo_signal._cli.report import Outcomes, Progress
 from klaviyo_signal.testing import FakeKlaviyo
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 KEYS = {"KLAVIYO_PUBLIC_API_KEY": "AbC123", "KLAVIYO_PRIVATE_API_KEY": "pk_test_0123456789abcdef"}
 
 

@@ -19,14 +19,13 @@ import pytest
 from klaviyo_signal import Client, ConfigurationError, DeliveryStatus, default_blueprint
 from klaviyo_signal._delivery import ratestore
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
-from .test_lifecycle import in_forked_child, needs_fork
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.delivery.test_lifecycle import in_forked_child, needs_fork
 
 BULK = "POST /api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")
-ROOT = Path(__file__).resolve().parent.parent
-CHILD = Path(__file__).resolve().parent / "fleet_child.py"
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).resolve().parents[1] / "fleet_child.py"
 
 
 def free_port() -> int:

@@ -19,10 +19,9 @@ import pytest
 
 from klaviyo_signal import Client, Delivery, DeliveryStatus, ValidationError, default_blueprint
 from klaviyo_signal.testing import FakeKlaviyo
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
-
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).parents[1] / "corpus"
 CASES = [
     json.loads(line)
     for name in ("segment_cases.jsonl", "rudder_cases.jsonl", "rudder_cases_historical.jsonl")

@@ -24,8 +24,7 @@ from klaviyo_signal import (
     default_blueprint,
 )
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 
 BULK = "/api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")

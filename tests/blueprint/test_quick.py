@@ -35,8 +35,7 @@ from klaviyo_signal._calls.message import build_message
 from klaviyo_signal._delivery.jobs import encode_queued
 from klaviyo_signal._delivery.queue import _BASE_BYTES, _size
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 _TIME = ITEM_TIME - 2  # where the time is in the packed fields
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

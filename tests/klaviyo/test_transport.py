@@ -23,11 +23,10 @@ from klaviyo_signal import (
 )
 from klaviyo_signal import _version as version_module
 from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, Capture, assert_valid
+from tests.record_cassettes import track
 
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, Capture, assert_valid
-from .record_cassettes import track
-
-CASSETTES = Path(__file__).parent / "cassettes"
+CASSETTES = Path(__file__).parents[1] / "cassettes"
 # Nothing listens here: every answer comes from a cassette.
 REPLAY_URL = "http://127.0.0.1:9"
 

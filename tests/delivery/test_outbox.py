@@ -18,12 +18,11 @@ import pytest
 
 from klaviyo_signal import Client, ConfigurationError, Delivery, DeliveryStatus, default_blueprint
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
-from .test_lifecycle import in_forked_child, needs_fork
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.delivery.test_lifecycle import in_forked_child, needs_fork
 
 BLUEPRINT = default_blueprint().enable("Signed Up")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # Klaviyo at a port nothing listens on, and a close() that gives up at once.

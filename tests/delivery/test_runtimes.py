@@ -16,7 +16,7 @@ from klaviyo_signal import Client, ConfigurationError, FlushReport
 from klaviyo_signal.testing import FakeKlaviyo
 from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ORDER = {"order_id": "o-1", "revenue": 9.5, "currency": "USD"}
 # The runtime notes name these; a test's own environment must not carry them into a child.
 RUNTIME_VARIABLES = ("AWS_LAMBDA_FUNCTION_NAME", "K_SERVICE", "KLAVIYO_SIGNAL_DISABLED")

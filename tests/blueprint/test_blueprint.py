@@ -22,8 +22,7 @@ from klaviyo_signal import (
 )
 from klaviyo_signal._explain import Explanation
 from klaviyo_signal._klaviyo.json import JSON
-
-from .conftest import explain_checked
+from tests.conftest import explain_checked
 
 
 def run(blueprint: Blueprint, kind: Any, *args: Any, **kwargs: Any) -> Explanation:

@@ -16,8 +16,7 @@ import pytest
 
 from klaviyo_signal import Client, ConfigurationError, Delivery, DeliveryStatus, default_blueprint
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 BLUEPRINT = default_blueprint().enable("Signed Up")
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

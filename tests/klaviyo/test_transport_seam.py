@@ -14,8 +14,7 @@ from klaviyo_signal import (
 )
 from klaviyo_signal.testing import FakeKlaviyo
 from klaviyo_signal.typing import HTTPRequest, HTTPResponse
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 
 class Recording:

@@ -16,8 +16,7 @@ from klaviyo_signal import (
     default_blueprint,
 )
 from klaviyo_signal._explain import Explanation
-
-from .conftest import explain_checked
+from tests.conftest import explain_checked
 
 VARIANTS = ["default", "klaviyo_ecommerce"]
 

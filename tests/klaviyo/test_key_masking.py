@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from klaviyo_signal import Client, ConfigurationError
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 SECRET = PRIVATE_KEY.removeprefix("pk_")
 

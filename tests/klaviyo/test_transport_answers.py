@@ -23,8 +23,7 @@ from klaviyo_signal import (
     UnexpectedResponseError,
 )
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 PORTAL = b"<html><body>Sign in to the hotel Wi-Fi</body></html>"
 CHALLENGE = b"<!DOCTYPE html><html><title>Just a moment...</title></html>"

@@ -329,7 +329,7 @@ def test_send_no_progress_bar_when_not_a_terminal(
 
 def test_quickstart_example_runs() -> None:
     """examples/quickstart.py (the README's first command) runs and shows what was recorded."""
-    example = Path(__file__).parent.parent / "examples" / "quickstart.py"
+    example = Path(__file__).parents[2] / "examples" / "quickstart.py"
     result = subprocess.run(
         [sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=False
     )

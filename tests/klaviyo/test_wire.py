@@ -27,9 +27,8 @@ from klaviyo_signal._calls.message import Message, build_message
 from klaviyo_signal._delivery.jobs import OpenJob, encode_queued
 from klaviyo_signal._klaviyo.models import Event, Location, Profile
 from klaviyo_signal._klaviyo.wire import bulk_event_bytes, iso_time, single_event_bytes
-
-from .conftest import assert_valid
-from .test_corpus import CASES, _forward_everything
+from tests.blueprint.test_corpus import CASES, _forward_everything
+from tests.conftest import assert_valid
 
 
 def _messages() -> list[Message]:

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from klaviyo_signal import Client, DeliveryStatus, default_blueprint
 from klaviyo_signal._delivery.ratelimit import EndpointLimiter, published_limits
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 
 BULK = "POST /api/event-bulk-create-jobs"
 BLUEPRINT = default_blueprint().enable("Signed Up")

@@ -26,8 +26,7 @@ from klaviyo_signal import (
 )
 from klaviyo_signal._blueprint.events import Pending
 from klaviyo_signal.testing import FakeKlaviyo
-
-from .conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
+from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 
 BULK = "/api/event-bulk-create-jobs"
 
