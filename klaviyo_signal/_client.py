@@ -733,11 +733,13 @@ class Client:
         Calls still unsent then end ``dropped`` (reason: shutdown), calls whose request got
         no answer in time end ``failed`` (Klaviyo may have them), and their count is logged.
         """
-        if self._closed:
-            return
-        self._closed = True
-        forget(self)
+        # Marked as a close under way before the Client leaves the list: a signal's
+        # handler that finds neither this Client nor a close under way ends the process.
         with closing():
+            if self._closed:
+                return
+            self._closed = True
+            forget(self)
             left = self._worker.close(self._config.shutdown_timeout)
         if left:
             log.warning(

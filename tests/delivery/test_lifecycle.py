@@ -450,12 +450,6 @@ if __name__ == "__main__":
 
 
 @needs_fork
-@pytest.mark.xfail(
-    reason="known defect, under investigation: about 1 run in 10 on a loaded machine, the "
-    "calls of one pool worker are lost when Pool.terminate()'s SIGTERM races the worker's "
-    "own exit flush (the multiprocessing finalizer); see the closing note of session 3",
-    strict=False,
-)
 def test_pool_with_block_terminate_still_sends_with_signal_handlers(tmp_path: Path) -> None:
     """Leaving a ``with Pool()`` block SIGTERMs its workers, even mid-flush; with the
     signal handlers installed every call they queued is still sent."""
