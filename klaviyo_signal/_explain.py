@@ -27,7 +27,7 @@ from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import HTTPRequest, HTTPResponse, KlaviyoAPI, masked
 from ._klaviyo.wire import request
 
-__all__ = ["ExplainKind", "ExplainedRequest", "Explanation", "explain"]
+__all__ = ["SUBSCRIPTION_KEYWORDS", "ExplainKind", "ExplainedRequest", "Explanation", "explain"]
 
 # The positional parameters of identify, track and page, in order.
 _POSITIONAL: dict[str, tuple[str, ...]] = {
@@ -41,7 +41,7 @@ _KEYWORDS = frozenset(
 # Only events can be backfills.
 _EVENT_KEYWORDS = frozenset({"backfill"})
 # subscribe and unsubscribe take keywords only.
-_SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
+SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
     "subscribe": frozenset(
         {
             "email",
@@ -232,7 +232,7 @@ def _explain_subscription(
     if args:
         raise TypeError(f"{kind}() takes 0 positional arguments but {len(args)} were given")
     for name in kwargs:
-        if name not in _SUBSCRIPTION_KEYWORDS[kind]:
+        if name not in SUBSCRIPTION_KEYWORDS[kind]:
             raise TypeError(f"{kind}() got an unexpected keyword argument {name!r}")
     sub = build_subscription(kind, default_phone_region=default_phone_region, **kwargs)
     return Explanation("send", None, None, (_request(sub, api),))

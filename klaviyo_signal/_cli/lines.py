@@ -14,6 +14,8 @@ from typing import IO, Any
 
 import attrs
 
+from .._explain import SUBSCRIPTION_KEYWORDS
+
 __all__ = ["BadLine", "InputFile", "lines", "parse_line", "scan"]
 
 _ALIASES = {
@@ -30,17 +32,7 @@ _FIELDS = {
     "page": _COMMON | {"name", "properties"},
     "identify": _COMMON,
     # Not Segment's: the Client's subscribe and unsubscribe, with their own keywords.
-    "subscribe": {
-        "email",
-        "phone",
-        "list_id",
-        "channels",
-        "custom_source",
-        "consented_at",
-        "consent",
-        "message_id",
-    },
-    "unsubscribe": {"email", "phone", "list_id", "channels", "message_id"},
+    **SUBSCRIPTION_KEYWORDS,
 }
 _KNOWN = {field for fields in _FIELDS.values() for field in fields}
 _TYPES = "'track', 'identify', 'page', 'subscribe' or 'unsubscribe'"

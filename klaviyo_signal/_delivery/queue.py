@@ -300,17 +300,7 @@ class Queue:
                     return "queue full"
                 if not self._wait_for_space(size):
                     return "client is closed"
-            self.calls[seq] = (message_id, size)
-            if row is not None:
-                self.rows[seq] = row
-            if named:
-                self._named.add(message_id, seq)
-            if len(objects) > 1:
-                self.parts[seq] = len(objects)
-            self.pending += 1
-            self.arrivals += 1
-            self.pending_bytes += size
-            self.inbox.append(item)
+            self._admit(seq, message_id, size, row, named, len(objects), item)
             # Wake the thread only when it sleeps with nothing to do, or a job's worth
             # waits: an Event.set() per call would cost the caller more than the rest.
             wake = self.idle or len(self.inbox) == MAX_JOB_EVENTS
@@ -361,6 +351,29 @@ class Queue:
             if isinstance(seq, int):
                 self.rows.pop(seq, None)
 
+    def _admit(  # noqa: PLR0917 - positional: the caller's hot path
+        self,
+        seq: int,
+        message_id: str,
+        size: int,
+        row: int | None,
+        named: bool,
+        parts: int,
+        item: tuple[object, ...],
+    ) -> None:
+        """Count one call in and append it to the inbox (the lock is held)."""
+        self.calls[seq] = (message_id, size)
+        if row is not None:
+            self.rows[seq] = row
+        if named:
+            self._named.add(message_id, seq)
+        if parts > 1:
+            self.parts[seq] = parts
+        self.pending += 1
+        self.arrivals += 1
+        self.pending_bytes += size
+        self.inbox.append(item)
+
     def replay(self, outbox: Outbox) -> None:
         """Queue the calls earlier processes left in the outbox (start-up; no Delivery
         waits for them: they count in the stats and reach ``on_delivery``)."""
@@ -376,16 +389,8 @@ class Queue:
                     unreadable.append(row)
                     continue
                 seq = next(self._seq)
-                self.calls[seq] = (message_id, size)
-                self.rows[seq] = row
-                if named:
-                    self._named.add(message_id, seq)
-                if len(objects) > 1:
-                    self.parts[seq] = len(objects)
-                self.pending += 1
-                self.arrivals += 1
-                self.pending_bytes += size
-                self.inbox.append((seq, objects) if fields is None else (seq, (), *fields))
+                item = (seq, objects) if fields is None else (seq, (), *fields)
+                self._admit(seq, message_id, size, row, named, len(objects), item)
             self.idle = False
             replayed = self.pending
         if unreadable:
