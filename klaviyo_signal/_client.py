@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from ._blueprint.blueprint import Blueprint, blueprint_for_variant
 from ._blueprint.compiled import compile_blueprint
-from ._blueprint.events import Pending
 from ._blueprint.quick import quick_track
 from ._blueprint.record import MESSAGE_ID as _MESSAGE_ID
 from ._calls.consent import consent_drop_reason
@@ -34,15 +33,15 @@ from ._delivery.lifecycle import closing, forget, install_signal_handlers, manag
 from ._delivery.outbox import Outbox
 from ._delivery.ratelimit import RateLimits
 from ._delivery.ratestore import open_rate_store
-from ._delivery.stats import Counters, Stats, failure_key
+from ._delivery.stats import Counters, Stats, drop_key, failure_key
 from ._delivery.sync import SyncDelivery, encode_requests
-from ._delivery.worker import DUPLICATE, Worker
+from ._delivery.worker import Worker
 from ._errors import ConfigurationError, RevisionWarning
 from ._errors import shown as _shown
 from ._explain import ExplainKind, Explanation, explain
 from ._flushing import Flushing, FlushReport, checked_budget, flush_after
 from ._klaviyo.models import KlaviyoObject, with_backfill
-from ._klaviyo.revisions import DEFAULT_REVISION, PROFILE_JOBS_OPERATION, check_backfill
+from ._klaviyo.revisions import DEFAULT_REVISION, PROFILE_JOBS_OPERATION, call_backfill
 from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import HTTPRequest, HTTPResponse, KlaviyoAPI, RequestsTransport, Transport
 
@@ -445,7 +444,7 @@ class Client:
                 else quick_track(plan, properties, traits, user_id, anonymous_id, checked)
             )
             if packed is not None:
-                return self._queued_packed(*packed)
+                return self._queued(*packed)
         flag = self._backfill(backfill)
         return self._call(
             build_message(
@@ -589,9 +588,7 @@ class Client:
     # -- pipeline ------------------------------------------------------------------------
 
     def _backfill(self, value: bool | None) -> bool:
-        if value is None:
-            return self._config.backfill
-        return check_backfill(value, self._revision)
+        return call_backfill(value, self._config.backfill, self._revision)
 
     def _call(self, message: Message, backfill: bool = False) -> Delivery:
         # The call methods build the Message themselves: forwarding **kwargs through two
@@ -607,9 +604,9 @@ class Client:
         else:
             # Checked here; a simple call's event is built on the worker.
             prepared = self._blueprint.prepare(message)
-            if isinstance(prepared, Pending):
-                return self._queued(message.message_id, (), prepared)
-            decision = prepared
+            if type(prepared) is tuple:
+                return self._queued(*prepared, named=True)
+            decision = prepared  # type: ignore[assignment]
         if decision.drop_reason is not None:
             return self._dropped(message.message_id, decision.drop_reason)
         return self._deliver(message.message_id, with_backfill(decision.objects, backfill))
@@ -631,7 +628,7 @@ class Client:
         if self._config.sync_mode:
             return self._sync.send(message_id, objects)
         # Background: hand over the objects; the worker encodes them, off the caller's time.
-        return self._queued(message_id, objects, None)
+        return self._taken(message_id, self._worker.submit(message_id, objects))
 
     def _dropped(self, message_id: str, reason: str) -> Delivery:
         """End a call ``dropped``: for ``reason``, or because the client is disabled."""
@@ -639,16 +636,10 @@ class Client:
             reason = _DISABLED
         return self._final(Delivery(message_id, DeliveryStatus.DROPPED, reason))
 
-    def _queued(
-        self, message_id: str, objects: Sequence[KlaviyoObject], later: Pending | None
-    ) -> Delivery:
-        """Queue a call: its objects, or its checked ``Pending`` event for the worker."""
-        return self._taken(message_id, self._worker.submit(message_id, objects, later))
-
-    def _queued_packed(self, fields: tuple[object, ...], size: int) -> Delivery:
-        """Queue a call the fast lane packed (``_blueprint.quick.quick_track``)."""
-        message_id: str = fields[_MESSAGE_ID]  # type: ignore[assignment]
-        ticket = self._worker.submit_packed(message_id, fields, size)
+    def _queued(self, record: tuple[object, ...], size: int, named: bool = False) -> Delivery:
+        """Queue a simple call's record: the fast lane's or ``CompiledBlueprint.prepare``'s."""
+        message_id: str = record[_MESSAGE_ID]  # type: ignore[assignment]
+        ticket = self._worker.submit_record(message_id, record, size, named)
         if type(ticket) is str:
             return self._final(Delivery(message_id, DeliveryStatus.DROPPED, ticket))
         return Delivery.queued(message_id, ticket)  # type: ignore[arg-type]
@@ -660,12 +651,12 @@ class Client:
         return Delivery.queued(message_id, ticket)
 
     def _final(self, delivery: Delivery, error: BaseException | None = None) -> Delivery:
-        reason = delivery.reason
+        key: str | None
         if delivery.status is DeliveryStatus.FAILED:
-            reason = failure_key(delivery.http_status, error)
-        elif reason is not None and reason.startswith(DUPLICATE):
-            reason = DUPLICATE  # one key for every repeated message id
-        self._stats.outcome(delivery.status.value, reason)
+            key = failure_key(delivery.http_status, error)
+        else:
+            key = drop_key(delivery.reason)
+        self._stats.outcome(delivery.status.value, key)
         callback = self._config.on_delivery
         if callback is not None:
             loop = running_loop()

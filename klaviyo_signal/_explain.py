@@ -22,12 +22,12 @@ from ._calls.message import build_message
 from ._calls.subscription import build_subscription
 from ._klaviyo.json import JSON
 from ._klaviyo.models import KlaviyoObject, with_backfill
-from ._klaviyo.revisions import check_backfill
+from ._klaviyo.revisions import call_backfill
 from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import HTTPRequest, HTTPResponse, KlaviyoAPI, masked
 from ._klaviyo.wire import request
 
-__all__ = ["SUBSCRIPTION_KEYWORDS", "ExplainKind", "ExplainedRequest", "Explanation", "explain"]
+__all__ = ["CALL_KEYWORDS", "ExplainKind", "ExplainedRequest", "Explanation", "explain"]
 
 # The positional parameters of identify, track and page, in order.
 _POSITIONAL: dict[str, tuple[str, ...]] = {
@@ -38,10 +38,8 @@ _POSITIONAL: dict[str, tuple[str, ...]] = {
 _KEYWORDS = frozenset(
     {"user_id", "anonymous_id", "traits", "context", "consent", "timestamp", "message_id"}
 )
-# Only events can be backfills.
-_EVENT_KEYWORDS = frozenset({"backfill"})
 # subscribe and unsubscribe take keywords only.
-SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
+_SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
     "subscribe": frozenset(
         {
             "email",
@@ -56,6 +54,15 @@ SUBSCRIPTION_KEYWORDS: dict[str, frozenset[str]] = {
     ),
     "unsubscribe": frozenset({"email", "phone", "list_id", "channels", "message_id"}),
 }
+CALL_KEYWORDS: dict[str, frozenset[str]] = {
+    "identify": _KEYWORDS | set(_POSITIONAL["identify"]),
+    # Only events can be backfills.
+    "track": _KEYWORDS | set(_POSITIONAL["track"]) | {"backfill"},
+    "page": _KEYWORDS | set(_POSITIONAL["page"]) | {"backfill"},
+    **_SUBSCRIPTION_KEYWORDS,
+}
+"""Every argument each call method takes, by name (``tests/test_explain.py`` checks them
+against the methods' signatures)."""
 ExplainKind = Literal["identify", "track", "page", "subscribe", "unsubscribe"]
 
 
@@ -101,7 +108,7 @@ def _fields(kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict
             f"{kind}() takes at most {len(positional)} positional arguments ({len(args)} given)"
         )
     fields = dict(zip(positional[: len(args)], args, strict=True))
-    allowed = _KEYWORDS | set(positional) | (_EVENT_KEYWORDS if kind != "identify" else set())
+    allowed = CALL_KEYWORDS[kind]
     for name, value in kwargs.items():
         if name not in allowed:
             raise TypeError(f"{kind}() got an unexpected keyword argument {name!r}")
@@ -193,11 +200,8 @@ def explain(
     if kind in {"subscribe", "unsubscribe"}:
         return _explain_subscription(kind, args, kwargs, default_phone_region, api)
     fields = _fields(kind, args, kwargs)
-    wanted = fields.pop("backfill", None)
-    backfill = backfill if wanted is None else wanted
     the_revision = revision_named(revision)
-    if backfill:
-        check_backfill(backfill, the_revision)
+    backfill = call_backfill(fields.pop("backfill", None), backfill, the_revision)
     named = fields.get("event") if kind == "track" else fields.get("name")
     compiled = compile_blueprint(blueprint)
     message = build_message(
@@ -232,7 +236,7 @@ def _explain_subscription(
     if args:
         raise TypeError(f"{kind}() takes 0 positional arguments but {len(args)} were given")
     for name in kwargs:
-        if name not in SUBSCRIPTION_KEYWORDS[kind]:
+        if name not in CALL_KEYWORDS[kind]:
             raise TypeError(f"{kind}() got an unexpected keyword argument {name!r}")
     sub = build_subscription(kind, default_phone_region=default_phone_region, **kwargs)
     return Explanation("send", None, None, (_request(sub, api),))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
 import pytest
 
 from klaviyo_signal import Client, ValidationError, default_blueprint
-from klaviyo_signal._explain import ExplainedRequest, Explanation, explain
+from klaviyo_signal._explain import CALL_KEYWORDS, ExplainedRequest, Explanation, explain
 from klaviyo_signal._klaviyo.json import dumps
 from klaviyo_signal._klaviyo.revisions import DEFAULT_REVISION
 from klaviyo_signal.testing import FakeKlaviyo
@@ -134,6 +135,21 @@ def test_bad_input_raises_like_the_call() -> None:
         run("track", "Order Completed")
 
 
+@pytest.mark.parametrize("flag", [0, 1, "yes"])
+def test_a_bad_backfill_flag_raises_like_the_call(flag: object) -> None:
+    """explain() resolves and checks backfill= as track() does: a non-bool is refused,
+    falsy or not."""
+    client = Client(PUBLIC_KEY, PRIVATE_KEY, disabled=True)
+    call = {"user_id": "u-1", "backfill": flag}
+    with pytest.raises(ValidationError) as from_call:
+        client.track("Order Completed", **call)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError) as from_explain:
+        client.explain("track", "Order Completed", **call)
+    assert str(from_explain.value) == str(from_call.value)
+    assert "backfill: must be True or False" in str(from_call.value)
+    client.close()
+
+
 def test_explanations_are_plain_values() -> None:
     """Explanations compare by value and their bodies are JSON data."""
     first = run("identify", "u-1", {"email": "a@example.com"}, message_id="m")
@@ -193,3 +209,10 @@ def test_subscriptions_show_the_job_sync_mode_sends(kind: str, capture: Capture)
 def test_a_bad_subscription_raises_like_the_call() -> None:
     with pytest.raises(ValidationError, match="pass email= or phone="):
         run("subscribe", list_id="News")
+
+
+@pytest.mark.parametrize("kind", ["identify", "track", "page", "subscribe", "unsubscribe"])
+def test_call_keywords_are_the_methods_parameters(kind: str) -> None:
+    """explain() and the CLI's lines take exactly what the Client's method takes."""
+    parameters = set(inspect.signature(getattr(Client, kind)).parameters) - {"self"}
+    assert CALL_KEYWORDS[kind] == parameters

@@ -15,14 +15,14 @@ import attrs
 from .._calls.consent import consent_drop_reason
 from .._calls.message import Message, plain_name
 from .._calls.subscription import Subscription, implied_subscription
-from .._klaviyo.json import MAX_EVENT_PROPERTIES
 from .._klaviyo.models import KlaviyoObject
 from .blueprint import Blueprint
-from .events import Pending, build_events, pending, simple_extra
+from .events import build_events, pack, simple_room
 from .paths import message_view
 from .profile import bare, identifier_traits_are_bare, profile_from
 from .quick import QuickPlan, quick_plan
 from .reads import ALL, Reads, context_reads, profile_paths, rule_paths, rule_reads
+from .record import Packed
 from .rules import Rule, SubscribeRule, metric_name
 
 __all__ = ["CompiledBlueprint", "Decision", "compile_blueprint"]
@@ -81,8 +81,9 @@ class _CallPlan:
     """What of the call's properties and context the mapping reads."""
     timestamp_in_view: bool
     """Whether a path reads ``timestamp`` (as an ISO string) from the call."""
-    extra: int | None = None
-    """For a simple rule (see ``_blueprint.events.simple_extra``), the properties it adds."""
+    room: int | None = None
+    """For a simple rule (see ``_blueprint.events.simple_room``), how many of the call's
+    properties its event has room for."""
     quick: QuickPlan | None = None
     """For a simple track rule the caller's fast lane can take (``quick.py``), its plan."""
 
@@ -130,8 +131,8 @@ class CompiledBlueprint:
             )
         return Decision(events, rule=rule_name)
 
-    def prepare(self, message: Message) -> Decision | Pending:
-        """Decide now, or check only and return the ``Pending`` event to build later.
+    def prepare(self, message: Message) -> Decision | Packed:
+        """Decide now, or check only and return the call's queue record to build later.
 
         Background mode calls this on the caller's thread and leaves building the common,
         simple calls' events to the worker (``_delivery.jobs.encode_queued``): a rule without
@@ -149,17 +150,17 @@ class CompiledBlueprint:
         if (
             rule is None
             or not rule.enabled
-            or plan.extra is None
-            or len(message.properties) + plan.extra > MAX_EVENT_PROPERTIES
+            or plan.room is None
+            or len(message.properties) > plan.room
             or not bare(message, self._blueprint.profile)
         ):
             return self.decide(message)
         key = (message.kind, message.event or "")
         view = message_view(message, timestamp=plan.timestamp_in_view)
-        return pending(key, rule, message, view)
+        return pack(key, rule, message, view)
 
     def rule_for(self, key: tuple[str, str]) -> Rule:
-        """Return the rule of a ``Pending`` call's key (the worker builds its event by it).
+        """Return the rule of a queued record's key (the worker builds its event by it).
 
         Raises:
             KeyError: No enabled rule has that key (``prepare`` never makes such a call).
@@ -215,17 +216,17 @@ class CompiledBlueprint:
             )
             if rule.time == "timestamp":
                 paths.remove("timestamp")  # the default time is read without the view
-            extra = simple_extra(rule, self._blueprint.mapper)
+            room = simple_room(rule, self._blueprint.mapper)
             quick = None
-            if extra is not None and kind == "track":
+            if room is not None and kind == "track":
                 traits_bare = identifier_traits_are_bare(self._blueprint.profile)
-                quick = quick_plan(key, rule, reads, extra, traits_only=traits_bare)
+                quick = quick_plan(key, rule, reads, room, traits_only=traits_bare)
             plan = _CallPlan(
                 rule,
                 name,
                 reads,
                 timestamp_in_view=any(p.partition(".")[0] == "timestamp" for p in paths),
-                extra=extra,
+                room=room,
                 quick=quick,
             )
         if len(self._plans) >= _PLANS_CACHE:

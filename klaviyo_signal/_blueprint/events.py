@@ -11,29 +11,54 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import NamedTuple, cast
+from typing import cast
 
 from .._calls.message import Message, _timestamp
 from .._errors import ValidationError
-from .._klaviyo.json import JSON, MAX_EVENT_PROPERTIES, clean_properties
+from .._klaviyo.json import JSON, MAX_EVENT_PROPERTIES, clean_properties, estimate
 from .._klaviyo.models import Event, Profile
 from .paths import MISSING, lookup, message_view
 from .properties import CONSENT, apply_properties, first_present, passes_through
-from .record import IdentityKey, fields
+from .record import Packed, fields
 from .rules import ItemRule, Mapper, Rule
 
 __all__ = [
     "CURRENCY",
-    "Pending",
     "build_events",
+    "is_amount",
+    "is_currency",
     "pack",
-    "pending",
     "reserved_consent",
-    "simple_extra",
+    "simple_room",
 ]
 
 # fullmatch, not match with "$": "$" also matches before a final newline ("USD\n").
 CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def is_amount(value: object) -> bool:
+    """Whether ``value`` can feed Klaviyo's ``value`` (revenue): a number, not a bool."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return True
+    return not isinstance(value, bool) and isinstance(value, (int, float, Decimal))
+
+
+# The codes that passed ``CURRENCY``, so a repeated one costs a set lookup, not a regex;
+# bounded, as the codes are the caller's.
+_CURRENCIES: set[str] = set()
+_CURRENCIES_KEPT = 512
+
+
+def is_currency(value: object) -> bool:
+    """Whether ``value`` can feed ``value_currency``: an ISO 4217 code in capitals."""
+    if type(value) is str and value in _CURRENCIES:
+        return True
+    if not isinstance(value, str) or not CURRENCY.fullmatch(value):
+        return False
+    if type(value) is str and len(_CURRENCIES) < _CURRENCIES_KEPT:
+        _CURRENCIES.add(value)
+    return True
 
 
 def _number(view: Mapping[str, JSON], paths: tuple[str, ...]) -> int | float | Decimal | None:
@@ -41,11 +66,11 @@ def _number(view: Mapping[str, JSON], paths: tuple[str, ...]) -> int | float | D
     if found is None:
         return None
     path, value = found
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+    if not is_amount(value):
         raise ValidationError(
             f"{path}: must be a number to feed Klaviyo's value (revenue), got {value!r}"
         )
-    return value
+    return value  # type: ignore[return-value]
 
 
 def _currency(view: Mapping[str, JSON], paths: tuple[str, ...]) -> str | None:
@@ -53,11 +78,11 @@ def _currency(view: Mapping[str, JSON], paths: tuple[str, ...]) -> str | None:
     if found is None:
         return None
     path, value = found
-    if not isinstance(value, str) or not CURRENCY.fullmatch(value):
+    if not is_currency(value):
         raise ValidationError(
             f"{path}: must be an ISO 4217 currency code in capitals such as 'USD', got {value!r}"
         )
-    return value
+    return value  # type: ignore[return-value]
 
 
 def _unique_id(view: Mapping[str, JSON], path: str, message: Message) -> str:
@@ -186,12 +211,14 @@ def build_events(
     return (event, *_item_events(rule.items, view, event, consent))
 
 
-def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
-    """Return how many properties a simple rule adds to the call's own, or None.
+def simple_room(rule: Rule, mapper: Mapper | None) -> int | None:
+    """Return how many of a call's own properties a simple rule's event has room for, or
+    None if the rule is not simple.
 
-    A rule is simple when ``build_events`` can only fail in ``pending``'s checks (and on
+    A rule is simple when ``build_events`` can only fail in ``pack``'s checks (and on
     the property count): no mapper, no per-item events, no source paths, the default time
-    and unique_id. Its calls are checked on the caller's thread and built later.
+    and unique_id. Its calls are checked on the caller's thread and built later; a call
+    with more properties than the room goes through ``build_events``, which says so.
     """
     pmap = rule.properties
     if (
@@ -203,34 +230,13 @@ def simple_extra(rule: Rule, mapper: Mapper | None) -> int | None:
         or rule.unique_id != "message_id"
     ):
         return None
-    return len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
+    extra = len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
+    return MAX_EVENT_PROPERTIES - extra
 
 
-class Pending(NamedTuple):
-    """A simple rule's call, checked on the caller's thread, waiting for the worker to build.
-
-    What the event needs, as strings, numbers and the flat properties dict the rule reads
-    (the rule named by its blueprint key, the profile by its identifiers); the worker's
-    queue keeps it flattened (``pack``; ``_blueprint/record`` says why).
-    """
-
-    rule: tuple[str, str]
-    """The blueprint's key for the rule: (kind, event name); see ``CompiledBlueprint.rule_for``."""
-    identity: IdentityKey
-    properties: Mapping[str, JSON]
-    time: datetime | int
-    """When it happened; an int is ``time.time_ns()`` (the fast lane's, ``_blueprint/quick.py``)."""
-    unique_id: str
-    consent: Mapping[str, bool] | None
-    """None when the call carries no consent."""
-    value: int | float | Decimal | None
-    value_currency: str | None
-
-
-def pending(
-    key: tuple[str, str], rule: Rule, message: Message, view: Mapping[str, JSON]
-) -> Pending:
-    """Check a simple rule's call as ``build_events`` would and keep what it needs.
+def pack(key: tuple[str, str], rule: Rule, message: Message, view: Mapping[str, JSON]) -> Packed:
+    """Check a simple rule's call as ``build_events`` would; return its queue record and
+    size (``_blueprint/record``), for the worker to build the event from.
 
     Raises:
         ValidationError: The value is not a number, the currency not an ISO 4217 code, or
@@ -238,28 +244,15 @@ def pending(
     """
     if CONSENT in message.properties and passes_through(rule.properties, CONSENT):
         raise reserved_consent(f"properties.{CONSENT}")
-    return Pending(
+    pairs = [part for pair in message.properties.items() for part in pair]
+    record = fields(
         key,
         message.identity.key(),
-        message.properties,
         message.timestamp,
         message.message_id,
         message.consent or None,
         _number(view, rule.value),
         _currency(view, rule.value_currency),
-    )
-
-
-def pack(call: Pending) -> tuple[object, ...]:
-    """Return the call as its queue record's fields (``_blueprint/record``)."""
-    pairs = [part for pair in call.properties.items() for part in pair]
-    return fields(
-        call.rule,
-        call.identity,
-        call.time,
-        call.unique_id,
-        call.consent,
-        call.value,
-        call.value_currency,
         pairs,
     )
+    return record, estimate(message.properties)

@@ -1,22 +1,23 @@
-"""The caller's fast lane: the common background ``track`` call, checked and packed at once.
+"""The caller's fast lane: the first step of a background ``track`` call's route.
 
 Most calls from a web handler look alike: a plain event name, a dict of flat properties,
 an email and/or a user id, nothing else, for an event whose rule is simple (see
-``_blueprint.events.simple_extra``). For those, the full route (``build_message`` ->
+``_blueprint.events.simple_room``). For those, the rest of the route (``build_message`` ->
 ``CompiledBlueprint.prepare`` -> ``_blueprint.events.pack``) builds a Message, an
-Identity, a view and a Pending that nobody else ever sees, only to flatten them into the
-queue item. This lane recognises exactly that shape and writes the same queue item
-directly.
+Identity and a view that nobody else ever sees, only to flatten them into the queue
+record. This step recognises exactly that shape and writes the same record directly,
+with the route's own checks: the plain-value test and its size (``_klaviyo.json.plain_size``),
+the money checks (``events.is_amount``, ``events.is_currency``) and the property room
+(``events.simple_room``).
 
 It never raises and never decides: on anything it does not recognise, and on every input
-the full route would refuse, it returns None and the full route runs, with its checks and
-its error messages. So the lane can make a call faster, never different
-(``tests/blueprint/test_quick.py`` compares the two on generated calls).
+the rest of the route would refuse, it returns None and the route goes on, with its
+error messages. So the lane can make a call faster, never different
+(``tests/blueprint/test_quick.py`` and ``tests/test_differential.py`` compare them).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from time import time_ns
 from types import MappingProxyType
@@ -25,19 +26,16 @@ import attrs
 
 from .._calls.identity import plain_email, plain_id
 from .._calls.message import new_message_id
-from .._klaviyo.json import BYTES_PER_VALUE, MAX_EVENT_PROPERTIES, MEASURE_ABOVE, SAFE_STR_CHARS
-from .events import CURRENCY
+from .._klaviyo.json import BYTES_PER_VALUE, plain_size
+from .events import is_amount, is_currency
 from .reads import Reads
-from .record import MESSAGE_ID, fields
+from .record import MESSAGE_ID, Packed, fields
 from .rules import Rule
 
 __all__ = ["MESSAGE_ID", "QuickPlan", "quick_plan", "quick_track"]
 
 
-_isfinite = math.isfinite
 _NO_PROPERTIES: Mapping[str, object] = MappingProxyType({})
-# The JSON ints Python can write: see _json._MAX_INT.
-_MAX_INT = 10**4000
 
 
 @attrs.frozen
@@ -48,8 +46,8 @@ class QuickPlan:
     """The rule's blueprint key (``CompiledBlueprint.rule_for``)."""
     reads: tuple[str, ...]
     """The property keys the rule reads, in the order the full route copies them."""
-    max_keys: int
-    """The most properties a call may carry (the rule adds its own to them)."""
+    room: int
+    """The most properties a call may carry (``events.simple_room``)."""
     value: tuple[str, ...]
     """The property keys that feed ``value``: the first one not null wins."""
     currency: tuple[str, ...]
@@ -59,15 +57,15 @@ class QuickPlan:
 
 
 def quick_plan(
-    key: tuple[str, str], rule: Rule, reads: Reads, extra: int, *, traits_only: bool
+    key: tuple[str, str], rule: Rule, reads: Reads, room: int, *, traits_only: bool
 ) -> QuickPlan | None:
     """Return the lane's plan for a simple, enabled rule, or None if its calls cannot use it.
 
     Args:
         key: The rule's blueprint key.
-        rule: The rule (simple: ``simple_extra`` gave ``extra``).
+        rule: The rule (simple: ``simple_room`` gave ``room``).
         reads: What the rule reads (``CompiledBlueprint.reads``).
-        extra: How many properties the rule adds.
+        room: How many of the call's properties its event has room for.
         traits_only: Whether the profile mapping reads only traits (``_blueprint.profile.bare``).
     """
     value = _property_keys(rule.value)
@@ -85,7 +83,7 @@ def quick_plan(
     return QuickPlan(
         key=key,
         reads=read,
-        max_keys=MAX_EVENT_PROPERTIES - extra,
+        room=room,
         value=value,
         currency=currency,
         traits=traits_only,
@@ -110,7 +108,7 @@ def quick_track(  # noqa: PLR0917 - positional: the caller's hot path
     user_id: object,
     anonymous_id: object,
     consent: Mapping[str, bool] | None = None,
-) -> tuple[tuple[object, ...], int] | None:
+) -> Packed | None:
     """Return a common call's queue fields (``_blueprint/record``) and
     the size its properties count against ``max_queue_bytes``; None: use the full route.
 
@@ -121,7 +119,7 @@ def quick_track(  # noqa: PLR0917 - positional: the caller's hot path
     """
     if properties is None:
         properties = _NO_PROPERTIES
-    elif type(properties) is not dict or len(properties) > plan.max_keys:
+    elif type(properties) is not dict or len(properties) > plan.room:
         return None
     read = _read(plan.reads, properties)
     if read is None:
@@ -155,47 +153,30 @@ def quick_track(  # noqa: PLR0917 - positional: the caller's hot path
         *money,
         pairs,
     )
-    # As _delivery/queue._size counts the properties: a fixed cost per value, plus the length of
-    # keys and strings.
-    size += (len(pairs) // 2 + 1) * BYTES_PER_VALUE
-    if size > MEASURE_ABOVE:
-        return None  # it may not fit one request: the full route measures it exactly
     return record, size
 
 
 def _read(
     keys: tuple[str, ...], properties: Mapping[str, object]
 ) -> tuple[list[object], int] | None:
-    """Return the read properties as key, value pairs and their text length, if all are
-    values the full route keeps as they are (``_klaviyo.json._clean_mapping``'s first test)."""
+    """Return the read properties as key, value pairs and their size (as
+    ``_klaviyo.json.estimate`` counts the mapping), if all are plain values."""
     pairs: list[object] = []
-    size = 0
+    size = BYTES_PER_VALUE
     for key in keys:
         if key not in properties:
             continue
         item = properties[key]
-        kind = type(item)
-        if kind is str:
-            if len(item) > SAFE_STR_CHARS or not item.isascii():  # type: ignore[arg-type,attr-defined]
-                return None
-            size += len(item)  # type: ignore[arg-type]
-        elif not (
-            (kind is int and -_MAX_INT < item < _MAX_INT)  # type: ignore[operator]
-            or (kind is float and _isfinite(item))  # type: ignore[arg-type]
-            or item is None
-            or kind is bool
-        ):
+        counted = plain_size(item)
+        if counted < 0:
             return None
         pairs.append(key)
         pairs.append(item)
-        size += len(key)
+        size += counted + len(key)
     return pairs, size
 
 
 _NO_MONEY = (None, None)
-# The codes that passed ``CURRENCY`` (a set of strs: a call's currency is a str here).
-_CURRENCIES: set[str] = set()
-_CURRENCIES_KEPT = 512
 
 
 def _money(
@@ -208,18 +189,13 @@ def _money(
     for key in plan.value:
         value = properties.get(key)
         if value is not None:
-            if type(value) is not int and type(value) is not float:
+            if not is_amount(value):
                 return None  # a bool, a str: the full route says what is wrong
             break
     for key in plan.currency:
         currency = properties.get(key)
         if currency is not None:
-            if type(currency) is not str:
+            if not is_currency(currency):
                 return None
-            if currency not in _CURRENCIES:
-                if not CURRENCY.fullmatch(currency):
-                    return None
-                if len(_CURRENCIES) < _CURRENCIES_KEPT:
-                    _CURRENCIES.add(currency)  # a set lookup, not a regex, the next time
             break
     return value, currency  # type: ignore[return-value]

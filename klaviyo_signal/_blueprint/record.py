@@ -1,12 +1,12 @@
 """The queue record of a simple call: one flat tuple, written here, read by its indices.
 
-A simple call (see ``_blueprint.events.simple_extra``) waits in the worker's queue as
+A simple call (see ``_blueprint.events.simple_room``) waits in the worker's queue as
 ``(seq, (), *fields)``, where ``fields`` is what ``fields`` below returns: the rule's key,
 the profile's identifiers, the time, the unique id, the consent, the value, the currency,
-then the read properties as key, value pairs. The full route (``events.pack``) and the
-caller's fast lane (``quick.quick_track``) both write it with ``fields``; the worker
-(``_delivery/worker``, ``_delivery/jobs.encode_queued``) reads it through the ``ITEM_*``
-indices.
+then the read properties as key, value pairs. The full route (``events.pack``) and its
+first step, the caller's fast lane (``quick.quick_track``), both write it with ``fields``;
+the worker (``_delivery/worker``, ``_delivery/jobs.encode_queued``) reads it through the
+``ITEM_*`` indices.
 
 Why a flat tuple of strings and numbers: CPython's collector stops visiting a tuple once
 everything in it is untracked, but it looks at a tuple before what the tuple holds, so a
@@ -31,11 +31,16 @@ __all__ = [
     "ITEM_VALUE",
     "MESSAGE_ID",
     "IdentityKey",
+    "Packed",
     "fields",
 ]
 
 IdentityKey = tuple[str | None, str | None, str | None, str | None]
 """A profile's identifiers as a tuple: email, phone_number, external_id, anonymous_id."""
+
+Packed = tuple[tuple[object, ...], int]
+"""A simple call ready to queue: its fields and what they count against
+``max_queue_bytes`` (``_klaviyo.json.estimate``)."""
 
 
 def fields(  # noqa: PLR0917 - positional: the caller's hot path writes it

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import attrs
 
-from .._explain import SUBSCRIPTION_KEYWORDS
+from .._explain import CALL_KEYWORDS
 
 __all__ = ["BadLine", "InputFile", "lines", "parse_line", "scan"]
 
@@ -26,14 +26,9 @@ _ALIASES = {
     "customSource": "custom_source",
     "consentedAt": "consented_at",
 }
-_COMMON = {"user_id", "anonymous_id", "traits", "context", "timestamp", "message_id"}
-_FIELDS = {
-    "track": _COMMON | {"event", "properties"},
-    "page": _COMMON | {"name", "properties"},
-    "identify": _COMMON,
-    # Not Segment's: the Client's subscribe and unsubscribe, with their own keywords.
-    **SUBSCRIPTION_KEYWORDS,
-}
+# A line takes what its call takes (subscribe and unsubscribe, and explicit consent and
+# backfill, are the Client's, not Segment's).
+_FIELDS = CALL_KEYWORDS
 _KNOWN = {field for fields in _FIELDS.values() for field in fields}
 _TYPES = "'track', 'identify', 'page', 'subscribe' or 'unsubscribe'"
 _READ = 1 << 20

@@ -68,8 +68,8 @@ def encode_event(event: Event) -> bytes:
 def encode_queued(item: tuple[object, ...], rule: Rule) -> bytes:
     """Return the bytes of a queued simple call's event, read straight from its queue item.
 
-    ``(seq, (), *pack(pending))``, or the fast lane's item of the same layout: no
-    ``Event`` or ``Pending`` is rebuilt, as this runs for every queued call.
+    ``(seq, (), *record)`` (``_blueprint/record``): no ``Event`` is built, as this runs
+    for every queued call.
     """
     pairs = item[ITEM_PAIRS:]
     base = dict(zip(pairs[::2], pairs[1::2], strict=True))

@@ -1,8 +1,8 @@
 """Admission and back-pressure: the caller's side of the background worker's queue.
 
 ``submit`` numbers the call, gives it a Ticket and appends it to a deque under a lock:
-the blueprint's objects, or a simple call's checked ``Pending`` packed into one flat tuple
-(``_blueprint/record``). A call is refused (or, with
+the blueprint's objects (``submit``), or a simple call's record, one flat tuple
+(``submit_record``, ``_blueprint/record``). A call is refused (or, with
 ``block_on_full``, waits) while the queue holds ``max_queue_size`` calls or
 ``max_queue_bytes``; a call repeating a queued call's message id is dropped. With a durable
 outbox each call is committed to it before it is queued. The room of a call is released
@@ -19,22 +19,15 @@ import logging
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import attrs
 
-from .._blueprint.events import Pending, pack
-from .._blueprint.record import IdentityKey
+from .._blueprint.record import ITEM_IDENTITY, ITEM_RULE, IdentityKey
 from .._blueprint.rules import Rule
 from .._errors import APIError, TransportError
-from .._klaviyo.json import (
-    BYTES_PER_VALUE,
-    MAX_PROFILE_IMPORT_BYTES,
-    MEASURE_ABOVE,
-    request_too_large,
-)
+from .._klaviyo.json import MAX_PROFILE_IMPORT_BYTES, MEASURE_ABOVE, estimate, request_too_large
 from .._klaviyo.models import Event, KlaviyoObject, Profile
 from .._klaviyo.transport import SERVER_ERROR_STATUSES
 from .._klaviyo.wire import profile_bytes
@@ -43,9 +36,10 @@ from .jobs import MAX_JOB_BYTES, MAX_JOB_EVENTS, BulkJob, OpenJob, encode_event,
 from .outbox import Outbox, dump_fields, dump_objects, load
 from .outcomes import Outcomes, Unit
 from .profile_jobs import ProfileJob
+from .stats import DUPLICATE
 from .subscription_jobs import SubscriptionJob
 
-__all__ = ["DUPLICATE", "KeepingOutcomes", "Queue"]
+__all__ = ["KeepingOutcomes", "Queue"]
 
 log = logging.getLogger("klaviyo_signal")
 
@@ -92,10 +86,6 @@ class KeepingOutcomes(Outcomes):
         super().unreachable(unit, exc)
 
 
-DUPLICATE = "duplicate"
-"""The ``dropped_by_reason`` key of a call whose message id a queued call has."""
-
-
 def _duplicate(message_id: str) -> str:
     shown = message_id if len(message_id) <= 80 else message_id[:77] + "..."
     return (
@@ -104,29 +94,8 @@ def _duplicate(message_id: str) -> str:
     )
 
 
-def _size(value: object) -> int:
-    """Roughly the bytes a cleaned JSON value holds: strings by length, others flat."""
-    # Runs on the caller's thread for every call: plain loops, no generators.
-    if type(value) is str:
-        return BYTES_PER_VALUE + len(value)
-    size = BYTES_PER_VALUE
-    if type(value) is dict or type(value) is MappingProxyType or isinstance(value, Mapping):
-        for key, item in value.items():
-            kind = type(item)
-            if kind is str:
-                size += BYTES_PER_VALUE + len(key) + len(item)
-            elif kind is int or kind is float or kind is bool or item is None:
-                size += BYTES_PER_VALUE + len(key)
-            else:
-                size += len(key) + _size(item)
-    elif type(value) is list:
-        for item in value:
-            size += BYTES_PER_VALUE + len(item) if type(item) is str else _size(item)
-    return size
-
-
 def _profile_size(profile: Profile) -> int:
-    size = _size(profile.properties) if profile.properties else 0
+    size = estimate(profile.properties) if profile.properties else 0
     if profile.location is not None:
         size += sum(len(str(v)) for v in attrs.astuple(profile.location) if v is not None)
     for name in _PROFILE_TEXT:
@@ -142,7 +111,7 @@ def _estimate(objects: Sequence[KlaviyoObject]) -> int:
     size = _BASE_BYTES * len(objects)
     for obj in objects:
         if type(obj) is Event:
-            size += _size(obj.properties) + _profile_size(obj.profile)
+            size += estimate(obj.properties) + _profile_size(obj.profile)
         elif type(obj) is Profile:
             size += _profile_size(obj)
     return size
@@ -174,7 +143,7 @@ class Queue:
 
     Args:
         board: Where the Tickets of this client learn their outcomes.
-        rule_for: The blueprint's ``rule_for``: the rule of a queued ``Pending`` call.
+        rule_for: The blueprint's ``rule_for``: the rule of a queued record.
         max_queue_size: Calls queued or in flight before new ones are refused.
         max_queue_bytes: Estimated bytes those calls may hold before new ones are refused.
         block_on_full: Wait for room instead of refusing a call.
@@ -206,7 +175,7 @@ class Queue:
         self.lock = threading.Lock()
         self._drained = threading.Condition(self.lock)
         self.space = threading.Condition(self.lock)
-        # (sequence number, the call's objects), or a Pending call flattened by ``pack``.
+        # (seq, the call's objects), or (seq, (), *a simple call's record).
         self.inbox: deque[tuple[object, ...]] = deque()
         # The Outcomes' own dicts (the worker hands them over): every call not final yet,
         # and the parts left of calls of several parts.
@@ -233,38 +202,34 @@ class Queue:
         # The outbox row of each call not final yet (sequence number -> row id).
         self.rows: dict[int, int] = {}
 
-    def submit(
-        self, message_id: str, objects: Sequence[KlaviyoObject], later: Pending | None = None
-    ) -> Ticket | str:
-        """Queue one call's objects; return its Ticket, or why it was refused.
-
-        Args:
-            message_id: The call's id.
-            objects: What the blueprint made of the call.
-            later: Instead of objects, a simple call's checked event, to build on the
-                worker (see ``CompiledBlueprint.prepare``).
-        """
-        if later is None:
-            size = _estimate(objects)
-            if size > MEASURE_ABOVE:
-                _check_fits(objects, None)
-            return self._enqueue(message_id, size, objects, None, named=True)
-        size = _BASE_BYTES + _size(later.properties)
-        fields = pack(later)
+    def submit(self, message_id: str, objects: Sequence[KlaviyoObject]) -> Ticket | str:
+        """Queue one decided call's objects; return its Ticket, or why it was refused."""
+        size = _estimate(objects)
         if size > MEASURE_ABOVE:
-            data = encode_queued((0, (), *fields), self._rule_for(later.rule))
-            _check_fits((), (data, later.identity))
-        return self._enqueue(message_id, size, (), fields, named=True)
+            _check_fits(objects, None)
+        return self._enqueue(message_id, size, objects, None, named=True)
 
-    def submit_packed(self, message_id: str, fields: tuple[object, ...], size: int) -> Ticket | str:
-        """Queue a simple call the caller's fast lane packed (``_blueprint.quick.quick_track``).
+    def submit_record(
+        self, message_id: str, record: tuple[object, ...], size: int, named: bool = False
+    ) -> Ticket | str:
+        """Queue a simple call's record (``_blueprint/record``), from the fast lane or
+        ``CompiledBlueprint.prepare``; return its Ticket, or why it was refused.
 
         Args:
             message_id: The call's id.
-            fields: The call's record (``_blueprint/record``).
+            record: The call's fields.
             size: What its properties count against ``max_queue_bytes``.
+            named: Whether the caller gave the message id (it may repeat a queued call's).
+
+        Raises:
+            ValidationError: The event cannot fit one request alone.
         """
-        return self._enqueue(message_id, _BASE_BYTES + size, (), fields)
+        size += _BASE_BYTES
+        if size > MEASURE_ABOVE:
+            item = (0, (), *record)
+            data = encode_queued(item, self._rule_for(item[ITEM_RULE]))  # type: ignore[arg-type]
+            _check_fits((), (data, item[ITEM_IDENTITY]))  # type: ignore[arg-type]
+        return self._enqueue(message_id, size, (), record, named=named)
 
     def _enqueue(
         self,

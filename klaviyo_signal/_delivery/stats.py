@@ -13,7 +13,15 @@ import attrs
 
 from .._errors import RequestTimeoutError, TransportError
 
-__all__ = ["MAX_REASONS", "OTHER_REASON", "Counters", "Stats", "failure_key"]
+__all__ = [
+    "DUPLICATE",
+    "MAX_REASONS",
+    "OTHER_REASON",
+    "Counters",
+    "Stats",
+    "drop_key",
+    "failure_key",
+]
 
 # Reasons are short sentences, but a blueprint's drop reason names the event: cap the keys so
 # a stream of odd event names cannot grow the mappings without bound.
@@ -122,6 +130,19 @@ def failure_key(http_status: int | None, error: BaseException | None = None) -> 
     if error is not None and not isinstance(error, TransportError):
         return "internal error"  # a transport of the caller's raised something of its own
     return "timeout" if isinstance(error, RequestTimeoutError) else "network"
+
+
+DUPLICATE = "duplicate"
+"""The ``dropped_by_reason`` key of a call whose message id a queued call has; its reason
+starts with it and names the message id."""
+
+
+def drop_key(reason: str | None) -> str | None:
+    """Return the ``dropped_by_reason`` key of a drop: its reason, with one key for every
+    repeated message id (``DUPLICATE``)."""
+    if reason is not None and reason.startswith(DUPLICATE):
+        return DUPLICATE
+    return reason
 
 
 def _bump(by_reason: dict[str, int], reason: str | None, count: int) -> None:

@@ -35,13 +35,13 @@ from .jobs import encode_event, encode_queued, unique_key
 from .lifecycle import adopt, release, starting_thread
 from .outbox import Outbox
 from .outcomes import CLIENT_PROFILES, Failure, Identify, Outcomes
-from .queue import DUPLICATE, KeepingOutcomes, Queue
+from .queue import KeepingOutcomes, Queue
 from .ratelimit import RateLimits
 from .ratestore import RateStore
 from .sender import Sent
 from .stats import Counters
 
-__all__ = ["DUPLICATE", "Worker"]
+__all__ = ["Worker"]
 
 log = logging.getLogger("klaviyo_signal")
 
@@ -86,7 +86,7 @@ class Worker:
         make_transport: Builds the worker's HTTP transport (on the worker thread, lazily).
         limits: Per-endpoint (burst per second, steady per minute), or None for no
             client-side limit.
-        rule_for: The blueprint's ``rule_for``: the rule of a queued ``Pending`` call.
+        rule_for: The blueprint's ``rule_for``: the rule of a queued record.
         stats: The counters to update.
         board: Where the Tickets of this client learn their outcomes.
         on_delivery: Called with every final Delivery, on the worker thread.
@@ -164,7 +164,7 @@ class Worker:
         )
         # The caller's side is the queue's own, bound here: a call costs no extra layer.
         self.submit = queue.submit
-        self.submit_packed = queue.submit_packed
+        self.submit_record = queue.submit_record
         self.flush = queue.flush
         self._seen = 0  # the queue's arrivals the thread last saw
         # When the worker's current slice began (perf_counter), and until when callers
@@ -513,7 +513,7 @@ class Worker:
         self._slice = time.perf_counter()  # the GIL was free all along: a fresh slice
 
     def _absorb(self, item: tuple[object, ...], now: float) -> None:
-        """Put one call's objects (or its Pending event) into an open job or the outbox."""
+        """Put one call's objects (or its record) into an open job or the outbox."""
         dispatch = self._dispatch
         seq: int = item[0]  # type: ignore[assignment]
         objects: Sequence[KlaviyoObject] = item[1]  # type: ignore[assignment]

@@ -40,7 +40,9 @@ __all__ = [
     "clean_value",
     "dumps",
     "dumps_text",
+    "estimate",
     "finish",
+    "plain_size",
     "pretty",
     "request_too_large",
     "utf8_size",
@@ -60,8 +62,8 @@ MAX_EVENT_PROPERTIES = 300
 MAX_EVENT_REQUEST_BYTES = 5_000_000
 MAX_PROFILE_IMPORT_BYTES = 5_000_000
 
-# What one cleaned value counts for against max_queue_bytes, besides its text (the
-# worker's estimate of a queued call's memory, and the fast lane's, which must agree).
+# What one cleaned value counts for against max_queue_bytes, besides its text
+# (``estimate`` and ``plain_size``: the queue's guess at a call's memory).
 BYTES_PER_VALUE = 64
 # No cleaned value is written as more than BYTES_PER_VALUE times what the size estimate
 # counts for it (a 4000-digit number counts BYTES_PER_VALUE; a character escapes to at most
@@ -140,6 +142,47 @@ def check_key(key: object, path: str) -> str:
     return check_str(key, path, what=f"key {key!r}")
 
 
+def plain_size(item: object) -> int:
+    """Return what a value JSON carries as it is counts towards a queued call's size
+    (``estimate``), or -1 if it is not such a value.
+
+    The one test of a plain value: an ASCII str short enough to need no UTF-8 check, an
+    int Python can write, a finite float, a bool or None. The full route's cleaning keeps
+    these as they are without a closer look, and the caller's fast lane
+    (``_blueprint/quick.py``) takes a call only if every value it reads passes.
+    """
+    kind = type(item)
+    if kind is str:
+        if len(item) <= SAFE_STR_CHARS and item.isascii():  # type: ignore[arg-type,attr-defined]
+            return BYTES_PER_VALUE + len(item)  # type: ignore[arg-type]
+        return -1
+    if (
+        (kind is int and -_MAX_INT < item < _MAX_INT)
+        or (kind is float and _isfinite(item))  # type: ignore[arg-type]
+        or item is None
+        or kind is bool
+    ):
+        return BYTES_PER_VALUE
+    return -1
+
+
+def estimate(value: object) -> int:
+    """Roughly the bytes a cleaned JSON value holds, for ``max_queue_bytes``: strings by
+    length, other values flat (``BYTES_PER_VALUE``), a key by its length."""
+    if type(value) is str:
+        return BYTES_PER_VALUE + len(value)
+    size = BYTES_PER_VALUE
+    if type(value) is dict or isinstance(value, Mapping):
+        for key, item in value.items():
+            counted = plain_size(item)
+            size += len(key) + (counted if counted >= 0 else estimate(item))
+    elif type(value) is list:
+        for item in value:
+            counted = plain_size(item)
+            size += counted if counted >= 0 else estimate(item)
+    return size
+
+
 def _clean_mapping(value: Mapping[object, object], path: str, level: int) -> dict[str, JSON]:
     if level > MAX_DEPTH:
         raise ValidationError(
@@ -150,18 +193,14 @@ def _clean_mapping(value: Mapping[object, object], path: str, level: int) -> dic
     for key, item in value.items():
         if type(key) is not str or not key.isascii():
             key = check_key(key, path)  # noqa: PLW2901 - a str subclass becomes a plain str
-        # _clean's first cases, inlined: a call per value was a third of the cost.
-        kind = type(item)
-        if (
-            (kind is str and len(item) <= SAFE_STR_CHARS and item.isascii())  # type: ignore[arg-type,attr-defined]
-            or (kind is int and -_MAX_INT < item < _MAX_INT)
-            or (kind is float and _isfinite(item))  # type: ignore[arg-type]
-            or item is None
-            or kind is bool
-        ):
+        if plain_size(item) >= 0:
             out[key] = item  # type: ignore[assignment]
+        elif type(item) is dict:
+            out[key] = _clean_mapping(item, _key_path(path, key), level + 1)
+        elif type(item) is list:
+            out[key] = _clean_sequence(item, _key_path(path, key), level + 1)
         else:
-            out[key] = _clean(item, key, path, level)
+            out[key] = clean_value(item, _key_path(path, key), depth=level)
     return out
 
 
@@ -178,38 +217,14 @@ def _clean_sequence(value: list[object] | tuple[object, ...], path: str, level: 
         )
     out: list[JSON] = []
     for i, item in enumerate(value):
-        # The common scalars and objects skip building the item's path and the type chain.
-        if (type(item) is str and len(item) <= SAFE_STR_CHARS and item.isascii()) or (
-            type(item) is int and -_MAX_INT < item < _MAX_INT
-        ):
-            out.append(item)
+        # The common values and objects skip building the item's path and the type chain.
+        if plain_size(item) >= 0:
+            out.append(item)  # type: ignore[arg-type]
         elif type(item) is dict:
             out.append(_clean_mapping(item, f"{path}[{i}]", level + 1))
         else:
             out.append(clean_value(item, f"{path}[{i}]", depth=level))
     return out
-
-
-def _clean(item: object, key: str, path: str, depth: int) -> JSON:
-    """Clean a mapping's value; the common scalars skip building a key path."""
-    if type(item) is str:
-        if len(item) <= SAFE_STR_CHARS and item.isascii():
-            return item
-    elif type(item) is int:
-        if -_MAX_INT < item < _MAX_INT:
-            return item
-    elif (
-        item is None
-        or item is True
-        or item is False
-        or (type(item) is float and math.isfinite(item))
-    ):
-        return item
-    elif type(item) is dict:
-        return _clean_mapping(item, _key_path(path, key), depth + 1)
-    elif type(item) is list:
-        return _clean_sequence(item, _key_path(path, key), depth + 1)
-    return clean_value(item, _key_path(path, key), depth=depth)
 
 
 def clean_value(value: object, path: str, *, depth: int = 0) -> JSON:

@@ -37,6 +37,7 @@ __all__ = [
     "SUPPORTED_REVISIONS",
     "Revision",
     "Status",
+    "call_backfill",
     "check_backfill",
     "no_backfill",
     "revision",
@@ -330,6 +331,16 @@ def check_backfill(value: object, under: Revision) -> bool:
     if value and not under.backfill:
         raise ValidationError(no_backfill(under.name))
     return value
+
+
+def call_backfill(value: object, default: bool, under: Revision) -> bool:
+    """Return a call's backfill flag: its own ``backfill=``, checked, or ``default`` (the
+    Client's) when it passed None.
+
+    Raises:
+        ValidationError: As ``check_backfill``.
+    """
+    return default if value is None else check_backfill(value, under)
 
 
 def no_backfill(name: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from klaviyo_signal._cli import main
+from klaviyo_signal._cli.lines import parse_line
 from klaviyo_signal.testing import FakeKlaviyo
 
 EMAIL = "ann@example.com"
@@ -382,3 +383,15 @@ def test_blueprint_show_and_validate(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "2 problems" in err
     assert "colour: unknown key" in err
     assert 'rules["X"].metric' in err
+
+
+@pytest.mark.parametrize("kind", ["track", "page", "identify"])
+def test_a_line_may_carry_the_calls_own_consent(kind: str) -> None:
+    """A line takes every argument its call takes: explicit consent included."""
+    line = {"type": kind, "userId": "u-1", "consent": {"marketing": True}}
+    if kind == "track":
+        line["event"] = "Order Completed"
+    assert parse_line(json.dumps(line)) == (
+        kind,
+        {k: v for k, v in {**line, "user_id": "u-1"}.items() if k not in {"type", "userId"}},
+    )

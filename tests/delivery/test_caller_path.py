@@ -24,7 +24,7 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._blueprint.events import Pending
+from klaviyo_signal._blueprint.record import fields
 from klaviyo_signal.testing import FakeKlaviyo
 from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
 
@@ -51,18 +51,19 @@ def order(price: Any = 10.0) -> dict[str, Any]:
 
 
 def queue_pending(client: Client, event: str, properties: dict[str, Any]) -> Delivery:
-    """Queue a Pending call the way CompiledBlueprint.prepare would, and wait for its outcome."""
-    call = Pending(
+    """Queue a simple call's record the way CompiledBlueprint.prepare would, and wait for
+    its outcome."""
+    record = fields(
         ("track", event),
         (None, None, "u-1", None),
-        properties,
         datetime.now(timezone.utc),
         "m-1",
         None,
         None,
         None,
+        [part for pair in properties.items() for part in pair],
     )
-    return client._queued("m-1", (), call).wait(10)
+    return client._queued(record, 0, named=True).wait(10)
 
 
 def sent_properties(fake: FakeKlaviyo) -> list[dict[str, Any]]:

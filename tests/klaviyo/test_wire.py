@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from klaviyo_signal import ValidationError
 from klaviyo_signal._blueprint.blueprint import Blueprint
 from klaviyo_signal._blueprint.compiled import compile_blueprint
-from klaviyo_signal._blueprint.events import Pending, pack
+from klaviyo_signal._blueprint.record import ITEM_IDENTITY, ITEM_RULE
 from klaviyo_signal._calls.identity import Identity
 from klaviyo_signal._calls.message import Message, build_message
 from klaviyo_signal._delivery.jobs import OpenJob, encode_queued
@@ -200,23 +200,23 @@ def test_special_values_encode_identically(changes: dict[str, Any]) -> None:
 
 
 def test_pending_calls_encode_like_decided_ones() -> None:
-    """The worker's route for simple calls (Pending or its queue item) writes decide's bytes."""
+    """The worker's route for simple calls (their queue record) writes decide's bytes."""
     blueprint = _forward_everything()
     deferred = 0
     for message in _messages():
         prepared = compile_blueprint(blueprint).prepare(message)
-        if not isinstance(prepared, Pending):
+        if not isinstance(prepared, tuple):
             continue
+        record, _ = prepared
         deferred += 1
         (event,) = compile_blueprint(blueprint).decide(message).objects
         assert isinstance(event, Event)
         # As the worker reads it: straight from the queue item.
-        data = encode_queued(
-            (0, (), *pack(prepared)), compile_blueprint(blueprint).rule_for(prepared.rule)
-        )
+        item = (0, (), *record)
+        data = encode_queued(item, compile_blueprint(blueprint).rule_for(item[ITEM_RULE]))  # type: ignore[arg-type]
         assert data == bulk_event_bytes(event)
         job = OpenJob()
-        assert job.add(data, prepared.identity, object(), 0.0)
+        assert job.add(data, item[ITEM_IDENTITY], object(), 0.0)  # type: ignore[arg-type]
         assert _loads(job.seal().body())["data"]["attributes"]["events-bulk-create"]["data"][0][
             "attributes"
         ]["events"]["data"] == [_loads(bulk_event_bytes(event))]
