@@ -118,7 +118,7 @@ def limits_run(scale: float, windows: int, job: int) -> dict[str, Any]:
 
     if not worker.scale_signal_limiter(scale):
         raise RuntimeError("klaviyo-signal's limiter has no window knob to scale")
-    profile_jobs.MAX_JOB_PROFILES = job
+    profile_jobs.MAX_IMPORT_PROFILES = job
     profile_jobs.FIRST_POLL = 0.5 / scale
     window = 60.0 / scale
     allowed = STEADY_JOBS * job / window

@@ -25,7 +25,7 @@ from ._blueprint.record import MESSAGE_ID as _MESSAGE_ID
 from ._calls.consent import consent_drop_reason
 from ._calls.context import CURRENT as _CONTEXT
 from ._calls.message import Message, build_message, reseed_message_ids
-from ._calls.subscription import Action, build_subscription
+from ._calls.subscription import build_subscription
 from ._config import DISABLED_VARIABLE, PUBLISHED, Config, disabled_by_env, mask
 from ._delivery.aio import off_loop, running_loop
 from ._delivery.delivery import Board, Delivery, DeliveryStatus, OnDelivery, Ticket
@@ -40,7 +40,7 @@ from ._errors import ConfigurationError, RevisionWarning
 from ._errors import shown as _shown
 from ._explain import ExplainKind, Explanation, explain
 from ._flushing import Flushing, FlushReport, checked_budget, flush_after
-from ._klaviyo.models import KlaviyoObject, with_backfill
+from ._klaviyo.models import Action, KlaviyoObject, with_backfill
 from ._klaviyo.revisions import DEFAULT_REVISION, PROFILE_JOBS_OPERATION, call_backfill
 from ._klaviyo.revisions import revision as revision_named
 from ._klaviyo.transport import HTTPRequest, HTTPResponse, KlaviyoAPI, RequestsTransport, Transport

@@ -32,8 +32,6 @@ from typing import ClassVar
 
 import attrs
 
-from ._klaviyo.operations import DEFAULT_SCOPES
-
 __all__ = [
     "APIError",
     "AuthenticationError",
@@ -57,6 +55,10 @@ __all__ = [
     "mask",
     "shown",
 ]
+
+DEFAULT_SCOPES = ("events:write", "profiles:write")
+"""What identify, track and page need: the scopes an error names for an endpoint whose
+own are unknown (``_klaviyo.operations.required_scopes``)."""
 
 
 class KlaviyoSignalError(Exception):

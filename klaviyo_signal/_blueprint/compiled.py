@@ -14,8 +14,8 @@ import attrs
 
 from .._calls.consent import consent_drop_reason
 from .._calls.message import Message, plain_name
-from .._calls.subscription import Subscription, implied_subscription
-from .._klaviyo.models import KlaviyoObject
+from .._calls.subscription import implied_subscription
+from .._klaviyo.models import KlaviyoObject, Subscription
 from .blueprint import Blueprint
 from .events import build_events, pack, simple_room
 from .paths import message_view

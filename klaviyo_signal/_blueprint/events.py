@@ -15,7 +15,8 @@ from typing import cast
 
 from .._calls.message import Message, _timestamp
 from .._errors import ValidationError
-from .._klaviyo.json import JSON, MAX_EVENT_PROPERTIES, clean_properties, estimate
+from .._klaviyo.json import JSON, clean_properties, estimate
+from .._klaviyo.limits import MAX_EVENT_PROPERTIES
 from .._klaviyo.models import Event, Profile
 from .paths import MISSING, lookup, message_view
 from .properties import CONSENT, apply_properties, first_present, passes_through

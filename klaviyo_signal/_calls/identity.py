@@ -10,15 +10,12 @@ import re
 from collections.abc import Mapping
 from typing import TypeGuard
 
-import attrs
-
 from .._errors import ValidationError
 from .._klaviyo.json import JSON, check_str
+from .._klaviyo.models import Identity
 
 __all__ = [
     "E164",
-    "IDENTIFIER_NAMES",
-    "Identity",
     "identity_from",
     "normalize_email",
     "normalize_id",
@@ -33,68 +30,11 @@ E164 = re.compile(r"^\+[1-9]\d{1,14}$", re.ASCII)
 # One @, no whitespace, a dot in the domain and no empty domain label. Deliberately loose:
 # the mailbox's existence is Klaviyo's business; this only catches values that are no address.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
-# Klaviyo's names of the four identifiers, in the order of Identity.key().
-IDENTIFIER_NAMES = ("email", "phone_number", "external_id", "anonymous_id")
 _MAX_EMAIL = 254
 _MAX_ID = 255
 # Only these separators are removed: anything else (letters, "ext", a leading 0) needs a region.
 _PHONE_SEPARATORS = str.maketrans("", "", " .-()")
 _PHONE_EXAMPLE = "+ then country code and number, e.g. +447700900123"
-_NO_IDENTIFIER = (
-    "no profile identifier: pass user_id, anonymous_id, traits['email'] or traits['phone']; "
-    "Klaviyo needs one of email, phone_number, external_id or anonymous_id"
-)
-
-
-def _optional_identifier(
-    instance: object, attribute: attrs.Attribute[str | None], value: object
-) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValidationError(f"{attribute.name}: must be a non-empty str or None, got {value!r}")
-
-
-@attrs.frozen
-class Identity:
-    """The four profile identifiers Klaviyo accepts; at least one is set.
-
-    Built by ``identity_from``, which normalizes each one; building it directly only checks
-    that the set ones are non-empty strings.
-    """
-
-    email: str | None = attrs.field(default=None, validator=_optional_identifier)
-    phone_number: str | None = attrs.field(default=None, validator=_optional_identifier)
-    external_id: str | None = attrs.field(default=None, validator=_optional_identifier)
-    anonymous_id: str | None = attrs.field(default=None, validator=_optional_identifier)
-
-    def __attrs_post_init__(self) -> None:
-        if (
-            self.email is None
-            and self.phone_number is None
-            and self.external_id is None
-            and self.anonymous_id is None
-        ):
-            raise ValidationError(_NO_IDENTIFIER)
-
-    def key(self) -> tuple[str | None, str | None, str | None, str | None]:
-        """Return the four identifiers in ``IDENTIFIER_NAMES`` order, None where unset.
-
-        A tuple of strings, unlike the Identity: what queued calls and open jobs keep
-        (``_blueprint/record`` says why).
-        """
-        return (self.email, self.phone_number, self.external_id, self.anonymous_id)
-
-    def as_attributes(self) -> dict[str, str]:
-        """Return the set identifiers under Klaviyo's profile attribute names."""
-        out: dict[str, str] = {}
-        if self.email is not None:
-            out["email"] = self.email
-        if self.phone_number is not None:
-            out["phone_number"] = self.phone_number
-        if self.external_id is not None:
-            out["external_id"] = self.external_id
-        if self.anonymous_id is not None:
-            out["anonymous_id"] = self.anonymous_id
-        return out
 
 
 def normalize_email(value: object, path: str) -> str:
@@ -247,8 +187,7 @@ def identity_from(
     phone = _phone_from(traits, default_region)
     external = None if user_id is None else normalize_id(user_id, "user_id")
     anonymous = None if anonymous_id is None else normalize_id(anonymous_id, "anonymous_id")
-    if email is None and phone is None and external is None and anonymous is None:
-        raise ValidationError(_NO_IDENTIFIER)
+    # Identity refuses a call with no identifier.
     return Identity(email=email, phone_number=phone, external_id=external, anonymous_id=anonymous)
 
 

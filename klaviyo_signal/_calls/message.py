@@ -16,9 +16,11 @@ from typing import Literal, TypeGuard
 import attrs
 
 from .._errors import ValidationError
-from .._klaviyo.json import JSON, MAX_EVENT_PROPERTIES, check_str, clean_properties, utf8_size
+from .._klaviyo.json import JSON, check_str, clean_properties, utf8_size
+from .._klaviyo.limits import MAX_EVENT_PROPERTIES
+from .._klaviyo.models import Identity
 from .consent import resolve_consent
-from .identity import Identity, identity_from, normalize_id
+from .identity import identity_from, normalize_id
 
 __all__ = ["Kind", "Message", "Reads", "build_message"]
 

@@ -10,58 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Literal
-
-import attrs
 
 from .._errors import ValidationError
 from .._klaviyo.json import check_str
+from .._klaviyo.models import Action, Subscription
 from .consent import consent_drop_reason, resolve_consent
 from .identity import normalize_email, normalize_phone
 from .message import message_id_of, parse_iso
 
 __all__ = [
     "CHANNELS",
-    "MAX_PROFILES",
-    "SUBSCRIBE_PATH",
-    "UNSUBSCRIBE_PATH",
-    "Action",
-    "Subscription",
     "build_subscription",
     "implied_subscription",
 ]
 
-Action = Literal["subscribe", "unsubscribe"]
-SUBSCRIBE_PATH = "/api/profile-subscription-bulk-create-jobs"
-UNSUBSCRIBE_PATH = "/api/profile-subscription-bulk-delete-jobs"
-# Klaviyo's per-job profile limits for each endpoint.
-MAX_PROFILES = {"subscribe": 1000, "unsubscribe": 100}
 CHANNELS = ("email", "sms", "sms_transactional")
 _NEEDS = {"email": "email", "sms": "phone", "sms_transactional": "phone"}
-
-
-@attrs.frozen
-class Subscription:
-    """One profile's consent change on one list (or the account's default opt-in)."""
-
-    action: Action
-    message_id: str
-    channels: tuple[str, ...]
-    email: str | None = None
-    phone_number: str | None = None
-    list_id: str | None = None
-    custom_source: str | None = None
-    consented_at: datetime | None = None
-
-    @property
-    def job_key(self) -> tuple[object, ...]:
-        """Calls with the same key can share one bulk job (same list, source and import mode)."""
-        return (self.action, self.list_id, self.custom_source, self.consented_at is not None)
-
-    @property
-    def path(self) -> str:
-        """The Klaviyo endpoint this call goes to."""
-        return SUBSCRIBE_PATH if self.action == "subscribe" else UNSUBSCRIBE_PATH
 
 
 def _channels(

@@ -33,14 +33,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, cast
 
 from .._blueprint.record import IdentityKey
-from .._calls.identity import Identity
 from .._errors import APIError, BlockedByEdgeError, PermissionDeniedError, TransportError
-from .._klaviyo.models import Profile
+from .._klaviyo.limits import MAX_JOB_EVENTS
+from .._klaviyo.models import Identity, Profile
 from .._klaviyo.transport import SERVER_ERROR_STATUSES, Answer, KlaviyoAPI
 from .._klaviyo.wire import profile_bytes
 from . import profile_jobs
 from .delivery import DeliveryStatus
-from .jobs import MAX_JOB_EVENTS, BulkJob, OpenJob
+from .jobs import BulkJob, OpenJob
 from .outcomes import PROFILE_IMPORT, Failure, Identify, Outcomes, Unit
 from .profile_jobs import (
     IMPORT_ERRORS,

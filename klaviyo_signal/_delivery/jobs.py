@@ -29,14 +29,12 @@ from .._blueprint.record import (
     IdentityKey,
 )
 from .._blueprint.rules import Rule
-from .._calls.identity import IDENTIFIER_NAMES, Identity
 from .._klaviyo.json import JSON
-from .._klaviyo.models import Event, Profile
+from .._klaviyo.limits import MAX_JOB_BYTES, MAX_JOB_EVENTS
+from .._klaviyo.models import IDENTIFIER_NAMES, Event, Identity, Profile
 from .._klaviyo.wire import BULK_JOB_FRAME, bulk_event_bytes, bulk_item_frame, event_bytes
 
 __all__ = [
-    "MAX_JOB_BYTES",
-    "MAX_JOB_EVENTS",
     "BulkJob",
     "Item",
     "OpenJob",
@@ -47,9 +45,6 @@ __all__ = [
     "unique_key",
 ]
 
-MAX_JOB_EVENTS = 1000
-# Klaviyo's limit is 5 MB per request; stay a little under it (and under 5 MiB as well).
-MAX_JOB_BYTES = 5_000_000 - 4096
 _FRAME_CACHE = 4096
 # Items listed between two calls of ``BulkJob.body``'s ``between`` (a few microseconds).
 _BODY_STEP = 64

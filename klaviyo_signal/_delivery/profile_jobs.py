@@ -22,17 +22,19 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import attrs
 
-from .._calls.identity import IDENTIFIER_NAMES, Identity
 from .._klaviyo.json import JSON
-from .._klaviyo.models import Profile
+from .._klaviyo.limits import (
+    IMPORT_ERRORS_PAGE,
+    MAX_IMPORT_ENTRY_BYTES,
+    MAX_IMPORT_PROFILES,
+    MAX_JOB_BYTES,
+)
+from .._klaviyo.models import IDENTIFIER_NAMES, Identity, Profile
 from .._klaviyo.wire import PROFILE_JOB_FRAME, bulk_profile_bytes
-from .jobs import MAX_JOB_BYTES
 
 __all__ = [
     "IMPORT_ERRORS",
     "JOB_STATUS",
-    "MAX_ENTRY_BYTES",
-    "MAX_JOB_PROFILES",
     "PROFILE_JOBS",
     "OpenProfiles",
     "Pair",
@@ -46,10 +48,6 @@ __all__ = [
 PROFILE_JOBS = "POST /api/profile-bulk-import-jobs"
 JOB_STATUS = "GET /api/profile-bulk-import-jobs/{id}"
 IMPORT_ERRORS = "GET /api/profile-bulk-import-jobs/{id}/import-errors"
-MAX_JOB_PROFILES = 10_000
-# "The maximum allowed payload size per-profile is 100KB" (read as the smaller 100,000 bytes).
-MAX_ENTRY_BYTES = 100_000
-_PAGE_SIZE = 100  # import errors per page: the most Klaviyo serves
 FIRST_POLL = 0.5
 """Seconds after the 202 before the job is first polled; each next poll waits twice as long."""
 MAX_POLL_INTERVAL = 10.0
@@ -251,7 +249,7 @@ class Poll:
         job_id = quote(self.job.job_id or "", safe="")
         if self.endpoint == JOB_STATUS:
             return f"/api/profile-bulk-import-jobs/{job_id}"
-        query = f"page%5Bsize%5D={_PAGE_SIZE}"
+        query = f"page%5Bsize%5D={IMPORT_ERRORS_PAGE}"
         if self.cursor is not None:
             query += f"&page%5Bcursor%5D={quote(self.cursor, safe='')}"
         return f"/api/profile-bulk-import-jobs/{job_id}/import-errors?{query}"
@@ -302,7 +300,7 @@ class OpenProfiles:
 
     def fits(self, profile: Profile) -> bool:
         """Whether a profile alone fits one entry (else it goes through profile-import)."""
-        return len(bulk_profile_bytes(profile)) <= MAX_ENTRY_BYTES
+        return len(bulk_profile_bytes(profile)) <= MAX_IMPORT_ENTRY_BYTES
 
     def add(
         self, profile: Profile, owner: int, now: float, waits: Sequence[tuple[str, int]]
@@ -325,7 +323,7 @@ class OpenProfiles:
         if not found:
             data = bulk_profile_bytes(profile)
             grown = len(data) + (1 if self.entries else 0)
-            if len(self.entries) >= MAX_JOB_PROFILES or self.size + grown > MAX_JOB_BYTES:
+            if len(self.entries) >= MAX_IMPORT_PROFILES or self.size + grown > MAX_JOB_BYTES:
                 return False
             index = len(self.entries)
             self.size += grown
@@ -340,7 +338,7 @@ class OpenProfiles:
                 return False
             data = bulk_profile_bytes(both)
             grown = len(data) - len(entry.data)
-            if len(data) > MAX_ENTRY_BYTES or self.size + grown > MAX_JOB_BYTES:
+            if len(data) > MAX_IMPORT_ENTRY_BYTES or self.size + grown > MAX_JOB_BYTES:
                 return False
             self.size += grown
             entry.profile, entry.data = both, data
@@ -358,7 +356,7 @@ class OpenProfiles:
     @property
     def full(self) -> bool:
         """Whether the job holds Klaviyo's 10,000 profiles."""
-        return len(self.entries) >= MAX_JOB_PROFILES
+        return len(self.entries) >= MAX_IMPORT_PROFILES
 
     def mentions_any(self, pairs: Iterable[Pair]) -> bool:
         """Whether an entry of the open job has one of these identifiers."""

@@ -27,12 +27,13 @@ import attrs
 from .._blueprint.record import ITEM_IDENTITY, ITEM_RULE, IdentityKey
 from .._blueprint.rules import Rule
 from .._errors import APIError, TransportError
-from .._klaviyo.json import MAX_PROFILE_IMPORT_BYTES, MEASURE_ABOVE, estimate, request_too_large
+from .._klaviyo.json import MEASURE_ABOVE, estimate, request_too_large
+from .._klaviyo.limits import MAX_JOB_BYTES, MAX_JOB_EVENTS, MAX_PROFILE_IMPORT_BYTES
 from .._klaviyo.models import Event, KlaviyoObject, Profile
 from .._klaviyo.transport import SERVER_ERROR_STATUSES
 from .._klaviyo.wire import profile_bytes
 from .delivery import Board, Ticket
-from .jobs import MAX_JOB_BYTES, MAX_JOB_EVENTS, BulkJob, OpenJob, encode_event, encode_queued
+from .jobs import BulkJob, OpenJob, encode_event, encode_queued
 from .outbox import Outbox, dump_fields, dump_objects, load
 from .outcomes import Outcomes, Unit
 from .profile_jobs import ProfileJob

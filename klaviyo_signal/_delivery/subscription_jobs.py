@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 
-from .._calls.subscription import MAX_PROFILES, Subscription
+from .._klaviyo.limits import MAX_SUBSCRIPTION_PROFILES
+from .._klaviyo.models import Subscription
 from .._klaviyo.wire import subscription_bytes
 
 __all__ = ["SubscriptionJob", "SubscriptionJobs"]
@@ -105,7 +106,7 @@ class SubscriptionJobs:
         job.subs.append(sub)
         job.waiting.append(owner)
         job.who.update(who)
-        if len(job.subs) >= MAX_PROFILES[sub.action]:
+        if len(job.subs) >= MAX_SUBSCRIPTION_PROFILES[sub.action]:
             sealed.append(self._seal(key))
         return sealed
 

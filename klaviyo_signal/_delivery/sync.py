@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .._errors import APIError, TransportError
-from .._klaviyo.json import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES, request_too_large
+from .._klaviyo.json import request_too_large
+from .._klaviyo.limits import MAX_EVENT_REQUEST_BYTES, MAX_PROFILE_IMPORT_BYTES
 from .._klaviyo.models import Event, KlaviyoObject, Profile
 from .._klaviyo.transport import KlaviyoAPI
 from .._klaviyo.wire import request

@@ -22,16 +22,17 @@ from typing import TypeAlias
 from uuid import UUID
 
 from .._errors import ValidationError
+from .limits import (
+    MAX_ARRAY_ITEMS,
+    MAX_DEPTH,
+    MAX_EVENT_REQUEST_BYTES,
+    MAX_PROFILE_IMPORT_BYTES,
+    MAX_STRING_BYTES,
+)
 
 __all__ = [
     "BYTES_PER_VALUE",
     "JSON",
-    "MAX_ARRAY_ITEMS",
-    "MAX_DEPTH",
-    "MAX_EVENT_PROPERTIES",
-    "MAX_EVENT_REQUEST_BYTES",
-    "MAX_PROFILE_IMPORT_BYTES",
-    "MAX_STRING_BYTES",
     "MEASURE_ABOVE",
     "SAFE_STR_CHARS",
     "check_key",
@@ -50,17 +51,6 @@ __all__ = [
 
 # Decimal is kept (not turned into float) until dumps() writes the bytes: money stays exact.
 JSON: TypeAlias = bool | int | float | str | Decimal | list["JSON"] | dict[str, "JSON"] | None
-
-# Klaviyo's ingestion limits for event properties.
-MAX_STRING_BYTES = 100_000
-MAX_ARRAY_ITEMS = 4000
-MAX_DEPTH = 10
-MAX_EVENT_PROPERTIES = 300
-
-# Klaviyo's request size limits: one place for the numbers (they may differ by revision).
-# An event must fit one POST /api/events (sync mode) or one bulk job (background) alone.
-MAX_EVENT_REQUEST_BYTES = 5_000_000
-MAX_PROFILE_IMPORT_BYTES = 5_000_000
 
 # What one cleaned value counts for against max_queue_bytes, besides its text
 # (``estimate`` and ``plain_size``: the queue's guess at a call's memory).

@@ -9,17 +9,116 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import attrs
 
-from .._calls.identity import Identity
-from .._calls.subscription import Subscription
+from .._errors import ValidationError
 from .json import JSON
 
 _NO_PROPERTIES: Mapping[str, JSON] = MappingProxyType({})
 
-__all__ = ["ClientProfile", "Event", "KlaviyoObject", "Location", "Profile", "with_backfill"]
+__all__ = [
+    "IDENTIFIER_NAMES",
+    "SUBSCRIBE_PATH",
+    "UNSUBSCRIBE_PATH",
+    "Action",
+    "ClientProfile",
+    "Event",
+    "Identity",
+    "KlaviyoObject",
+    "Location",
+    "Profile",
+    "Subscription",
+    "with_backfill",
+]
+
+# Klaviyo's names of the four identifiers, in the order of Identity.key().
+IDENTIFIER_NAMES = ("email", "phone_number", "external_id", "anonymous_id")
+_NO_IDENTIFIER = (
+    "no profile identifier: pass user_id, anonymous_id, traits['email'] or traits['phone']; "
+    "Klaviyo needs one of email, phone_number, external_id or anonymous_id"
+)
+
+
+def _optional_identifier(
+    instance: object, attribute: attrs.Attribute[str | None], value: object
+) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValidationError(f"{attribute.name}: must be a non-empty str or None, got {value!r}")
+
+
+@attrs.frozen
+class Identity:
+    """The four profile identifiers Klaviyo accepts; at least one is set.
+
+    Built by ``identity_from``, which normalizes each one; building it directly only checks
+    that the set ones are non-empty strings.
+    """
+
+    email: str | None = attrs.field(default=None, validator=_optional_identifier)
+    phone_number: str | None = attrs.field(default=None, validator=_optional_identifier)
+    external_id: str | None = attrs.field(default=None, validator=_optional_identifier)
+    anonymous_id: str | None = attrs.field(default=None, validator=_optional_identifier)
+
+    def __attrs_post_init__(self) -> None:
+        if (
+            self.email is None
+            and self.phone_number is None
+            and self.external_id is None
+            and self.anonymous_id is None
+        ):
+            raise ValidationError(_NO_IDENTIFIER)
+
+    def key(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """Return the four identifiers in ``IDENTIFIER_NAMES`` order, None where unset.
+
+        A tuple of strings, unlike the Identity: what queued calls and open jobs keep
+        (``_blueprint/record`` says why).
+        """
+        return (self.email, self.phone_number, self.external_id, self.anonymous_id)
+
+    def as_attributes(self) -> dict[str, str]:
+        """Return the set identifiers under Klaviyo's profile attribute names."""
+        out: dict[str, str] = {}
+        if self.email is not None:
+            out["email"] = self.email
+        if self.phone_number is not None:
+            out["phone_number"] = self.phone_number
+        if self.external_id is not None:
+            out["external_id"] = self.external_id
+        if self.anonymous_id is not None:
+            out["anonymous_id"] = self.anonymous_id
+        return out
+
+
+Action = Literal["subscribe", "unsubscribe"]
+SUBSCRIBE_PATH = "/api/profile-subscription-bulk-create-jobs"
+UNSUBSCRIBE_PATH = "/api/profile-subscription-bulk-delete-jobs"
+
+
+@attrs.frozen
+class Subscription:
+    """One profile's consent change on one list (or the account's default opt-in)."""
+
+    action: Action
+    message_id: str
+    channels: tuple[str, ...]
+    email: str | None = None
+    phone_number: str | None = None
+    list_id: str | None = None
+    custom_source: str | None = None
+    consented_at: datetime | None = None
+
+    @property
+    def job_key(self) -> tuple[object, ...]:
+        """Calls with the same key can share one bulk job (same list, source and import mode)."""
+        return (self.action, self.list_id, self.custom_source, self.consented_at is not None)
+
+    @property
+    def path(self) -> str:
+        """The Klaviyo endpoint this call goes to."""
+        return SUBSCRIBE_PATH if self.action == "subscribe" else UNSUBSCRIBE_PATH
 
 
 @attrs.frozen

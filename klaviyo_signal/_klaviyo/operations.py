@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-__all__ = ["DEFAULT_SCOPES", "operations", "required_scopes", "success_statuses"]
+from .._errors import DEFAULT_SCOPES
+
+__all__ = ["operations", "required_scopes", "success_statuses"]
 
 # What an endpoint the table does not know may answer on success.
 _ANY_SUCCESS = frozenset(range(200, 300))
 
-# What identify, track and page need: the advice for an endpoint the table does not know.
-DEFAULT_SCOPES = ("events:write", "profiles:write")
 
 
 @functools.cache

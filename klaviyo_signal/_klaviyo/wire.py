@@ -19,10 +19,9 @@ from types import MappingProxyType
 
 import attrs
 
-from .._calls.identity import IDENTIFIER_NAMES
-from .._calls.subscription import MAX_PROFILES, Subscription
 from .json import JSON, dumps, dumps_text, finish
-from .models import ClientProfile, Event, KlaviyoObject, Profile
+from .limits import MAX_SUBSCRIPTION_PROFILES
+from .models import IDENTIFIER_NAMES, ClientProfile, Event, KlaviyoObject, Profile, Subscription
 
 __all__ = [
     "BULK_JOB_FRAME",
@@ -123,8 +122,10 @@ def subscription_body(subs: Sequence[Subscription]) -> dict[str, JSON]:
     if not subs or len({sub.job_key for sub in subs}) != 1:
         raise ValueError("a subscription job needs one or more calls with the same job_key")
     first = subs[0]
-    if len(subs) > MAX_PROFILES[first.action]:
-        raise ValueError(f"at most {MAX_PROFILES[first.action]} profiles per {first.action} job")
+    if len(subs) > MAX_SUBSCRIPTION_PROFILES[first.action]:
+        raise ValueError(
+            f"at most {MAX_SUBSCRIPTION_PROFILES[first.action]} profiles per {first.action} job"
+        )
     attributes: dict[str, JSON] = {
         "profiles": {"data": [_subscription_profile(sub) for sub in subs]}
     }

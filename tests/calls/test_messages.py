@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from klaviyo_signal._calls.identity import Identity
 from klaviyo_signal._calls.message import Message, build_message
 from klaviyo_signal._errors import ValidationError
+from klaviyo_signal._klaviyo.models import Identity
 
 NOW = datetime(2024, 10, 15, 12, 0, tzinfo=timezone.utc)
 

@@ -8,9 +8,9 @@ import time
 from datetime import datetime, timezone
 
 from klaviyo_signal import Client, DeliveryStatus, default_blueprint
-from klaviyo_signal._calls.identity import Identity
-from klaviyo_signal._delivery.jobs import MAX_JOB_BYTES, MAX_JOB_EVENTS, OpenJob, encode_event
-from klaviyo_signal._klaviyo.models import Event, Profile
+from klaviyo_signal._delivery.jobs import OpenJob, encode_event
+from klaviyo_signal._klaviyo.limits import MAX_JOB_BYTES, MAX_JOB_EVENTS
+from klaviyo_signal._klaviyo.models import Event, Identity, Profile
 from klaviyo_signal.testing import FakeKlaviyo
 from tests.conftest import (
     PRIVATE_KEY,

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from klaviyo_signal import Client, DeliveryStatus, RevisionWarning
-from klaviyo_signal._calls.identity import Identity
 from klaviyo_signal._delivery import profile_jobs
-from klaviyo_signal._delivery.jobs import MAX_JOB_BYTES
-from klaviyo_signal._delivery.profile_jobs import MAX_JOB_PROFILES, OpenProfiles
-from klaviyo_signal._klaviyo.models import Profile
+from klaviyo_signal._delivery.profile_jobs import OpenProfiles
+from klaviyo_signal._klaviyo.limits import MAX_IMPORT_PROFILES, MAX_JOB_BYTES
+from klaviyo_signal._klaviyo.models import Identity, Profile
 from klaviyo_signal.testing import FakeKlaviyo
 
 PUBLIC_KEY = "AbC123"
@@ -86,7 +85,7 @@ def test_an_email_change_goes_in_a_later_job_after_the_first_is_imported(
 def test_a_job_holds_at_most_10000_profiles_and_5_mb() -> None:
     """The open job refuses the 10,001st person and any profile that would pass 5 MB."""
     job = OpenProfiles()
-    for i in range(MAX_JOB_PROFILES):
+    for i in range(MAX_IMPORT_PROFILES):
         assert job.add(Profile(Identity(external_id=f"u-{i}")), i, 0.0, [])
     assert job.full
     assert not job.add(Profile(Identity(external_id="one-more")), -1, 0.0, [])

@@ -23,12 +23,8 @@ from klaviyo_signal import (
 )
 from klaviyo_signal._blueprint.compiled import compile_blueprint
 from klaviyo_signal._calls.message import build_message
-from klaviyo_signal._calls.subscription import (
-    SUBSCRIBE_PATH,
-    UNSUBSCRIBE_PATH,
-    Subscription,
-    build_subscription,
-)
+from klaviyo_signal._calls.subscription import build_subscription
+from klaviyo_signal._klaviyo.models import SUBSCRIBE_PATH, UNSUBSCRIBE_PATH, Subscription
 from klaviyo_signal._klaviyo.wire import subscription_body
 from klaviyo_signal.testing import FakeKlaviyo, FakeRequest
 from tests.conftest import (

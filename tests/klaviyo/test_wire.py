@@ -22,10 +22,9 @@ from klaviyo_signal import ValidationError
 from klaviyo_signal._blueprint.blueprint import Blueprint
 from klaviyo_signal._blueprint.compiled import compile_blueprint
 from klaviyo_signal._blueprint.record import ITEM_IDENTITY, ITEM_RULE
-from klaviyo_signal._calls.identity import Identity
 from klaviyo_signal._calls.message import Message, build_message
 from klaviyo_signal._delivery.jobs import OpenJob, encode_queued
-from klaviyo_signal._klaviyo.models import Event, Location, Profile
+from klaviyo_signal._klaviyo.models import Event, Identity, Location, Profile
 from klaviyo_signal._klaviyo.wire import bulk_event_bytes, iso_time, single_event_bytes
 from tests.blueprint.test_corpus import CASES, _forward_everything
 from tests.conftest import assert_valid
