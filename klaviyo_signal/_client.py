@@ -675,6 +675,9 @@ class Client:
     def explain(self, kind: ExplainKind, *args: Any, **kwargs: Any) -> Explanation:
         """Return what a call with these arguments would send, without sending it.
 
+        Inside a ``request_context``, identify, track and page take what the call leaves
+        out from it, as the call itself would.
+
         Args:
             kind: ``"identify"``, ``"track"``, ``"page"``, ``"subscribe"`` or
                 ``"unsubscribe"``.
@@ -686,6 +689,7 @@ class Client:
             ValidationError: The input breaks a rule, exactly as the call would raise.
         """
         return explain(
+            request=_current_context(None),
             blueprint=self._config.blueprint,
             require_consent=self._config.require_consent,
             default_phone_region=self._config.default_phone_region,

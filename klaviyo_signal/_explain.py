@@ -18,6 +18,7 @@ import attrs
 from ._blueprint.blueprint import Blueprint
 from ._blueprint.compiled import compile_blueprint
 from ._calls.consent import consent_drop_reason
+from ._calls.context import RequestContext
 from ._calls.message import build_message
 from ._calls.subscription import build_subscription
 from ._klaviyo.json import JSON
@@ -63,6 +64,8 @@ CALL_KEYWORDS: dict[str, frozenset[str]] = {
 }
 """Every argument each call method takes, by name (``tests/test_explain.py`` checks them
 against the methods' signatures)."""
+# What a request context fills in, in ``RequestContext.fill``'s order.
+_FILLED = ("user_id", "anonymous_id", "traits", "consent")
 ExplainKind = Literal["identify", "track", "page", "subscribe", "unsubscribe"]
 
 
@@ -176,6 +179,7 @@ def explain(
     kind: ExplainKind,
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
+    request: RequestContext | None = None,
 ) -> Explanation:
     """Return what ``Client.<kind>(*args, **kwargs)`` would send, without sending it.
 
@@ -191,6 +195,7 @@ def explain(
             ``"unsubscribe"``.
         args: The positional arguments of that call.
         kwargs: Its keyword arguments.
+        request: The request context the call would be made in, if any.
 
     Raises:
         TypeError: The arguments do not fit the call, as the method itself would raise.
@@ -200,6 +205,17 @@ def explain(
     if kind in {"subscribe", "unsubscribe"}:
         return _explain_subscription(kind, args, kwargs, default_phone_region, api)
     fields = _fields(kind, args, kwargs)
+    if request is not None:
+        filled = request.fill(
+            fields.get("user_id"),
+            fields.get("anonymous_id"),
+            fields.get("traits"),
+            fields.get("consent"),
+            fields.get("context"),
+        )
+        for name, value in zip(_FILLED, filled, strict=True):
+            if value is not None:
+                fields[name] = value
     the_revision = revision_named(revision)
     backfill = call_backfill(fields.pop("backfill", None), backfill, the_revision)
     named = fields.get("event") if kind == "track" else fields.get("name")

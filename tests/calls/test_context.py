@@ -185,3 +185,25 @@ def test_background_calls_in_a_context_arrive(fake: FakeKlaviyo) -> None:
         assert background.flush(10.0)
     event = only_event(fake)
     assert (event.profile.external_id, event.profile.email) == ("u-1", "ada@example.com")
+
+
+def test_explain_inside_a_context_shows_what_the_call_sends(
+    client: Client, fake: FakeKlaviyo
+) -> None:
+    """explain() fills what a call leaves out from the context, as the call does."""
+    calls = [
+        ("identify", (), {"traits": {"first_name": "Ada"}}),
+        ("track", ("Order Completed", {"value": 9.5}), {}),
+        ("page", ("Home",), {}),
+    ]
+    with request_context(**ADA, consent={"marketing": True}):  # type: ignore[arg-type]
+        for kind, args, kwargs in calls:
+            fixed = {**kwargs, "message_id": f"m-{kind}", "timestamp": "2026-12-01T10:00:00Z"}
+            explained = client.explain(kind, *args, **fixed)  # type: ignore[arg-type]
+            before = len(fake.requests)
+            getattr(client, kind)(*args, **fixed)
+            sent = fake.requests[before:]
+            assert [(r.path, r.body) for r in explained.requests] == [
+                (r.path, r.body) for r in sent
+            ], kind
+    assert "ada@example.com" in str(explained.requests[0].body)
