@@ -26,9 +26,10 @@ _ALIASES = {
     "customSource": "custom_source",
     "consentedAt": "consented_at",
 }
-# A line takes what its call takes (subscribe and unsubscribe, and explicit consent and
-# backfill, are the Client's, not Segment's).
-_FIELDS = CALL_KEYWORDS
+# A line takes what its call takes (subscribe and unsubscribe, and explicit consent, are
+# the Client's, not Segment's), but for backfill: the run's --backfill decides for every
+# line, and a line's own key is ignored like any other a call does not use.
+_FIELDS = {kind: names - {"backfill"} for kind, names in CALL_KEYWORDS.items()}
 _KNOWN = {field for fields in _FIELDS.values() for field in fields}
 _TYPES = "'track', 'identify', 'page', 'subscribe' or 'unsubscribe'"
 _READ = 1 << 20

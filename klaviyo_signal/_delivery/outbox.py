@@ -109,8 +109,8 @@ _ALLOWED = {
     ("klaviyo_signal._klaviyo.models", "Profile"),
     ("klaviyo_signal._klaviyo.models", "Location"),
     ("klaviyo_signal._klaviyo.models", "ClientProfile"),
-    ("klaviyo_signal._calls.identity", "Identity"),
-    ("klaviyo_signal._calls.subscription", "Subscription"),
+    ("klaviyo_signal._klaviyo.models", "Identity"),
+    ("klaviyo_signal._klaviyo.models", "Subscription"),
     ("klaviyo_signal._delivery.outbox", "_proxy"),
     ("datetime", "datetime"),
     ("datetime", "timezone"),
@@ -121,8 +121,19 @@ _ALLOWED = {
 }
 
 
+# Where an earlier release's records name a class that has moved since.
+_MOVED = {
+    ("klaviyo_signal._calls.identity", "Identity"): ("klaviyo_signal._klaviyo.models", "Identity"),
+    ("klaviyo_signal._calls.subscription", "Subscription"): (
+        "klaviyo_signal._klaviyo.models",
+        "Subscription",
+    ),
+}
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        module, name = _MOVED.get((module, name), (module, name))
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"the outbox record names {module}.{name}")
         return super().find_class(module, name)

@@ -162,7 +162,7 @@ def estimate(value: object) -> int:
     if type(value) is str:
         return BYTES_PER_VALUE + len(value)
     size = BYTES_PER_VALUE
-    if type(value) is dict or isinstance(value, Mapping):
+    if type(value) is dict or type(value) is MappingProxyType or isinstance(value, Mapping):
         for key, item in value.items():
             counted = plain_size(item)
             size += len(key) + (counted if counted >= 0 else estimate(item))

@@ -22,7 +22,6 @@ __all__ = ["operations", "required_scopes", "success_statuses"]
 _ANY_SUCCESS = frozenset(range(200, 300))
 
 
-
 @functools.cache
 def operations() -> Mapping[str, Mapping[str, Any]]:
     """Return each operation (``"POST /api/events"``) with its ratelimit and scopes."""

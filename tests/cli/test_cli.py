@@ -387,8 +387,10 @@ def test_blueprint_show_and_validate(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.parametrize("kind", ["track", "page", "identify"])
 def test_a_line_may_carry_the_calls_own_consent(kind: str) -> None:
-    """A line takes every argument its call takes: explicit consent included."""
+    """A line takes the arguments its call takes, explicit consent included; its backfill is
+    ignored (the run's --backfill decides)."""
     line = {"type": kind, "userId": "u-1", "consent": {"marketing": True}}
+    assert parse_line(json.dumps({**line, "backfill": False})) == parse_line(json.dumps(line))
     if kind == "track":
         line["event"] = "Order Completed"
     assert parse_line(json.dumps(line)) == (

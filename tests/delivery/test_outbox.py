@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 
 from klaviyo_signal import Client, ConfigurationError, Delivery, DeliveryStatus, default_blueprint
+from klaviyo_signal._delivery import outbox
+from klaviyo_signal._klaviyo.models import Identity, Location, Profile, Subscription
 from klaviyo_signal.testing import FakeKlaviyo
 from tests.conftest import PRIVATE_KEY, PUBLIC_KEY
 from tests.delivery.test_lifecycle import in_forked_child, needs_fork
@@ -439,3 +442,32 @@ def test_a_disabled_client_leaves_the_outbox_for_the_next_process(
         assert disabled.flush(5)
     assert fake.requests == []
     assert rows(outbox) == 1
+
+
+def test_every_name_a_record_may_hold_is_where_it_is_allowed() -> None:
+    """Each allowed name resolves to the object of that module and name (a class that moves
+    must move in the allow-list too), and every model a call becomes round-trips."""
+    for module, name in outbox._ALLOWED:
+        found = getattr(importlib.import_module(module), name)
+        if isinstance(found, type) and module.startswith("klaviyo_signal"):
+            assert (found.__module__, found.__qualname__) == (module, name)
+    identity = Identity(email="ada@example.com")
+    objects = (
+        Profile(identity=identity, location=Location(city="Leeds")),
+        Subscription(action="subscribe", message_id="m-2", channels=("email",), email="a@b.co"),
+    )
+    assert outbox.load(outbox.dump_objects("m-1", 10, True, objects))[3] == objects
+
+
+def test_a_record_from_the_release_before_the_move_still_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows written when Identity and Subscription lived in _calls replay after an upgrade."""
+    monkeypatch.setattr(Identity, "__module__", "klaviyo_signal._calls.identity")
+    monkeypatch.setattr(Subscription, "__module__", "klaviyo_signal._calls.subscription")
+    sub = Subscription(action="subscribe", message_id="m-2", channels=("email",), email="a@b.co")
+    objects = (Profile(identity=Identity(external_id="u-1")), sub)
+    data = outbox.dump_objects("m-1", 10, True, objects)
+    assert b"klaviyo_signal._calls.identity" in data
+    monkeypatch.undo()
+    assert outbox.load(data)[3] == objects
