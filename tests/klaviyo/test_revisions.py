@@ -26,6 +26,7 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
+from klaviyo_signal._klaviyo.limits import MAX_EVENT_PROPERTIES
 from klaviyo_signal._klaviyo.revisions import FALL_FORWARD_OPT_OUT, OPERATIONS, revision
 from klaviyo_signal.testing import FakeKlaviyo
 from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
@@ -490,3 +491,10 @@ def test_bulk_profile_import_limits_are_its_schemas_own(name: str) -> None:
         )
         assert limits[endpoint] == (int(burst.split("/")[0]), int(steady.split("/")[0]))
     assert limits["POST /api/profile-bulk-import-jobs"] == (10, 150)
+
+
+def test_the_clients_property_limit_is_every_supported_revisions() -> None:
+    """The client holds calls to one property limit (``_klaviyo/limits``): each supported
+    revision's schema publishes that same number, so none can accept fewer."""
+    for name in SUPPORTED_REVISIONS:
+        assert revision(name).max_event_properties == MAX_EVENT_PROPERTIES, name
