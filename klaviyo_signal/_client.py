@@ -207,7 +207,6 @@ class Client:
             rate_limit_store=rate_limit_store,
             outbox=outbox,
         )
-        self._blueprint = compile_blueprint(self._config.blueprint)
         if self._config.disabled:
             log.warning(
                 "klaviyo-signal: this Client is disabled (disabled=True or %s): calls are "
@@ -217,6 +216,9 @@ class Client:
         store = self._config.rate_limit_store
         self._rate_store = None if store is None else open_rate_store(store, public_api_key)
         self._revision = revision_named(self._config.revision)
+        self._blueprint = compile_blueprint(
+            self._config.blueprint, max_properties=self._revision.max_event_properties
+        )
         status = self._revision.status()
         if status.state != "stable":
             warnings.warn(status.describe(self._revision.name), RevisionWarning, stacklevel=2)
@@ -460,6 +462,7 @@ class Client:
                 timestamp=timestamp,
                 message_id=message_id,
                 default_phone_region=self._config.default_phone_region,
+                max_properties=self._blueprint.max_properties,
             ),
             flag,
         )
@@ -507,6 +510,7 @@ class Client:
                 timestamp=timestamp,
                 message_id=message_id,
                 default_phone_region=self._config.default_phone_region,
+                max_properties=self._blueprint.max_properties,
             ),
             flag,
         )

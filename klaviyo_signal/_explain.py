@@ -219,11 +219,12 @@ def explain(
     the_revision = revision_named(revision)
     backfill = call_backfill(fields.pop("backfill", None), backfill, the_revision)
     named = fields.get("event") if kind == "track" else fields.get("name")
-    compiled = compile_blueprint(blueprint)
+    compiled = compile_blueprint(blueprint, max_properties=the_revision.max_event_properties)
     message = build_message(
         kind,  # type: ignore[arg-type]  # a subscription kind returned above
         default_phone_region=default_phone_region,
         reads=compiled.reads(kind, named),
+        max_properties=compiled.max_properties,
         **fields,
     )
     reason = consent_drop_reason(message.consent, require_consent=require_consent)

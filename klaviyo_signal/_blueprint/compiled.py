@@ -15,6 +15,7 @@ import attrs
 from .._calls.consent import consent_drop_reason
 from .._calls.message import Message, plain_name
 from .._calls.subscription import implied_subscription
+from .._klaviyo.limits import MAX_EVENT_PROPERTIES
 from .._klaviyo.models import KlaviyoObject, Subscription
 from .blueprint import Blueprint
 from .events import build_events, pack, simple_room
@@ -91,10 +92,12 @@ class _CallPlan:
 class CompiledBlueprint:
     """A blueprint with its call plans cached: what a Client maps every call with."""
 
-    __slots__ = ("_blueprint", "_plans", "_quick")
+    __slots__ = ("_blueprint", "_plans", "_quick", "max_properties")
 
-    def __init__(self, blueprint: Blueprint) -> None:
+    def __init__(self, blueprint: Blueprint, max_properties: int) -> None:
         self._blueprint = blueprint
+        self.max_properties = max_properties
+        """The most properties an event may carry: the revision's limit."""
         # (kind, event name) -> what such a call needs; see ``_plan``.
         self._plans: dict[tuple[str, str], _CallPlan] = {}
         # Plain track event names -> the lane's plan: one dict lookup on the caller's hot
@@ -124,7 +127,9 @@ class CompiledBlueprint:
         profile = profile_from(
             message, full=bool(message.traits), mapping=self._blueprint.profile, view=view
         )
-        events = build_events(rule, message, profile, self._blueprint.mapper, view=view)
+        events = build_events(
+            rule, message, profile, self._blueprint.mapper, view=view, most=self.max_properties
+        )
         if events is None:
             return Decision(
                 (), f"the mapper for {rule_name!r} dropped the call (it returned None)", rule_name
@@ -216,7 +221,7 @@ class CompiledBlueprint:
             )
             if rule.time == "timestamp":
                 paths.remove("timestamp")  # the default time is read without the view
-            room = simple_room(rule, self._blueprint.mapper)
+            room = simple_room(rule, self._blueprint.mapper, self.max_properties)
             quick = None
             if room is not None and kind == "track":
                 traits_bare = identifier_traits_are_bare(self._blueprint.profile)
@@ -248,6 +253,14 @@ class CompiledBlueprint:
         return Rule(metric=metric), "catch_all"
 
 
-def compile_blueprint(blueprint: Blueprint) -> CompiledBlueprint:
-    """Return ``blueprint`` compiled: its plans are worked out on first use, then kept."""
-    return CompiledBlueprint(blueprint)
+def compile_blueprint(
+    blueprint: Blueprint, *, max_properties: int = MAX_EVENT_PROPERTIES
+) -> CompiledBlueprint:
+    """Return ``blueprint`` compiled: its plans are worked out on first use, then kept.
+
+    Args:
+        blueprint: The blueprint.
+        max_properties: The most properties an event may carry (a Client passes its
+            revision's); by default the limit every supported revision accepts.
+    """
+    return CompiledBlueprint(blueprint, max_properties)

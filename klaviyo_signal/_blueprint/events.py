@@ -120,17 +120,17 @@ def reserved_consent(path: str) -> ValidationError:
     )
 
 
-def _checked(properties: dict[str, JSON], metric: str) -> dict[str, JSON]:
-    if len(properties) > MAX_EVENT_PROPERTIES:
+def _checked(properties: dict[str, JSON], metric: str, most: int) -> dict[str, JSON]:
+    if len(properties) > most:
         raise ValidationError(
             f"{metric}: the blueprint made {len(properties)} properties, over Klaviyo's "
-            f"limit of {MAX_EVENT_PROPERTIES}"
+            f"limit of {most}"
         )
     return properties
 
 
 def _item_events(
-    items: ItemRule, view: Mapping[str, JSON], parent: Event, consent: dict[str, JSON]
+    items: ItemRule, view: Mapping[str, JSON], parent: Event, consent: dict[str, JSON], most: int
 ) -> list[Event]:
     found = lookup(view, items.path).value
     if found is MISSING or found is None:
@@ -153,7 +153,7 @@ def _item_events(
             Event(
                 metric=items.metric,
                 profile=parent.profile,
-                properties=_checked(properties, items.metric),
+                properties=_checked(properties, items.metric, most),
                 time=parent.time,
                 unique_id=f"{parent.unique_id}:{index}",
                 value=_number(item_view, items.value),
@@ -170,6 +170,7 @@ def build_events(
     mapper: Mapper | None,
     *,
     view: Mapping[str, JSON] | None = None,
+    most: int = MAX_EVENT_PROPERTIES,
 ) -> tuple[Event, ...] | None:
     """Return the events ``rule`` makes of ``message``, or None when its mapper drops it.
 
@@ -179,6 +180,7 @@ def build_events(
         profile: The event's profile, already mapped.
         mapper: The blueprint-wide mapper; a rule's own mapper wins over it.
         view: ``message_view(message)``, when the caller already has it.
+        most: The most properties an event may carry (the revision's limit).
     """
     view = message_view(message) if view is None else view
     mapper = rule.mapper or mapper
@@ -201,7 +203,7 @@ def build_events(
     event = Event(
         metric=rule.metric,
         profile=profile,
-        properties=_checked(properties, rule.metric),
+        properties=_checked(properties, rule.metric, most),
         time=_time(view, rule.time, message),
         unique_id=_unique_id(view, rule.unique_id, message),
         value=_number(view, rule.value),
@@ -209,10 +211,10 @@ def build_events(
     )
     if rule.items is None:
         return (event,)
-    return (event, *_item_events(rule.items, view, event, consent))
+    return (event, *_item_events(rule.items, view, event, consent, most))
 
 
-def simple_room(rule: Rule, mapper: Mapper | None) -> int | None:
+def simple_room(rule: Rule, mapper: Mapper | None, most: int) -> int | None:
     """Return how many of a call's own properties a simple rule's event has room for, or
     None if the rule is not simple.
 
@@ -232,7 +234,7 @@ def simple_room(rule: Rule, mapper: Mapper | None) -> int | None:
     ):
         return None
     extra = len(pmap.rename) + len(pmap.defaults) + len(pmap.constants) + 1  # + consent
-    return MAX_EVENT_PROPERTIES - extra
+    return most - extra
 
 
 def pack(key: tuple[str, str], rule: Rule, message: Message, view: Mapping[str, JSON]) -> Packed:

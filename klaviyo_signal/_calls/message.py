@@ -87,6 +87,7 @@ def build_message(
     default_phone_region: str | None = None,
     now: datetime | None = None,
     reads: Reads | None = None,
+    max_properties: int = MAX_EVENT_PROPERTIES,
 ) -> Message:
     """Check and clean one call into a Message.
 
@@ -94,7 +95,7 @@ def build_message(
         kind: Which Segment call this is.
         event: track: the event (metric) name, a non-blank str of fewer than 128 characters.
         name: page: the page name, or None.
-        properties: track and page: up to 300 properties (see ``clean_value`` for types).
+        properties: track and page: up to ``max_properties`` (see ``clean_value`` for types).
         traits: Profile traits; merged key by key over ``context["traits"]``.
         context: Segment's context object.
         user_id: Your id for the person (str or int); becomes Klaviyo's ``external_id``.
@@ -108,6 +109,8 @@ def build_message(
         reads: What of the properties and context the blueprint reads
             (``CompiledBlueprint.reads``): only that is checked and copied, the rest is never
             sent. None: all of it.
+        max_properties: The most properties a call may carry (``CompiledBlueprint``'s
+            ``max_properties``, the revision's limit).
 
     Raises:
         ValidationError: Any input breaks a rule; the message names the field and the rule.
@@ -132,7 +135,7 @@ def build_message(
     if reads is None:
         reads = _ALL
     clean_props = clean_properties(
-        properties, "properties", max_keys=MAX_EVENT_PROPERTIES, only=reads.properties
+        properties, "properties", max_keys=max_properties, only=reads.properties
     )
     clean_context = clean_properties(context, "context", only=reads.context)
     clean_traits = _traits(traits, clean_context)

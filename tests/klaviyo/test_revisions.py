@@ -26,7 +26,6 @@ from klaviyo_signal import (
     ValidationError,
     default_blueprint,
 )
-from klaviyo_signal._klaviyo.limits import MAX_EVENT_PROPERTIES
 from klaviyo_signal._klaviyo.revisions import FALL_FORWARD_OPT_OUT, OPERATIONS, revision
 from klaviyo_signal.testing import FakeKlaviyo
 from tests.conftest import PRIVATE_KEY, PUBLIC_KEY, assert_valid
@@ -493,8 +492,35 @@ def test_bulk_profile_import_limits_are_its_schemas_own(name: str) -> None:
     assert limits["POST /api/profile-bulk-import-jobs"] == (10, 150)
 
 
-def test_the_clients_property_limit_is_every_supported_revisions() -> None:
-    """The client holds calls to one property limit (``_klaviyo/limits``): each supported
-    revision's schema publishes that same number, so none can accept fewer."""
+def test_the_property_limit_is_the_revisions(fake: FakeKlaviyo) -> None:
+    """A call may carry as many properties as its revision's schema allows: 400 since
+    2025-04-15, 300 before; past it, a ValidationError names the limit."""
+    blueprint = default_blueprint().enable("Wide")
+    wide = {f"p{i}": i for i in range(350)}
     for name in SUPPORTED_REVISIONS:
-        assert revision(name).max_event_properties == MAX_EVENT_PROPERTIES, name
+        most = revision(name).max_event_properties
+        assert most == (300 if name < "2025-04-15" else 400), name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RevisionWarning)  # the older revisions say so
+            client = Client(
+                PUBLIC_KEY,
+                PRIVATE_KEY,
+                base_url=fake.url,
+                sync_mode=True,
+                revision=name,
+                blueprint=blueprint,
+            )
+        with client:
+            if most < len(wide):
+                with pytest.raises(ValidationError, match=f"over {most} event properties"):
+                    client.track("Wide", wide, user_id="u-1")
+            else:
+                assert client.explain("track", "Wide", wide, user_id="u-1").status == "send"
+                delivered = client.track("Wide", wide, user_id="u-1")
+                assert delivered.status is DeliveryStatus.DELIVERED, delivered
+                assert len(fake.events[-1].properties) == 351  # and the consent
+            too_many = {f"p{i}": i for i in range(most + 1)}
+            with pytest.raises(ValidationError, match=f"over {most} event properties"):
+                client.track("Wide", too_many, user_id="u-1")
+            with pytest.raises(ValidationError, match=f"over {most} event properties"):
+                client.explain("track", "Wide", too_many, user_id="u-1")
