@@ -310,7 +310,8 @@ def clean_properties(
     Args:
         value: The caller's mapping.
         path: Its name in error messages (``properties``).
-        max_keys: The most top-level keys allowed (300 for event properties), or None.
+        max_keys: The most top-level keys allowed (the revision's event property limit), or
+            None.
         only: Clean and copy just these top-level keys (the ones the blueprint reads;
             the others are never sent), or None for all of them.
 

@@ -29,6 +29,8 @@ MAX_STRING_BYTES = 100_000
 MAX_ARRAY_ITEMS = 4000
 MAX_DEPTH = 10
 MAX_EVENT_PROPERTIES = 300
+"""The property limit every supported revision accepts; a Client holds calls to its own
+revision's (``Revision.max_event_properties``)."""
 
 # Request sizes. An event must fit one POST /api/events (sync mode) or one bulk job
 # (background) alone.

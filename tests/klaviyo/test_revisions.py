@@ -524,3 +524,24 @@ def test_the_property_limit_is_the_revisions(fake: FakeKlaviyo) -> None:
                 client.track("Wide", too_many, user_id="u-1")
             with pytest.raises(ValidationError, match=f"over {most} event properties"):
                 client.explain("track", "Wide", too_many, user_id="u-1")
+
+
+def test_a_background_call_takes_the_revisions_property_limit(fake: FakeKlaviyo) -> None:
+    """In background mode too (the fast lane and the full route), 350 properties are queued
+    and delivered under the default revision, and refused under one that allows 300."""
+    blueprint = default_blueprint().enable("Wide")
+    wide = {f"p{i}": i for i in range(350)}
+    with Client(PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url, blueprint=blueprint) as client:
+        lane = client.track("Wide", wide, user_id="u-1")
+        full = client.track("Wide", wide, user_id="u-2", message_id="m-wide")
+        assert client.flush(20)
+        assert lane.wait(5).status is DeliveryStatus.DELIVERED
+        assert full.wait(5).status is DeliveryStatus.DELIVERED
+    assert sorted(len(event.properties) for event in fake.events) == [351, 351]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RevisionWarning)
+        old = Client(
+            PUBLIC_KEY, PRIVATE_KEY, base_url=fake.url, blueprint=blueprint, revision="2025-01-15"
+        )
+    with old, pytest.raises(ValidationError, match="over 300 event properties"):
+        old.track("Wide", wide, user_id="u-1")
