@@ -8,6 +8,7 @@ key); 2 bad usage or setup (argparse errors, missing environment, missing extra)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -155,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("message", metavar="JSON", help="the message, e.g. '{\"type\": ...}'")
     _blueprint_options(explain)
+    _revision_option(explain)
     explain.add_argument(
         "--require-consent", action="store_true", help="drop calls without a marketing grant"
     )
@@ -230,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
             path=args.blueprint,
             variant=args.variant,
             require_consent=args.require_consent,
+            revision=args.revision or os.environ.get("KLAVIYO_REVISION") or DEFAULT_REVISION,
             out=sys.stdout,
             err=sys.stderr,
         )

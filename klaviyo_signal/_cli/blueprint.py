@@ -12,7 +12,6 @@ from .._blueprint.blueprint import Blueprint, default_blueprint
 from .._errors import BlueprintError, ConfigurationError, ValidationError
 from .._explain import ExplainKind, explain
 from .._klaviyo.json import JSON, pretty
-from .._klaviyo.revisions import DEFAULT_REVISION
 from .lines import BadLine, parse_line
 
 __all__ = ["run_blueprint", "run_explain"]
@@ -50,10 +49,12 @@ def run_explain(
     path: str | None,
     variant: str,
     require_consent: bool,
+    revision: str,
     out: TextIO,
     err: TextIO,
 ) -> int:
-    """Explain one Segment-style message (a JSON object); return the exit code."""
+    """Explain one Segment-style message (a JSON object) under ``revision``; return the
+    exit code."""
     try:
         blueprint = _load(path, variant)
         kind, fields = parse_line(message)
@@ -61,7 +62,7 @@ def run_explain(
             blueprint=blueprint,
             require_consent=require_consent,
             default_phone_region=None,
-            revision=DEFAULT_REVISION,
+            revision=revision,
             kind=cast(ExplainKind, kind),  # parse_line returns only the Client's calls
             args=(),
             kwargs=fields,

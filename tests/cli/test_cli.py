@@ -397,3 +397,22 @@ def test_a_line_may_carry_the_calls_own_consent(kind: str) -> None:
         kind,
         {k: v for k, v in {**line, "user_id": "u-1"}.items() if k not in {"type", "userId"}},
     )
+
+
+def test_explain_follows_the_revision(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """explain checks under --revision (else KLAVIYO_REVISION), as send does: 350
+    properties pass under the default revision and not under one that allows 300."""
+    properties = {"order_id": "o-1", **{f"p{i}": i for i in range(349)}}
+    message = json.dumps(
+        {"type": "track", "event": "Order Completed", "userId": "u-1", "properties": properties}
+    )
+    monkeypatch.delenv("KLAVIYO_REVISION", raising=False)
+    assert main(["explain", message]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "send"
+    assert main(["explain", "--revision", "2025-01-15", message]) == 2
+    assert "over 300 event properties" in capsys.readouterr().err
+    monkeypatch.setenv("KLAVIYO_REVISION", "2025-01-15")
+    assert main(["explain", message]) == 2
+    assert "over 300 event properties" in capsys.readouterr().err
